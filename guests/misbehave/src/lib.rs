@@ -1,0 +1,122 @@
+//! `misbehave`: a tenant that does, on request, every bad thing a host must
+//! survive. Each path is one fault:
+//!
+//! | path | what the guest does |
+//! |---|---|
+//! | `/trap` | panics (a wasm trap) after logging a line |
+//! | `/spin` | loops forever: only the host's CPU limit stops it |
+//! | `/oom` | allocates 1 MiB blocks until memory runs out |
+//! | `/stack` | recurses until the stack overflows |
+//! | `/flood?lines=N` | writes N numbered lines to stdout (default 1000) |
+//! | `/big?kb=N` | writes one line of N KiB (default 64) |
+//! | `/slow?ms=N` | sleeps N ms (not CPU time) before answering (default 100) |
+//! | `/stream` | answers 200, then streams a body chunk every 10 ms forever |
+//! | anything else | answers `ok` |
+
+use std::hint::black_box;
+use std::io::Write as _;
+
+use guest_kit::{path_with_query, query_number, respond, split_query};
+use wasip2::http::types::{Fields, IncomingRequest, OutgoingResponse, ResponseOutparam};
+
+wasip2::http::proxy::export!(Misbehave);
+
+struct Misbehave;
+
+impl wasip2::exports::http::incoming_handler::Guest for Misbehave {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let path = path_with_query(&request);
+        let (route, query) = split_query(&path);
+        match route {
+            "/trap" => {
+                println!("[INFO] about to trap");
+                panic!("misbehave: trap requested");
+            }
+            "/spin" => {
+                println!("[INFO] spinning");
+                let mut n: u64 = 0;
+                loop {
+                    n = black_box(n.wrapping_add(1));
+                }
+            }
+            "/oom" => {
+                println!("[INFO] allocating until memory runs out");
+                let mut blocks: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    blocks.push(vec![1u8; 1 << 20]);
+                    black_box(&blocks);
+                }
+            }
+            "/stack" => {
+                println!("[INFO] recursing");
+                black_box(recurse(black_box(0)));
+            }
+            "/flood" => {
+                let lines = query_number(query, "lines", 1000);
+                let stdout = std::io::stdout();
+                let mut stdout = stdout.lock();
+                for i in 0..lines {
+                    let _ = writeln!(stdout, "flood line {i}");
+                }
+                let _ = stdout.flush();
+                respond(
+                    out,
+                    200,
+                    "text/plain",
+                    format!("{lines} lines\n").as_bytes(),
+                );
+            }
+            "/big" => {
+                let kb = query_number(query, "kb", 64) as usize;
+                let line = "x".repeat(kb * 1024);
+                println!("{line}");
+                respond(
+                    out,
+                    200,
+                    "text/plain",
+                    format!("{kb} KiB line\n").as_bytes(),
+                );
+            }
+            "/slow" => {
+                let ms = query_number(query, "ms", 100);
+                println!("[INFO] sleeping {ms} ms");
+                wasip2::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+                respond(
+                    out,
+                    200,
+                    "text/plain",
+                    format!("slept {ms} ms\n").as_bytes(),
+                );
+            }
+            "/stream" => stream_forever(out),
+            _ => respond(out, 200, "text/plain", b"ok\n"),
+        }
+    }
+}
+
+/// Recursion the optimiser cannot turn into a loop: each frame keeps a buffer
+/// alive across the call.
+#[expect(unconditional_recursion, reason = "overflowing the stack is the point")]
+fn recurse(depth: u64) -> u64 {
+    let frame = black_box([depth; 64]);
+    recurse(depth + 1) + frame[black_box(3)]
+}
+
+fn stream_forever(out: ResponseOutparam) {
+    let response = OutgoingResponse::new(Fields::new());
+    let body = response.body().expect("body is taken once");
+    ResponseOutparam::set(out, Ok(response));
+    let mut stream = body.write().expect("stream is taken once");
+    let mut chunk: u64 = 0;
+    loop {
+        if writeln!(stream, "chunk {chunk}")
+            .and_then(|()| std::io::Write::flush(&mut stream))
+            .is_err()
+        {
+            println!("[INFO] client went away after {chunk} chunks");
+            return;
+        }
+        chunk += 1;
+        wasip2::clocks::monotonic_clock::subscribe_duration(10_000_000).block();
+    }
+}

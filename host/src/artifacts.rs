@@ -1,0 +1,106 @@
+//! The compiled-artifact cache: a restart does not recompile unchanged
+//! components.
+//!
+//! Compiling a component with Cranelift takes from milliseconds (a small Rust
+//! guest) to seconds (a 13 MB JavaScript runtime). The cache stores each
+//! compiled component under a key made of the component's SHA-256 and the
+//! engine's compatibility hash (wasmtime version and every setting that
+//! changes generated code), so a changed file or a changed engine misses
+//! instead of loading stale code. Entries are written to a temporary file and
+//! renamed into place, so a crash never leaves a half-written artifact, and
+//! loading memory-maps the file instead of reading it.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// A directory of compiled components.
+#[derive(Clone, Debug)]
+pub struct ArtifactCache {
+    dir: PathBuf,
+}
+
+/// Whether a component came from the cache or was compiled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheOutcome {
+    Hit,
+    Miss,
+    Disabled,
+}
+
+impl ArtifactCache {
+    /// Opens (creating if needed) a cache directory.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir).with_context(|| {
+            format!(
+                "cannot create the artifact cache directory {}",
+                dir.display()
+            )
+        })?;
+        Ok(ArtifactCache { dir })
+    }
+
+    /// `$XDG_CACHE_HOME/mctx-host`, else `$HOME/.cache/mctx-host`.
+    pub fn default_dir() -> Option<PathBuf> {
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))?;
+        Some(base.join("mctx-host"))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path_for(&self, engine: &Engine, wasm: &[u8]) -> PathBuf {
+        let mut engine_hash = DefaultHasher::new();
+        engine
+            .precompile_compatibility_hash()
+            .hash(&mut engine_hash);
+        let digest = Sha256::digest(wasm);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        self.dir
+            .join(format!("{hex}-{:016x}.cwasm", engine_hash.finish()))
+    }
+
+    /// Loads the compiled form of `wasm` from the cache, or compiles and
+    /// stores it. A cache that cannot be written only costs a warning.
+    pub fn load_or_compile(
+        &self,
+        engine: &Engine,
+        wasm: &[u8],
+    ) -> Result<(Component, CacheOutcome)> {
+        let path = self.path_for(engine, wasm);
+        if path.exists() {
+            // SAFETY: files in the cache directory are only ever written by
+            // `Component::serialize` below, under a name that includes the
+            // engine's compatibility hash; wasmtime additionally checks the
+            // header and refuses an incompatible artifact.
+            match unsafe { Component::deserialize_file(engine, &path) } {
+                Ok(component) => return Ok((component, CacheOutcome::Hit)),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "ignoring unusable cached artifact: {e:#}")
+                }
+            }
+        }
+        let component = Component::new(engine, wasm).map_err(anyhow::Error::from)?;
+        if let Err(e) = self.store(&path, &component) {
+            tracing::warn!(dir = %self.dir.display(), "cannot write the artifact cache: {e:#}");
+        }
+        Ok((component, CacheOutcome::Miss))
+    }
+
+    fn store(&self, path: &Path, component: &Component) -> Result<()> {
+        let bytes = component.serialize().map_err(anyhow::Error::from)?;
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+}

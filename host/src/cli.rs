@@ -1,0 +1,246 @@
+//! The command line, and how a configuration becomes a running host.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use semver::Version;
+use tokio::net::TcpListener;
+
+use crate::capture::LogSink;
+use crate::config::{Config, HostSettings, Slug, Status, TenantSpec};
+use crate::console::{ConsoleLog, GuestLogFormat};
+use crate::control::ControlPlane;
+use crate::dispatch::Dispatcher;
+use crate::routing::{RoutingMode, SINGLE_MODE_CONTROL_PREFIX};
+use crate::runtime::{Runtime, RuntimeSettings};
+use crate::server::{Host, serve};
+use crate::tenants::TenantRegistry;
+
+/// A multi-tenant host for wasi:http WebAssembly components, with live logs.
+#[derive(Parser, Debug)]
+#[command(name = "mctx-host", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve one component (like `wasmtime serve`) or many tenants from a config file.
+    ///
+    /// Single-component mode: `mctx-host serve app.wasm` sends every request to
+    /// the component; the host's own endpoints live under `/.mctx/`.
+    ///
+    /// Multi-tenant mode: `mctx-host serve --config tenants.toml` routes
+    /// `{slug}.{base_domain}` (or `/t/{slug}/` on the base domain) to tenant
+    /// `slug`; `/v1/...` picks a version.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// A wasi:http/proxy component (built for wasm32-wasip2) to serve alone.
+    #[arg(required_unless_present = "config", conflicts_with = "config")]
+    component: Option<PathBuf>,
+
+    /// A tenants file (TOML) describing many tenants; see examples/tenants.toml.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+
+    /// Address to listen on [default: the config's `[host] addr`, else 127.0.0.1:8080].
+    /// Port 0 picks a free port (printed at start).
+    #[arg(long)]
+    addr: Option<SocketAddr>,
+
+    /// The tenant name of the component in single-component mode (logs, X-Tenant-Slug).
+    #[arg(long, default_value = "default")]
+    slug: String,
+
+    /// CPU time a request may use, in ms [default: config, else 10000].
+    #[arg(long)]
+    cpu_limit_ms: Option<u64>,
+
+    /// Linear memory a request may use, in MiB [default: config, else 128].
+    #[arg(long)]
+    memory_limit_mb: Option<u64>,
+
+    /// Requests run at once; more wait for a slot. Also sizes the instance pool.
+    #[arg(long, default_value_t = 1000)]
+    max_concurrent_requests: u32,
+
+    /// Where compiled components are cached [default: $XDG_CACHE_HOME/mctx-host or ~/.cache/mctx-host].
+    #[arg(long, env = "MCTX_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Compile every component at start instead of using the cache.
+    #[arg(long)]
+    no_cache: bool,
+
+    /// Allocate instances on demand instead of from a preallocated pool.
+    #[arg(long)]
+    no_pooling: bool,
+
+    /// Show guest output on this terminal [default: pretty with one component, off with a config].
+    #[arg(long, value_enum)]
+    guest_logs: Option<GuestLogFormat>,
+}
+
+impl Cli {
+    pub fn run(self) -> Result<()> {
+        init_tracing();
+        match self.command {
+            Command::Serve(args) => {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(args.run())
+            }
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("mctx_host=info,warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+impl ServeArgs {
+    /// The configuration this invocation describes: the config file, or a
+    /// one-tenant configuration around the component.
+    fn config(&self) -> Result<(Config, RoutingMode)> {
+        let mut config = match (&self.config, &self.component) {
+            (Some(path), _) => Config::load(path)?,
+            (None, Some(component)) => {
+                let slug = Slug::parse(&self.slug)
+                    .map_err(|e| anyhow::anyhow!("--slug {:?}: {e}", self.slug))?;
+                let spec = TenantSpec {
+                    slug,
+                    owner: "local".to_string(),
+                    status: Status::Active,
+                    versions: [(Version::new(0, 0, 0), component.clone())].into(),
+                };
+                Config {
+                    source: "command line".into(),
+                    host: HostSettings::default(),
+                    tenants: vec![spec],
+                }
+            }
+            (None, None) => unreachable!("clap requires a component or --config"),
+        };
+        if let Some(addr) = self.addr {
+            config.host.addr = addr;
+        }
+        if let Some(ms) = self.cpu_limit_ms {
+            config.host.cpu_limit_ms = ms;
+        }
+        if let Some(mb) = self.memory_limit_mb {
+            config.host.memory_limit_mb = mb;
+        }
+        let mode = match &self.config {
+            Some(_) => RoutingMode::Multi {
+                base_domain: config.host.base_domain.clone(),
+            },
+            None => RoutingMode::Single {
+                slug: self.slug.clone(),
+            },
+        };
+        Ok((config, mode))
+    }
+
+    async fn run(self) -> Result<()> {
+        let (config, mode) = self.config()?;
+        let cache_dir = if self.no_cache {
+            None
+        } else {
+            self.cache_dir
+                .clone()
+                .or_else(crate::artifacts::ArtifactCache::default_dir)
+        };
+        let runtime = Arc::new(Runtime::new(RuntimeSettings {
+            cpu_limit: Duration::from_millis(config.host.cpu_limit_ms),
+            memory_limit_bytes: usize::try_from(
+                config.host.memory_limit_mb.saturating_mul(1 << 20),
+            )
+            .unwrap_or(usize::MAX),
+            max_concurrent_requests: self.max_concurrent_requests,
+            cache_dir,
+            pooling: !self.no_pooling,
+        })?);
+        let started = std::time::Instant::now();
+        let (tenants, stats) = TenantRegistry::load(&runtime, &config.tenants, &config.source)?;
+        tracing::info!(
+            tenants = tenants.len(),
+            components = stats.components,
+            compiled = stats.compiled,
+            cache_hits = stats.cache_hits,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "tenants loaded"
+        );
+
+        let guest_logs = self.guest_logs.unwrap_or(match mode {
+            RoutingMode::Single { .. } => GuestLogFormat::Pretty,
+            RoutingMode::Multi { .. } => GuestLogFormat::Off,
+        });
+        let sink: Arc<dyn LogSink> = Arc::new(ConsoleLog::new(guest_logs));
+        let listener = TcpListener::bind(config.host.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.host.addr))?;
+        let addr = listener.local_addr()?;
+        announce(addr, &mode);
+
+        let host = Arc::new(Host {
+            mode,
+            tenants,
+            dispatcher: Dispatcher::new(runtime, sink),
+            control: ControlPlane::default(),
+        });
+        serve(listener, host, shutdown_signal()).await?;
+        tracing::info!("shutting down");
+        Ok(())
+    }
+}
+
+/// Prints where to reach the host. The first line is stable (`listening on
+/// http://ADDR`): scripts and tests read the port from it.
+fn announce(addr: SocketAddr, mode: &RoutingMode) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "mctx-host listening on http://{addr}");
+    let _ = match mode {
+        RoutingMode::Single { slug } => writeln!(
+            out,
+            "  serving one component as tenant {slug:?}; host endpoints under http://{addr}{SINGLE_MODE_CONTROL_PREFIX}/"
+        ),
+        RoutingMode::Multi { base_domain } => writeln!(
+            out,
+            "  tenants at http://{{slug}}.{base_domain}:{port}/ or http://{addr}/t/{{slug}}/",
+            port = addr.port()
+        ),
+    };
+    let _ = out.flush();
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

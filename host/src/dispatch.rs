@@ -1,0 +1,351 @@
+//! The dispatcher: runs one request in a fresh instance of a tenant's
+//! component, with its limits, and turns whatever happened into a response.
+//!
+//! Each request gets its own [`Store`] (so no state leaks between requests or
+//! tenants), its own [`RequestCapture`] for stdout/stderr and its own
+//! [`RequestMeter`]. The guest runs in a spawned task, as `wasmtime serve`
+//! does, because it may keep running after it has handed back the response
+//! head (streaming the body); the task, not the response, decides the
+//! request's [`Outcome`].
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use tokio::sync::{Semaphore, oneshot};
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi::WasiCtx;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::capture::{LogSink, RequestCapture};
+use crate::entry::{Level, RequestMeta, Stream};
+use crate::limits::{Metered, RequestMeter};
+use crate::runtime::{Runtime, TenantState};
+use crate::tenants::Deployment;
+
+/// The body type of every response the host sends.
+pub type Body = HyperOutgoingBody;
+
+pub const X_TENANT_SLUG: HeaderName = HeaderName::from_static("x-tenant-slug");
+pub const X_TENANT_VERSION: HeaderName = HeaderName::from_static("x-tenant-version");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// How a request ended, as the log stream reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// The guest trapped (panic, unreachable, stack overflow…).
+    Exception,
+    ExceededCpu,
+    ExceededMemory,
+    /// The client went away before the guest finished.
+    Canceled,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Exception => "exception",
+            Outcome::ExceededCpu => "exceededCpu",
+            Outcome::ExceededMemory => "exceededMemory",
+            Outcome::Canceled => "canceled",
+        }
+    }
+}
+
+/// Runs requests against tenants' components.
+pub struct Dispatcher {
+    runtime: Arc<Runtime>,
+    sink: Arc<dyn LogSink>,
+    /// Bounds the requests in flight to what the instance pool holds; a
+    /// request beyond it waits for a slot instead of failing.
+    slots: Arc<Semaphore>,
+}
+
+impl Dispatcher {
+    pub fn new(runtime: Arc<Runtime>, sink: Arc<dyn LogSink>) -> Self {
+        let slots = Arc::new(Semaphore::new(
+            runtime.settings().max_concurrent_requests as usize,
+        ));
+        Dispatcher {
+            runtime,
+            sink,
+            slots,
+        }
+    }
+
+    /// Runs `request` in a fresh instance of `deployment`. Never fails: every
+    /// error becomes a response (and, for the tenant's owner, a log entry).
+    pub async fn dispatch(
+        &self,
+        slug: &str,
+        deployment: &Deployment,
+        mut request: Request<Incoming>,
+    ) -> Response<Body> {
+        let request_id = new_request_id();
+        let headers = request.headers_mut();
+        // `insert` replaces every value a client sent: these two are ours.
+        headers.insert(
+            X_TENANT_SLUG,
+            HeaderValue::from_str(slug).expect("slugs are valid header values"),
+        );
+        headers.insert(
+            X_TENANT_VERSION,
+            HeaderValue::from_str(&deployment.version_label)
+                .expect("versions are valid header values"),
+        );
+        let meta = Arc::new(RequestMeta {
+            slug: slug.to_string(),
+            version: deployment.version_label.clone(),
+            request_id: request_id.clone(),
+        });
+        let response = self.run(meta, deployment, request).await;
+        with_request_id(response, &request_id)
+    }
+
+    async fn run(
+        &self,
+        meta: Arc<RequestMeta>,
+        deployment: &Deployment,
+        request: Request<Incoming>,
+    ) -> Response<Body> {
+        let settings = self.runtime.settings();
+        let capture = RequestCapture::new(meta, self.sink.clone());
+        let meter = Arc::new(RequestMeter::new(settings.cpu_limit));
+
+        let wasi = WasiCtx::builder()
+            .stdout(capture.stream(Stream::Stdout))
+            .stderr(capture.stream(Stream::Stderr))
+            .build();
+        let mut store = Store::new(
+            self.runtime.engine(),
+            TenantState::new(wasi, settings.memory_limit_bytes, meter.clone()),
+        );
+        store.limiter(|state| state.limiter());
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            Ok(if ctx.data().meter().check_cpu() {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
+
+        let (response_tx, response_rx) = oneshot::channel();
+        let prepared = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)
+            .and_then(|req| {
+                let out = store.data_mut().http().new_response_outparam(response_tx)?;
+                Ok((req, out))
+            });
+        let (guest_request, response_out) = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    &format!("cannot pass this request to the guest: {e}"),
+                );
+            }
+        };
+
+        let Ok(slot) = self.slots.clone().acquire_owned().await else {
+            return error_response(StatusCode::SERVICE_UNAVAILABLE, "the host is shutting down");
+        };
+        let pre = deployment.pre.clone();
+        let run_meter = meter.clone();
+        let report = RequestReport::new(capture.clone(), meter.clone());
+        let task = tokio::spawn(async move {
+            let _slot = slot;
+            let result = Metered::new(run_meter, async move {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, guest_request, response_out)
+                    .await
+            })
+            .await;
+            report.finish(result)
+        });
+        // If the client goes away before the response head, stop the guest.
+        let mut abort_guard = AbortOnDrop(Some(task.abort_handle()));
+
+        let response = match response_rx.await {
+            Ok(Ok(response)) => response.map(|body| body.boxed_unsync()),
+            Ok(Err(code)) => error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("the tenant answered with an error: {code:?}"),
+            ),
+            // The guest returned or died without sending a response.
+            Err(_) => match task.await {
+                Ok(Outcome::Ok) => error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the tenant returned without sending a response",
+                ),
+                Ok(outcome) => outcome_response(outcome, &meter),
+                Err(e) => {
+                    tracing::error!("request task failed: {e}");
+                    error_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal error in the host",
+                    )
+                }
+            },
+        };
+        // From here on the guest may still be streaming the body: let it.
+        abort_guard.0 = None;
+        response
+    }
+}
+
+/// Ends a request's capture exactly once: when the guest task completes, or,
+/// if the task is aborted (client gone), when it is dropped.
+struct RequestReport {
+    capture: Arc<RequestCapture>,
+    meter: Arc<RequestMeter>,
+    done: bool,
+}
+
+impl RequestReport {
+    fn new(capture: Arc<RequestCapture>, meter: Arc<RequestMeter>) -> Self {
+        RequestReport {
+            capture,
+            meter,
+            done: false,
+        }
+    }
+
+    fn finish(mut self, result: wasmtime::Result<()>) -> Outcome {
+        self.done = true;
+        let outcome = match &result {
+            Ok(()) => Outcome::Ok,
+            Err(_) if self.meter.cpu_exceeded() => Outcome::ExceededCpu,
+            Err(_) if self.meter.memory_exceeded() => Outcome::ExceededMemory,
+            Err(_) => Outcome::Exception,
+        };
+        self.capture.finish();
+        let meta = self.capture.meta();
+        match (&result, outcome) {
+            (Ok(()), _) => {}
+            (Err(_), Outcome::ExceededCpu) => self.capture.publish_host_entry(
+                Level::Error,
+                format!(
+                    "[mctx] exceeded the CPU limit of {} ms; the request was stopped",
+                    self.meter.cpu_limit().as_millis()
+                ),
+            ),
+            (Err(e), _) => self.capture.publish_host_entry(
+                Level::Error,
+                format!("[mctx] {}: {e:?}", trap_title(outcome)),
+            ),
+        }
+        if let Err(e) = &result {
+            tracing::debug!(slug = %meta.slug, request_id = %meta.request_id, outcome = outcome.as_str(), "guest failed: {e:#}");
+        }
+        tracing::debug!(
+            slug = %meta.slug,
+            request_id = %meta.request_id,
+            outcome = outcome.as_str(),
+            wall_ms = self.meter.wall().as_millis() as u64,
+            cpu_ms = self.meter.cpu_used().as_millis() as u64,
+            "request finished"
+        );
+        outcome
+    }
+}
+
+fn trap_title(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::ExceededMemory => "ran out of memory (limit reached)",
+        _ => "the guest trapped",
+    }
+}
+
+impl Drop for RequestReport {
+    fn drop(&mut self) {
+        if !self.done {
+            self.capture.finish();
+            self.capture.publish_host_entry(
+                Level::Warn,
+                "[mctx] the client went away; the request was canceled".into(),
+            );
+        }
+    }
+}
+
+/// Aborts a task when dropped, unless its handle was taken out first.
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+        }
+    }
+}
+
+fn outcome_response(outcome: Outcome, meter: &RequestMeter) -> Response<Body> {
+    match outcome {
+        Outcome::ExceededCpu => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "the tenant exceeded its CPU time limit ({} ms)",
+                meter.cpu_limit().as_millis()
+            ),
+        ),
+        Outcome::ExceededMemory => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the tenant exceeded its memory limit",
+        ),
+        Outcome::Exception => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the tenant's code failed (trap)",
+        ),
+        Outcome::Canceled | Outcome::Ok => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the request was canceled",
+        ),
+    }
+}
+
+/// A JSON error response: `{"error": "..."}`.
+pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+    json_response(status, &serde_json::json!({ "error": message }))
+}
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(full_body(value.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A complete body from bytes.
+pub fn full_body(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn with_request_id(mut response: Response<Body>, request_id: &str) -> Response<Body> {
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert(X_REQUEST_ID, value);
+    }
+    response
+}
+
+/// A request id: 16 hex digits, random so that ids from several hosts (or
+/// restarts) do not collide.
+pub fn new_request_id() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}

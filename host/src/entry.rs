@@ -1,0 +1,225 @@
+//! Log entries: what one line of guest output becomes.
+//!
+//! The platform's contract (`server-logs.txt`) is a `{timestamp, level,
+//! message}` record per `console.*` call. Our guests write bytes to stdout and
+//! stderr instead, so a line is the unit, the stream gives a default level and
+//! a leading `[INFO]`/`[WARN]`/`[ERROR]`/`[DEBUG]` overrides it. The prefix is
+//! kept in the message, as the contract's own examples show it.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// The largest message an entry carries, in bytes (the contract's 10 KB).
+pub const MAX_MESSAGE_BYTES: usize = 10 * 1024;
+
+/// A log level, as the contract names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Debug,
+    Log,
+    Info,
+    Warn,
+    Error,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Debug => "debug",
+            Level::Log => "log",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+
+    /// Parses a level name as viewers and the CLI spell it (`warn`, `ERROR`…).
+    pub fn parse(name: &str) -> Option<Level> {
+        const ALL: [Level; 5] = [
+            Level::Debug,
+            Level::Log,
+            Level::Info,
+            Level::Warn,
+            Level::Error,
+        ];
+        ALL.into_iter()
+            .find(|level| level.as_str().eq_ignore_ascii_case(name))
+    }
+}
+
+/// Which guest stream a line came from; it decides the level of a line that
+/// has no prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    /// stdout is `console.log`; stderr is an error unless a prefix says otherwise.
+    pub fn default_level(self) -> Level {
+        match self {
+            Stream::Stdout => Level::Log,
+            Stream::Stderr => Level::Error,
+        }
+    }
+}
+
+/// The level a line's prefix names, if it starts with one.
+pub fn prefix_level(line: &str) -> Option<Level> {
+    const PREFIXES: [(&str, Level); 4] = [
+        ("[INFO]", Level::Info),
+        ("[WARN]", Level::Warn),
+        ("[ERROR]", Level::Error),
+        ("[DEBUG]", Level::Debug),
+    ];
+    PREFIXES
+        .into_iter()
+        .find_map(|(prefix, level)| line.starts_with(prefix).then_some(level))
+}
+
+/// Cuts `message` to at most `max` bytes on a char boundary. Returns whether
+/// anything was cut.
+pub fn truncate_message(message: &mut String, max: usize) -> bool {
+    if message.len() <= max {
+        return false;
+    }
+    let cut = message.floor_char_boundary(max);
+    message.truncate(cut);
+    true
+}
+
+/// Milliseconds since the Unix epoch, the contract's timestamp unit.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Who produced an entry: shared by every entry of one request, so it is
+/// reference-counted rather than copied per line.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestMeta {
+    pub slug: String,
+    pub version: String,
+    pub request_id: String,
+}
+
+/// One log entry. `seq` is given by the slug's hub when it is published;
+/// before that it is 0.
+#[derive(Clone, Debug, Serialize)]
+pub struct LogEntry {
+    pub timestamp: u64,
+    pub level: Level,
+    pub message: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    #[serde(flatten)]
+    pub meta: Arc<RequestMeta>,
+}
+
+impl LogEntry {
+    /// An entry for one line of guest output: level from the prefix, else
+    /// from the stream; message cut to [`MAX_MESSAGE_BYTES`].
+    pub fn from_line(
+        meta: Arc<RequestMeta>,
+        stream: Stream,
+        timestamp: u64,
+        mut line: String,
+    ) -> Self {
+        let level = prefix_level(&line).unwrap_or(stream.default_level());
+        let truncated = truncate_message(&mut line, MAX_MESSAGE_BYTES);
+        LogEntry {
+            timestamp,
+            level,
+            message: line,
+            truncated,
+            meta,
+        }
+    }
+
+    /// An entry the host writes about a request (limits reached, traps).
+    pub fn from_host(meta: Arc<RequestMeta>, level: Level, message: String) -> Self {
+        LogEntry {
+            timestamp: now_ms(),
+            level,
+            message,
+            truncated: false,
+            meta,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> Arc<RequestMeta> {
+        Arc::new(RequestMeta {
+            slug: "s".into(),
+            version: "1.0.0".into(),
+            request_id: "r".into(),
+        })
+    }
+
+    #[test]
+    fn stream_gives_the_level_of_a_plain_line() {
+        let out = LogEntry::from_line(meta(), Stream::Stdout, 1, "plain".into());
+        let err = LogEntry::from_line(meta(), Stream::Stderr, 1, "plain".into());
+        assert_eq!((out.level, err.level), (Level::Log, Level::Error));
+    }
+
+    #[test]
+    fn prefix_overrides_the_stream_and_stays_in_the_message() {
+        let e = LogEntry::from_line(meta(), Stream::Stderr, 1, "[WARN] careful".into());
+        assert_eq!(e.level, Level::Warn);
+        assert_eq!(e.message, "[WARN] careful");
+        assert_eq!(prefix_level("[DEBUG]x"), Some(Level::Debug));
+        assert_eq!(prefix_level("[INFO]"), Some(Level::Info));
+        assert_eq!(prefix_level("[ERROR] e"), Some(Level::Error));
+        assert_eq!(prefix_level(" [INFO] indented"), None);
+        assert_eq!(prefix_level("[info] lower case"), None);
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        let mut s = "é".repeat(10); // 20 bytes
+        assert!(truncate_message(&mut s, 5));
+        assert_eq!(s, "éé");
+        let mut short = "abc".to_string();
+        assert!(!truncate_message(&mut short, 3));
+        assert_eq!(short, "abc");
+    }
+
+    #[test]
+    fn long_lines_are_cut_to_ten_kilobytes_and_flagged() {
+        let e = LogEntry::from_line(meta(), Stream::Stdout, 1, "x".repeat(MAX_MESSAGE_BYTES + 1));
+        assert!(e.truncated);
+        assert_eq!(e.message.len(), MAX_MESSAGE_BYTES);
+        let exact = LogEntry::from_line(meta(), Stream::Stdout, 1, "x".repeat(MAX_MESSAGE_BYTES));
+        assert!(!exact.truncated);
+    }
+
+    #[test]
+    fn entry_serializes_in_the_wire_shape() {
+        let e = LogEntry::from_line(meta(), Stream::Stdout, 42, "[INFO] hi".into());
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"timestamp": 42, "level": "info", "message": "[INFO] hi",
+                "slug": "s", "version": "1.0.0", "requestId": "r"})
+        );
+    }
+
+    #[test]
+    fn level_names_parse_case_insensitively() {
+        assert_eq!(Level::parse("WARN"), Some(Level::Warn));
+        assert_eq!(Level::parse("log"), Some(Level::Log));
+        assert_eq!(Level::parse("fatal"), None);
+    }
+}

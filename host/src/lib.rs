@@ -1,0 +1,31 @@
+//! mctx-host: a multi-tenant host for `wasi:http/proxy` WebAssembly
+//! components that streams each tenant's console output, live, to its owners.
+//!
+//! The modules, in the order a request meets them:
+
+/// On-disk cache of compiled components.
+pub mod artifacts;
+/// Guest stdout/stderr → log entries, per request.
+pub mod capture;
+/// Command line: `serve`, and how a configuration becomes a running host.
+pub mod cli;
+/// `tenants.toml`: tenants, versions, host settings; validation.
+pub mod config;
+/// Printing entries on the host's terminal.
+pub mod console;
+/// The host's own endpoints (`/healthz`).
+pub mod control;
+/// One request in a fresh instance, with limits; outcome → response.
+pub mod dispatch;
+/// Log entries: levels, prefixes, truncation, wire shape.
+pub mod entry;
+/// CPU-time metering and the memory limiter.
+pub mod limits;
+/// `Host` header and path → tenant, version and the path the guest sees.
+pub mod routing;
+/// Engine, linker, per-request store state, loading components.
+pub mod runtime;
+/// The HTTP front door: accept loop, routing a request to a tenant or the control plane.
+pub mod server;
+/// Slug → versions → pre-instantiated components.
+pub mod tenants;

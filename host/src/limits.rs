@@ -1,0 +1,208 @@
+//! Per-request resource limits: CPU time and linear memory.
+//!
+//! **What "CPU time" means here.** Wasmtime's epoch interruption fires on
+//! wall-clock ticks, and time a guest spends waiting on I/O (a sleep, a slow
+//! client, an outgoing request) advances epochs too. Counting ticks would
+//! charge a guest for waiting, which the contract's "CPU time limit" does not
+//! do. So instead [`Metered`] measures how long the request's future is
+//! actually being polled — the time a host thread spends running the guest
+//! and the host calls it makes — and the epoch callback, which runs on every
+//! tick while guest code runs, compares that total with the limit. A spinning
+//! guest is stopped within one tick of its limit; a guest that sleeps for a
+//! minute is not charged for the minute.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use wasmtime::ResourceLimiter;
+
+/// CPU time and limit flags of one request, shared between the task running
+/// the guest, the store's epoch callback and the dispatcher.
+#[derive(Debug)]
+pub struct RequestMeter {
+    started: Instant,
+    cpu_limit: Duration,
+    /// Nanoseconds spent polling, excluding the poll in progress.
+    cpu_ns: AtomicU64,
+    /// When the poll in progress began (ns since `started`), or `NOT_POLLING`.
+    poll_began_ns: AtomicU64,
+    cpu_exceeded: AtomicBool,
+    memory_exceeded: AtomicBool,
+}
+
+const NOT_POLLING: u64 = u64::MAX;
+
+impl RequestMeter {
+    pub fn new(cpu_limit: Duration) -> Self {
+        RequestMeter {
+            started: Instant::now(),
+            cpu_limit,
+            cpu_ns: AtomicU64::new(0),
+            poll_began_ns: AtomicU64::new(NOT_POLLING),
+            cpu_exceeded: AtomicBool::new(false),
+            memory_exceeded: AtomicBool::new(false),
+        }
+    }
+
+    fn since_start_ns(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+
+    /// CPU time used so far, including the poll in progress.
+    pub fn cpu_used(&self) -> Duration {
+        let mut ns = self.cpu_ns.load(Ordering::Relaxed);
+        let began = self.poll_began_ns.load(Ordering::Relaxed);
+        if began != NOT_POLLING {
+            ns += self.since_start_ns().saturating_sub(began);
+        }
+        Duration::from_nanos(ns)
+    }
+
+    /// Wall time since the request began.
+    pub fn wall(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Called from the epoch callback: true (and remembered) once the CPU
+    /// limit is exceeded.
+    pub fn check_cpu(&self) -> bool {
+        let exceeded = self.cpu_used() > self.cpu_limit;
+        if exceeded {
+            self.cpu_exceeded.store(true, Ordering::Relaxed);
+        }
+        exceeded
+    }
+
+    pub fn cpu_limit(&self) -> Duration {
+        self.cpu_limit
+    }
+
+    pub fn cpu_exceeded(&self) -> bool {
+        self.cpu_exceeded.load(Ordering::Relaxed)
+    }
+
+    pub fn memory_exceeded(&self) -> bool {
+        self.memory_exceeded.load(Ordering::Relaxed)
+    }
+
+    fn begin_poll(&self) {
+        self.poll_began_ns
+            .store(self.since_start_ns(), Ordering::Relaxed);
+    }
+
+    fn end_poll(&self) {
+        let began = self.poll_began_ns.swap(NOT_POLLING, Ordering::Relaxed);
+        if began != NOT_POLLING {
+            let spent = self.since_start_ns().saturating_sub(began);
+            self.cpu_ns.fetch_add(spent, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A future whose polling time is charged to a [`RequestMeter`].
+pub struct Metered<F> {
+    meter: Arc<RequestMeter>,
+    inner: Pin<Box<F>>,
+}
+
+impl<F: Future> Metered<F> {
+    pub fn new(meter: Arc<RequestMeter>, inner: F) -> Self {
+        Metered {
+            meter,
+            inner: Box::pin(inner),
+        }
+    }
+}
+
+impl<F: Future> Future for Metered<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.meter.begin_poll();
+        let result = self.inner.as_mut().poll(cx);
+        self.meter.end_poll();
+        result
+    }
+}
+
+/// Caps a request's linear memory. Growth past the limit fails (the guest
+/// sees `memory.grow` return -1, as on any full machine) and is remembered,
+/// so that a guest dying of it is reported as `exceededMemory`.
+pub struct MemoryLimiter {
+    max_bytes: usize,
+    meter: Arc<RequestMeter>,
+}
+
+impl MemoryLimiter {
+    pub fn new(max_bytes: usize, meter: Arc<RequestMeter>) -> Self {
+        MemoryLimiter { max_bytes, meter }
+    }
+}
+
+/// Table growth is bounded too, so a guest cannot exhaust host memory
+/// through tables instead of memories.
+const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.meter.memory_exceeded.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_time_inside_poll_is_charged() {
+        let meter = RequestMeter::new(Duration::from_millis(5));
+        // Outside a poll, waiting costs nothing.
+        std::thread::sleep(Duration::from_millis(10));
+        assert_eq!(meter.cpu_used(), Duration::ZERO);
+        assert!(!meter.check_cpu());
+        // Inside a poll, it counts, and the in-progress poll is included.
+        meter.begin_poll();
+        std::thread::sleep(Duration::from_millis(10));
+        assert!(meter.cpu_used() >= Duration::from_millis(10));
+        assert!(meter.check_cpu());
+        meter.end_poll();
+        assert!(meter.cpu_exceeded());
+        assert!(meter.wall() >= Duration::from_millis(20));
+    }
+
+    #[test]
+    fn memory_growth_past_the_limit_is_refused_and_remembered() {
+        let meter = Arc::new(RequestMeter::new(Duration::from_secs(1)));
+        let mut limiter = MemoryLimiter::new(1 << 20, meter.clone());
+        assert!(limiter.memory_growing(0, 1 << 20, None).unwrap());
+        assert!(!meter.memory_exceeded());
+        assert!(
+            !limiter
+                .memory_growing(1 << 20, (1 << 20) + 65536, None)
+                .unwrap()
+        );
+        assert!(meter.memory_exceeded());
+    }
+}
