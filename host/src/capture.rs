@@ -22,7 +22,9 @@ use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
-use crate::entry::{Level, LogEntry, MAX_MESSAGE_BYTES, RequestMeta, Stream, now_ms};
+use crate::entry::{
+    Level, LogEntry, MAX_MESSAGE_BYTES, RequestMeta, Stream, now_ms, truncate_message,
+};
 
 /// How many bytes of output one request may write before the rest is dropped.
 pub const OUTPUT_BUDGET_BYTES: usize = 256 * 1024;
@@ -99,8 +101,14 @@ impl LineBuffer {
         if self.bytes.last() == Some(&b'\r') && !self.overflowed {
             self.bytes.pop();
         }
+        // An empty line never went through `push`, so it starts now.
+        let timestamp = if self.is_empty() {
+            now_ms()
+        } else {
+            self.started_ms
+        };
         let line = String::from_utf8_lossy(&self.bytes).into_owned();
-        let mut entry = LogEntry::from_line(meta.clone(), stream, self.started_ms, line);
+        let mut entry = LogEntry::from_line(meta.clone(), stream, timestamp, line);
         entry.truncated |= self.overflowed;
         self.bytes.clear();
         self.overflowed = false;
@@ -168,6 +176,28 @@ impl RequestCapture {
         drop(state);
         if !entries.is_empty() {
             self.sink.publish(&self.meta.slug, entries);
+        }
+    }
+
+    /// Accepts one `wasi:logging` message: one entry, level as given, under
+    /// the same budget and size limit as stdout and stderr.
+    pub fn log_structured(&self, level: Level, mut message: String) {
+        let mut state = self.lock();
+        if state.finished {
+            return;
+        }
+        let room = OUTPUT_BUDGET_BYTES - state.accepted;
+        if message.len() > room {
+            state.dropped += message.len();
+            return;
+        }
+        state.accepted += message.len();
+        drop(state);
+        if self.sink.wants(&self.meta.slug) {
+            let truncated = truncate_message(&mut message, MAX_MESSAGE_BYTES);
+            let mut entry = LogEntry::from_host(self.meta.clone(), level, message);
+            entry.truncated = truncated;
+            self.sink.publish(&self.meta.slug, vec![entry]);
         }
     }
 
@@ -351,6 +381,7 @@ mod tests {
         let (capture, sink) = capture();
         capture.write(Stream::Stdout, b"\n\n");
         assert_eq!(messages(&sink).len(), 2);
+        assert!(sink.0.lock().unwrap().iter().all(|e| e.timestamp > 0));
     }
 
     #[test]

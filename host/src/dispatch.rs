@@ -16,13 +16,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::sync::{Semaphore, oneshot};
 use wasmtime::{Store, UpdateDeadline};
-use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::capture::{LogSink, RequestCapture};
-use crate::entry::{Level, RequestMeta, Stream};
+use crate::entry::{Level, RequestMeta};
 use crate::limits::{Metered, RequestMeter};
 use crate::runtime::{Runtime, TenantState};
 use crate::tenants::Deployment;
@@ -118,13 +117,9 @@ impl Dispatcher {
         let capture = RequestCapture::new(meta, self.sink.clone());
         let meter = Arc::new(RequestMeter::new(settings.cpu_limit));
 
-        let wasi = WasiCtx::builder()
-            .stdout(capture.stream(Stream::Stdout))
-            .stderr(capture.stream(Stream::Stderr))
-            .build();
         let mut store = Store::new(
             self.runtime.engine(),
-            TenantState::new(wasi, settings.memory_limit_bytes, meter.clone()),
+            TenantState::new(capture.clone(), settings.memory_limit_bytes, meter.clone()),
         );
         store.limiter(|state| state.limiter());
         store.set_epoch_deadline(1);
@@ -236,8 +231,9 @@ impl RequestReport {
             (Err(_), Outcome::ExceededCpu) => self.capture.publish_host_entry(
                 Level::Error,
                 format!(
-                    "[mctx] exceeded the CPU limit of {} ms; the request was stopped",
-                    self.meter.cpu_limit().as_millis()
+                    "[mctx] exceeded the CPU limit of {} ms (used {} ms); the request was stopped",
+                    self.meter.cpu_limit().as_millis(),
+                    self.meter.cpu_used().as_millis()
                 ),
             ),
             (Err(e), _) => self.capture.publish_host_entry(

@@ -19,6 +19,8 @@ pub mod control;
 pub mod dispatch;
 /// Log entries: levels, prefixes, truncation, wire shape.
 pub mod entry;
+/// The host side of `wasi:logging`: structured entries with exact levels.
+pub mod guest_logging;
 /// CPU-time metering and the memory limiter.
 pub mod limits;
 /// `Host` header and path → tenant, version and the path the guest sees.

@@ -19,6 +19,8 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::artifacts::{ArtifactCache, CacheOutcome};
+use crate::capture::RequestCapture;
+use crate::entry::Stream;
 use crate::limits::{MemoryLimiter, RequestMeter};
 
 /// How often the epoch advances. The CPU limit is enforced at this
@@ -44,17 +46,32 @@ pub struct TenantState {
     table: ResourceTable,
     limiter: MemoryLimiter,
     meter: Arc<RequestMeter>,
+    capture: Arc<RequestCapture>,
 }
 
 impl TenantState {
-    pub fn new(wasi: WasiCtx, memory_limit_bytes: usize, meter: Arc<RequestMeter>) -> Self {
+    /// The state of a request whose stdout and stderr go to `capture`.
+    pub fn new(
+        capture: Arc<RequestCapture>,
+        memory_limit_bytes: usize,
+        meter: Arc<RequestMeter>,
+    ) -> Self {
+        let wasi = WasiCtx::builder()
+            .stdout(capture.stream(Stream::Stdout))
+            .stderr(capture.stream(Stream::Stderr))
+            .build();
         TenantState {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(memory_limit_bytes, meter.clone()),
             meter,
+            capture,
         }
+    }
+
+    pub fn capture(&self) -> &RequestCapture {
+        &self.capture
     }
 
     pub fn limiter(&mut self) -> &mut MemoryLimiter {
@@ -103,6 +120,7 @@ impl Runtime {
         // files, sockets or environment.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        crate::guest_logging::add_to_linker(&mut linker)?;
         let cache = settings
             .cache_dir
             .as_ref()

@@ -41,7 +41,12 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
                 }
             }
         }
-        let body = json!({ "method": method, "path": path, "headers": headers });
+        let body = json!({
+            "method": method,
+            "authority": request.authority(),
+            "path": path,
+            "headers": headers,
+        });
         respond(out, 200, "application/json", body.to_string().as_bytes());
     }
 }

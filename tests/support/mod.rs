@@ -1,0 +1,265 @@
+//! Harness for the integration tests: builds the sample guests (once per
+//! test binary; cargo makes it a no-op when they are fresh), starts the real
+//! `mctx-host` binary on a free port and talks to it over real HTTP.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+
+use std::ffi::OsString;
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock, mpsc};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+
+/// How long any single wait in a test may take before the test fails. A
+/// safety net against hangs, never a synchronisation point.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
+}
+
+/// The target directory this test run uses (shared with the guests).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
+/// Path of a built sample guest, e.g. `guest("hello")`.
+pub fn guest(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(repo_root())
+            .args([
+                "build",
+                "--manifest-path",
+                "guests/Cargo.toml",
+                "--target",
+                "wasm32-wasip2",
+                "--release",
+            ])
+            .status()
+            .expect("running cargo to build the guests");
+        assert!(
+            status.success(),
+            "building the guests failed (is the wasm32-wasip2 target installed?)"
+        );
+        target_dir().join("wasm32-wasip2/release")
+    });
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(path.exists(), "no guest {}", path.display());
+    path
+}
+
+/// A running `mctx-host`, killed when dropped.
+pub struct HostProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    /// Lines the host printed on stdout after its banner.
+    stdout: Mutex<mpsc::Receiver<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl HostProcess {
+    /// `mctx-host serve <component> <extra…>` on a free port.
+    pub fn single(component: &Path, extra: &[&str]) -> Self {
+        let mut args: Vec<OsString> = vec!["serve".into(), component.into()];
+        args.extend(extra.iter().map(OsString::from));
+        Self::start(args, tempfile::tempdir().unwrap())
+    }
+
+    /// `mctx-host serve --config <file> <extra…>` with `config` written to a
+    /// temporary file.
+    pub fn multi(config: &str, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenants.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut args: Vec<OsString> = vec!["serve".into(), "--config".into(), path.into()];
+        args.extend(extra.iter().map(OsString::from));
+        Self::start(args, dir)
+    }
+
+    fn start(mut args: Vec<OsString>, dir: tempfile::TempDir) -> Self {
+        args.extend(["--addr".into(), "127.0.0.1:0".into(), "--cache-dir".into()]);
+        args.push(target_dir().join("test-artifact-cache").into());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mctx-host"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting mctx-host");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut banner = String::new();
+        stdout.read_line(&mut banner).expect("reading the banner");
+        let addr = banner
+            .trim()
+            .strip_prefix("mctx-host listening on http://")
+            .unwrap_or_else(|| {
+                panic!("unexpected first line from mctx-host: {banner:?} (args {args:?})")
+            })
+            .parse()
+            .expect("banner has an address");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        HostProcess {
+            child,
+            addr,
+            stdout: Mutex::new(rx),
+            _dir: dir,
+        }
+    }
+
+    /// The next stdout line that satisfies `wanted`, skipping others.
+    pub fn wait_for_line(&self, wanted: impl Fn(&str) -> bool) -> String {
+        let rx = self.stdout.lock().unwrap();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if wanted(&line) => return line,
+                Ok(_) => continue,
+                Err(e) => panic!("no matching line from the host: {e}"),
+            }
+        }
+    }
+
+    /// Sends a request with `Host: {host}` (the real port appended).
+    pub async fn request(
+        &self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        send(
+            self.addr,
+            method,
+            &format!("{host}:{}", self.addr.port()),
+            path,
+            headers,
+            Bytes::new(),
+        )
+        .await
+    }
+
+    pub async fn get(&self, host: &str, path: &str) -> Reply {
+        self.request("GET", host, path, &[]).await
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Reply {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connecting to the host");
+    let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP handshake");
+    tokio::spawn(connection);
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder.body(Full::new(body)).expect("valid request");
+    let response = tokio::time::timeout(PATIENCE, sender.send_request(request))
+        .await
+        .expect("the host answered in time")
+        .expect("a response");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("reading the body").to_bytes();
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Runs `mctx-host <args>`, expecting it to refuse to start; returns its
+/// stderr. If it starts serving instead, it is stopped and the test fails.
+pub fn run_failing(args: &[OsString]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mctx-host"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running mctx-host");
+    let mut first_line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first_line)
+        .unwrap();
+    if !first_line.is_empty() {
+        let _ = child.kill();
+        panic!("mctx-host {args:?} started serving: {first_line}");
+    }
+    let output = child.wait_with_output().expect("waiting for mctx-host");
+    assert!(
+        !output.status.success(),
+        "mctx-host {args:?} exited successfully"
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
