@@ -117,15 +117,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = ArtifactCache::open(dir.path().join("nested")).unwrap();
         let engine = Engine::default();
-        assert_eq!(cache.load_or_compile(&engine, EMPTY_COMPONENT).unwrap().1, CacheOutcome::Miss);
-        assert_eq!(cache.load_or_compile(&engine, EMPTY_COMPONENT).unwrap().1, CacheOutcome::Hit);
+        assert_eq!(
+            cache.load_or_compile(&engine, EMPTY_COMPONENT).unwrap().1,
+            CacheOutcome::Miss
+        );
+        assert_eq!(
+            cache.load_or_compile(&engine, EMPTY_COMPONENT).unwrap().1,
+            CacheOutcome::Hit
+        );
 
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         let other = Engine::new(&config).unwrap();
-        assert_eq!(cache.load_or_compile(&other, EMPTY_COMPONENT).unwrap().1, CacheOutcome::Miss);
+        assert_eq!(
+            cache.load_or_compile(&other, EMPTY_COMPONENT).unwrap().1,
+            CacheOutcome::Miss
+        );
         let files = std::fs::read_dir(cache.dir()).unwrap().count();
-        assert_eq!(files, 2, "one artifact per engine configuration, no temporary files left");
+        assert_eq!(
+            files, 2,
+            "one artifact per engine configuration, no temporary files left"
+        );
     }
 
     #[test]
@@ -134,9 +146,20 @@ mod tests {
         let cache = ArtifactCache::open(dir.path()).unwrap();
         let engine = Engine::default();
         cache.load_or_compile(&engine, EMPTY_COMPONENT).unwrap();
-        let artifact = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+        let artifact = std::fs::read_dir(dir.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
         std::fs::write(&artifact, b"garbage").unwrap();
-        assert_eq!(cache.load_or_compile(&engine, EMPTY_COMPONENT).unwrap().1, CacheOutcome::Miss);
-        assert_eq!(cache.load_or_compile(&engine, EMPTY_COMPONENT).unwrap().1, CacheOutcome::Hit);
+        assert_eq!(
+            cache.load_or_compile(&engine, EMPTY_COMPONENT).unwrap().1,
+            CacheOutcome::Miss
+        );
+        assert_eq!(
+            cache.load_or_compile(&engine, EMPTY_COMPONENT).unwrap().1,
+            CacheOutcome::Hit
+        );
     }
 }

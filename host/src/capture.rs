@@ -48,6 +48,28 @@ impl LogSink for Discard {
     fn publish(&self, _slug: &str, _entries: Vec<LogEntry>) {}
 }
 
+/// Two sinks at once (the log hub and the console). Entries are cloned only
+/// when both want them.
+pub struct Tee(pub Arc<dyn LogSink>, pub Arc<dyn LogSink>);
+
+impl LogSink for Tee {
+    fn wants(&self, slug: &str) -> bool {
+        self.0.wants(slug) || self.1.wants(slug)
+    }
+
+    fn publish(&self, slug: &str, entries: Vec<LogEntry>) {
+        match (self.0.wants(slug), self.1.wants(slug)) {
+            (true, true) => {
+                self.0.publish(slug, entries.clone());
+                self.1.publish(slug, entries);
+            }
+            (true, false) => self.0.publish(slug, entries),
+            (false, true) => self.1.publish(slug, entries),
+            (false, false) => {}
+        }
+    }
+}
+
 /// The output of one request: both streams' partial lines and the budget.
 pub struct RequestCapture {
     meta: Arc<RequestMeta>,
@@ -242,6 +264,13 @@ impl RequestCapture {
     pub fn publish_host_entry(&self, level: Level, message: String) {
         if self.sink.wants(&self.meta.slug) {
             let entry = LogEntry::from_host(self.meta.clone(), level, message);
+            self.sink.publish(&self.meta.slug, vec![entry]);
+        }
+    }
+
+    /// Publishes an entry built elsewhere (the request event).
+    pub fn publish_entry(&self, entry: LogEntry) {
+        if self.sink.wants(&self.meta.slug) {
             self.sink.publish(&self.meta.slug, vec![entry]);
         }
     }

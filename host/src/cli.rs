@@ -11,11 +11,14 @@ use clap::{Args, Parser, Subcommand};
 use semver::Version;
 use tokio::net::TcpListener;
 
-use crate::capture::LogSink;
+use crate::auth::Sessions;
+use crate::capture::{LogSink, Tee};
 use crate::config::{Config, HostSettings, Slug, Status, TenantSpec};
 use crate::console::{ConsoleLog, GuestLogFormat};
 use crate::control::ControlPlane;
 use crate::dispatch::Dispatcher;
+use crate::hub::{HubLimits, LogHub};
+use crate::log_stream::{LogStreams, StreamSettings};
 use crate::routing::{RoutingMode, SINGLE_MODE_CONTROL_PREFIX};
 use crate::runtime::{Runtime, RuntimeSettings};
 use crate::server::{Host, serve};
@@ -40,6 +43,48 @@ enum Command {
     /// `{slug}.{base_domain}` (or `/t/{slug}/` on the base domain) to tenant
     /// `slug`; `/v1/...` picks a version.
     Serve(ServeArgs),
+    /// Mint a session token for a user (to watch their servers' logs).
+    ///
+    /// The secret comes from MCTX_SESSION_SECRET, else from the config
+    /// file's `[auth] session_secret`. Use the token as the `session` cookie
+    /// or as `Authorization: Bearer <token>`.
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// The user id (a tenant's `owner`).
+    #[arg(long)]
+    user: String,
+    /// How long the token is valid: 90s, 15m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = crate::auth::parse_ttl)]
+    ttl: Duration,
+    /// A tenants file whose `[auth] session_secret` to use.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    fn run(self) -> Result<()> {
+        let configured = match &self.config {
+            Some(path) => Config::load(path)?.auth.session_secret,
+            None => None,
+        };
+        let Some(secret) = session_secret_from_env().or(configured) else {
+            anyhow::bail!(
+                "no session secret: set MCTX_SESSION_SECRET or pass --config with an [auth] session_secret"
+            );
+        };
+        let sessions = Sessions::new(secret.as_bytes())?;
+        println!("{}", sessions.mint(&self.user, self.ttl));
+        Ok(())
+    }
+}
+
+fn session_secret_from_env() -> Option<String> {
+    std::env::var("MCTX_SESSION_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty())
 }
 
 #[derive(Args, Debug)]
@@ -88,6 +133,11 @@ struct ServeArgs {
     /// Show guest output on this terminal [default: pretty with one component, off with a config].
     #[arg(long, value_enum)]
     guest_logs: Option<GuestLogFormat>,
+
+    /// Development mode: without a configured session secret, generate one
+    /// and print a token for each owner (single-component mode always does).
+    #[arg(long)]
+    dev: bool,
 }
 
 impl Cli {
@@ -100,6 +150,7 @@ impl Cli {
                     .build()?;
                 runtime.block_on(args.run())
             }
+            Command::Token(args) => args.run(),
         }
     }
 }
@@ -132,6 +183,8 @@ impl ServeArgs {
                 Config {
                     source: "command line".into(),
                     host: HostSettings::default(),
+                    auth: Default::default(),
+                    logs: Default::default(),
                     tenants: vec![spec],
                 }
             }
@@ -191,18 +244,41 @@ impl ServeArgs {
             RoutingMode::Single { .. } => GuestLogFormat::Pretty,
             RoutingMode::Multi { .. } => GuestLogFormat::Off,
         });
-        let sink: Arc<dyn LogSink> = Arc::new(ConsoleLog::new(guest_logs));
+        let (sessions, dev_tokens) = self.sessions(&config, &mode)?;
+        let logs = &config.logs;
+        let hub = LogHub::new(HubLimits {
+            max_viewers_per_slug: logs.max_viewers_per_slug,
+            viewer_queue_frames: logs.viewer_queue_frames,
+            slow_viewer_grace: Duration::from_secs(logs.slow_viewer_grace_secs),
+            ..HubLimits::default()
+        });
+        let sink: Arc<dyn LogSink> = match guest_logs {
+            GuestLogFormat::Off => Arc::new(hub.clone()),
+            format => Arc::new(Tee(
+                Arc::new(hub.clone()),
+                Arc::new(ConsoleLog::new(format)),
+            )),
+        };
+        let streams = LogStreams {
+            hub,
+            sessions,
+            settings: StreamSettings {
+                idle_timeout: Duration::from_secs(logs.idle_timeout_secs),
+                ping_interval: Duration::from_secs(logs.ping_interval_secs),
+                allowed_origins: config.auth.allowed_origins.clone(),
+            },
+        };
         let listener = TcpListener::bind(config.host.addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.host.addr))?;
         let addr = listener.local_addr()?;
-        announce(addr, &mode);
+        announce(addr, &mode, &dev_tokens);
 
         let host = Arc::new(Host {
             mode,
             tenants,
             dispatcher: Dispatcher::new(runtime, sink),
-            control: ControlPlane::default(),
+            control: ControlPlane::new(streams),
         });
         serve(listener, host, shutdown_signal()).await?;
         tracing::info!("shutting down");
@@ -210,9 +286,44 @@ impl ServeArgs {
     }
 }
 
+impl ServeArgs {
+    /// The session verifier, and the tokens to print when the secret was
+    /// generated here (development), one per owner.
+    fn sessions(
+        &self,
+        config: &Config,
+        mode: &RoutingMode,
+    ) -> Result<(Sessions, Vec<(String, String)>)> {
+        if let Some(secret) =
+            session_secret_from_env().or_else(|| config.auth.session_secret.clone())
+        {
+            return Ok((Sessions::new(secret.as_bytes())?, Vec::new()));
+        }
+        if !self.dev && matches!(mode, RoutingMode::Multi { .. }) {
+            anyhow::bail!(
+                "{}: no session secret for log streams: set MCTX_SESSION_SECRET or [auth] session_secret \
+                 (at least 32 bytes), or run with --dev to generate one",
+                config.source
+            );
+        }
+        let sessions = Sessions::new(Sessions::generate_secret().as_bytes())?;
+        let mut owners: Vec<&str> = config.tenants.iter().map(|t| t.owner.as_str()).collect();
+        owners.sort_unstable();
+        owners.dedup();
+        let tokens = owners
+            .into_iter()
+            .map(|owner| (owner.to_string(), sessions.mint(owner, DEV_TOKEN_TTL)))
+            .collect();
+        Ok((sessions, tokens))
+    }
+}
+
+/// How long the tokens printed in development mode last.
+const DEV_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// Prints where to reach the host. The first line is stable (`listening on
 /// http://ADDR`): scripts and tests read the port from it.
-fn announce(addr: SocketAddr, mode: &RoutingMode) {
+fn announce(addr: SocketAddr, mode: &RoutingMode, dev_tokens: &[(String, String)]) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "mctx-host listening on http://{addr}");
     let _ = match mode {
@@ -226,6 +337,14 @@ fn announce(addr: SocketAddr, mode: &RoutingMode) {
             port = addr.port()
         ),
     };
+    let control = match mode {
+        RoutingMode::Single { .. } => format!("ws://{addr}{SINGLE_MODE_CONTROL_PREFIX}"),
+        RoutingMode::Multi { .. } => format!("ws://{addr}"),
+    };
+    let _ = writeln!(out, "  log streams at {control}/log-stream/{{slug}}");
+    for (owner, token) in dev_tokens {
+        let _ = writeln!(out, "  dev session token for {owner:?} (24 h): {token}");
+    }
     let _ = out.flush();
 }
 

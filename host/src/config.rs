@@ -125,12 +125,52 @@ pub struct TenantSpec {
     pub versions: BTreeMap<Version, PathBuf>,
 }
 
+/// Who may watch logs: the `[auth]` table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// Signs session tokens; `MCTX_SESSION_SECRET` takes precedence.
+    pub session_secret: Option<String>,
+    /// Browser origins (besides the control plane's own) allowed to open
+    /// log streams, e.g. `https://dashboard.example.com`.
+    pub allowed_origins: Vec<String>,
+}
+
+/// Log streaming limits: the `[logs]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogSettings {
+    /// Viewers per slug (the contract's 10).
+    pub max_viewers_per_slug: usize,
+    /// A viewer with no client traffic (pongs count) this long is closed.
+    pub idle_timeout_secs: u64,
+    /// How often viewers are pinged.
+    pub ping_interval_secs: u64,
+    /// Frames (of up to 100 entries) a viewer may have waiting; past that it
+    /// misses entries and is told how many.
+    pub viewer_queue_frames: usize,
+    /// A viewer still missing entries after this long is closed.
+    pub slow_viewer_grace_secs: u64,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            max_viewers_per_slug: 10,
+            idle_timeout_secs: 300,
+            ping_interval_secs: 30,
+            viewer_queue_frames: 256,
+            slow_viewer_grace_secs: 10,
+        }
+    }
+}
+
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// Where the configuration came from, for error messages.
     pub source: String,
     pub host: HostSettings,
+    pub auth: AuthSettings,
+    pub logs: LogSettings,
     pub tenants: Vec<TenantSpec>,
 }
 
@@ -140,7 +180,29 @@ struct RawConfig {
     #[serde(default)]
     host: RawHost,
     #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    logs: RawLogs,
+    #[serde(default)]
     tenants: Vec<RawTenant>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    session_secret: Option<String>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogs {
+    max_viewers_per_slug: Option<usize>,
+    idle_timeout_secs: Option<u64>,
+    ping_interval_secs: Option<u64>,
+    viewer_queue_frames: Option<usize>,
+    slow_viewer_grace_secs: Option<u64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -202,6 +264,44 @@ impl Config {
         if host.memory_limit_mb == 0 {
             problems.push("[host] memory_limit_mb must be at least 1".to_string());
         }
+        let log_defaults = LogSettings::default();
+        let logs = LogSettings {
+            max_viewers_per_slug: raw
+                .logs
+                .max_viewers_per_slug
+                .unwrap_or(log_defaults.max_viewers_per_slug),
+            idle_timeout_secs: raw
+                .logs
+                .idle_timeout_secs
+                .unwrap_or(log_defaults.idle_timeout_secs),
+            ping_interval_secs: raw
+                .logs
+                .ping_interval_secs
+                .unwrap_or(log_defaults.ping_interval_secs),
+            viewer_queue_frames: raw
+                .logs
+                .viewer_queue_frames
+                .unwrap_or(log_defaults.viewer_queue_frames)
+                .max(1),
+            slow_viewer_grace_secs: raw
+                .logs
+                .slow_viewer_grace_secs
+                .unwrap_or(log_defaults.slow_viewer_grace_secs),
+        };
+        if logs.idle_timeout_secs == 0 || logs.ping_interval_secs == 0 {
+            problems.push(
+                "[logs] idle_timeout_secs and ping_interval_secs must be at least 1".to_string(),
+            );
+        }
+        let auth = AuthSettings {
+            session_secret: raw.auth.session_secret,
+            allowed_origins: raw
+                .auth
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim_end_matches('/').to_string())
+                .collect(),
+        };
         if raw.tenants.is_empty() {
             problems.push("no tenants: add at least one [[tenants]] table".to_string());
         }
@@ -258,6 +358,8 @@ impl Config {
         Ok(Config {
             source: source.to_string(),
             host,
+            auth,
+            logs,
             tenants,
         })
     }
@@ -283,6 +385,10 @@ mod tests {
     fn defaults_and_relative_paths() {
         let config = parse(ONE).unwrap();
         assert_eq!(config.host, HostSettings::default());
+        assert_eq!(
+            (config.auth.clone(), config.logs.clone()),
+            (AuthSettings::default(), LogSettings::default())
+        );
         let tenant = &config.tenants[0];
         assert_eq!(tenant.slug.as_str(), "hello");
         assert_eq!(
@@ -307,6 +413,25 @@ mod tests {
             (config.host.cpu_limit_ms, config.host.memory_limit_mb),
             (50, 16)
         );
+    }
+
+    #[test]
+    fn auth_and_logs_tables_are_read() {
+        let config = parse(&format!(
+            "[auth]\nsession_secret = \"s\"\nallowed_origins = [\"https://d.example/\"]\n\
+             [logs]\nmax_viewers_per_slug = 3\nidle_timeout_secs = 2\n{ONE}"
+        ))
+        .unwrap();
+        assert_eq!(config.auth.session_secret.as_deref(), Some("s"));
+        assert_eq!(config.auth.allowed_origins, ["https://d.example"]);
+        assert_eq!(
+            (
+                config.logs.max_viewers_per_slug,
+                config.logs.idle_timeout_secs
+            ),
+            (3, 2)
+        );
+        assert_eq!(config.logs.ping_interval_secs, 30);
     }
 
     #[test]

@@ -8,22 +8,23 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::dispatch::{Body, error_response, json_response};
+use crate::log_stream::LogStreams;
 use crate::server::Host;
 
 /// State of the control plane.
 pub struct ControlPlane {
     started: Instant,
-}
-
-impl Default for ControlPlane {
-    fn default() -> Self {
-        ControlPlane {
-            started: Instant::now(),
-        }
-    }
+    pub streams: LogStreams,
 }
 
 impl ControlPlane {
+    pub fn new(streams: LogStreams) -> Self {
+        ControlPlane {
+            started: Instant::now(),
+            streams,
+        }
+    }
+
     /// Answers a control-plane request; `path` is relative to its root.
     pub async fn handle(
         &self,
@@ -31,13 +32,23 @@ impl ControlPlane {
         request: Request<Incoming>,
         path: &str,
     ) -> Response<Body> {
-        let route = path.split('?').next().unwrap_or(path);
+        let (route, query) = path.split_once('?').unwrap_or((path, ""));
+        if let Some(slug) = route.strip_prefix("/log-stream/") {
+            if request.method() != Method::GET {
+                return error_response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "use GET (a WebSocket upgrade)",
+                );
+            }
+            return self.streams.handle(&host.tenants, request, slug, query);
+        }
         match (request.method(), route) {
             (&Method::GET, "/healthz") => json_response(
                 StatusCode::OK,
                 &json!({
                     "status": "ok",
                     "tenants": host.tenants.len(),
+                    "logHubs": self.streams.hub.active_slugs(),
                     "uptimeSeconds": self.started.elapsed().as_secs(),
                 }),
             ),

@@ -9,6 +9,7 @@
 //! request's [`Outcome`].
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
@@ -21,7 +22,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::capture::{LogSink, RequestCapture};
-use crate::entry::{Level, RequestMeta};
+use crate::entry::{Level, LogEntry, RequestEvent, RequestMeta};
 use crate::limits::{Metered, RequestMeter};
 use crate::runtime::{Runtime, TenantState};
 use crate::tenants::Deployment;
@@ -116,10 +117,22 @@ impl Dispatcher {
         let settings = self.runtime.settings();
         let capture = RequestCapture::new(meta, self.sink.clone());
         let meter = Arc::new(RequestMeter::new(settings.cpu_limit));
+        let mut report = RequestReport {
+            capture: capture.clone(),
+            meter: meter.clone(),
+            method: request.method().to_string(),
+            path: request
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+            status: Arc::new(AtomicU16::new(0)),
+            done: false,
+        };
 
         let mut store = Store::new(
             self.runtime.engine(),
-            TenantState::new(capture.clone(), settings.memory_limit_bytes, meter.clone()),
+            TenantState::new(capture, settings.memory_limit_bytes, meter.clone()),
         );
         store.limiter(|state| state.limiter());
         store.set_epoch_deadline(1);
@@ -131,18 +144,31 @@ impl Dispatcher {
             })
         });
 
+        // The guest hands its response head to this callback; the status is
+        // kept for the request event, which is published when the guest
+        // finishes (possibly long after, if it streams the body).
         let (response_tx, response_rx) = oneshot::channel();
+        let status = report.status.clone();
+        let on_response = move |response: Result<Response<_>, _>| {
+            let code = response.as_ref().map_or(500, |r| r.status().as_u16());
+            status.store(code, Ordering::Relaxed);
+            let _ = response_tx.send(response);
+        };
         let prepared = store
             .data_mut()
             .http()
             .new_incoming_request(Scheme::Http, request)
             .and_then(|req| {
-                let out = store.data_mut().http().new_response_outparam(response_tx)?;
+                let out = store
+                    .data_mut()
+                    .http()
+                    .new_response_outparam_from_callback(on_response)?;
                 Ok((req, out))
             });
         let (guest_request, response_out) = match prepared {
             Ok(prepared) => prepared,
             Err(e) => {
+                report.done = true;
                 return error_response(
                     StatusCode::BAD_REQUEST,
                     &format!("cannot pass this request to the guest: {e}"),
@@ -154,11 +180,9 @@ impl Dispatcher {
             return error_response(StatusCode::SERVICE_UNAVAILABLE, "the host is shutting down");
         };
         let pre = deployment.pre.clone();
-        let run_meter = meter.clone();
-        let report = RequestReport::new(capture.clone(), meter.clone());
         let task = tokio::spawn(async move {
             let _slot = slot;
-            let result = Metered::new(run_meter, async move {
+            let result = Metered::new(report.meter.clone(), async move {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy
                     .wasi_http_incoming_handler()
@@ -179,10 +203,6 @@ impl Dispatcher {
             ),
             // The guest returned or died without sending a response.
             Err(_) => match task.await {
-                Ok(Outcome::Ok) => error_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the tenant returned without sending a response",
-                ),
                 Ok(outcome) => outcome_response(outcome, &meter),
                 Err(e) => {
                     tracing::error!("request task failed: {e}");
@@ -199,23 +219,21 @@ impl Dispatcher {
     }
 }
 
-/// Ends a request's capture exactly once: when the guest task completes, or,
-/// if the task is aborted (client gone), when it is dropped.
+/// Reports how a request ended, exactly once: when the guest task
+/// completes, or, if the task is aborted (client gone), when it is dropped.
+/// The report is the trap or limit entry (if any) and the request event.
 struct RequestReport {
     capture: Arc<RequestCapture>,
     meter: Arc<RequestMeter>,
+    method: String,
+    /// The path the guest saw.
+    path: String,
+    /// The status the guest sent, 0 until it sends one.
+    status: Arc<AtomicU16>,
     done: bool,
 }
 
 impl RequestReport {
-    fn new(capture: Arc<RequestCapture>, meter: Arc<RequestMeter>) -> Self {
-        RequestReport {
-            capture,
-            meter,
-            done: false,
-        }
-    }
-
     fn finish(mut self, result: wasmtime::Result<()>) -> Outcome {
         self.done = true;
         let outcome = match &result {
@@ -225,7 +243,6 @@ impl RequestReport {
             Err(_) => Outcome::Exception,
         };
         self.capture.finish();
-        let meta = self.capture.meta();
         match (&result, outcome) {
             (Ok(()), _) => {}
             (Err(_), Outcome::ExceededCpu) => self.capture.publish_host_entry(
@@ -242,24 +259,31 @@ impl RequestReport {
             ),
         }
         if let Err(e) = &result {
+            let meta = self.capture.meta();
             tracing::debug!(slug = %meta.slug, request_id = %meta.request_id, outcome = outcome.as_str(), "guest failed: {e:#}");
         }
-        tracing::debug!(
-            slug = %meta.slug,
-            request_id = %meta.request_id,
-            outcome = outcome.as_str(),
-            wall_ms = self.meter.wall().as_millis() as u64,
-            cpu_ms = self.meter.cpu_used().as_millis() as u64,
-            "request finished"
-        );
+        self.publish_event(outcome);
         outcome
     }
-}
 
-fn trap_title(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::ExceededMemory => "ran out of memory (limit reached)",
-        _ => "the guest trapped",
+    fn publish_event(&self, outcome: Outcome) {
+        let sent = self.status.load(Ordering::Relaxed);
+        let status = match (sent, outcome) {
+            (0, Outcome::Canceled) => None,
+            (0, outcome) => Some(outcome_status(outcome).as_u16()),
+            (sent, _) => Some(sent),
+        };
+        let event = RequestEvent {
+            method: self.method.clone(),
+            path: self.path.clone(),
+            status,
+            outcome: outcome.as_str(),
+            wall_ms: self.meter.wall().as_millis() as u64,
+            cpu_ms: self.meter.cpu_used().as_millis() as u64,
+        };
+        tracing::debug!(request_id = %self.capture.meta().request_id, ?event, "request finished");
+        self.capture
+            .publish_entry(LogEntry::request_event(self.capture.meta().clone(), event));
     }
 }
 
@@ -271,7 +295,15 @@ impl Drop for RequestReport {
                 Level::Warn,
                 "[mctx] the client went away; the request was canceled".into(),
             );
+            self.publish_event(Outcome::Canceled);
         }
+    }
+}
+
+fn trap_title(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::ExceededMemory => "ran out of memory (limit reached)",
+        _ => "the guest trapped",
     }
 }
 
@@ -286,28 +318,26 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn outcome_response(outcome: Outcome, meter: &RequestMeter) -> Response<Body> {
+/// The status a client gets when the guest sent none.
+fn outcome_status(outcome: Outcome) -> StatusCode {
     match outcome {
-        Outcome::ExceededCpu => error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!(
-                "the tenant exceeded its CPU time limit ({} ms)",
-                meter.cpu_limit().as_millis()
-            ),
-        ),
-        Outcome::ExceededMemory => error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the tenant exceeded its memory limit",
-        ),
-        Outcome::Exception => error_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the tenant's code failed (trap)",
-        ),
-        Outcome::Canceled | Outcome::Ok => error_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the request was canceled",
-        ),
+        Outcome::ExceededCpu | Outcome::ExceededMemory => StatusCode::SERVICE_UNAVAILABLE,
+        Outcome::Ok | Outcome::Exception | Outcome::Canceled => StatusCode::INTERNAL_SERVER_ERROR,
     }
+}
+
+fn outcome_response(outcome: Outcome, meter: &RequestMeter) -> Response<Body> {
+    let message = match outcome {
+        Outcome::ExceededCpu => format!(
+            "the tenant exceeded its CPU time limit ({} ms)",
+            meter.cpu_limit().as_millis()
+        ),
+        Outcome::ExceededMemory => "the tenant exceeded its memory limit".to_string(),
+        Outcome::Exception => "the tenant's code failed (trap)".to_string(),
+        Outcome::Ok => "the tenant returned without sending a response".to_string(),
+        Outcome::Canceled => "the request was canceled".to_string(),
+    };
+    error_response(outcome_status(outcome), &message)
 }
 
 /// A JSON error response: `{"error": "..."}`.

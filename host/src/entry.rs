@@ -110,10 +110,47 @@ pub struct RequestMeta {
     pub request_id: String,
 }
 
+/// What an entry records: a line of output, or the end of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    Log,
+    Request,
+}
+
+impl EntryKind {
+    pub fn parse(name: &str) -> Option<EntryKind> {
+        match name {
+            "log" => Some(EntryKind::Log),
+            "request" => Some(EntryKind::Request),
+            _ => None,
+        }
+    }
+}
+
+/// The facts of a finished request, carried by an entry of kind `request`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestEvent {
+    pub method: String,
+    pub path: String,
+    /// The status the client got (`None` if it went away first).
+    pub status: Option<u16>,
+    /// `ok`, `exception`, `exceededCpu`, `exceededMemory` or `canceled`.
+    pub outcome: &'static str,
+    pub wall_ms: u64,
+    pub cpu_ms: u64,
+}
+
 /// One log entry. `seq` is given by the slug's hub when it is published;
 /// before that it is 0.
 #[derive(Clone, Debug, Serialize)]
 pub struct LogEntry {
+    #[serde(rename = "type")]
+    pub kind: EntryKind,
+    /// Per slug, from 1, gapless; 0 (and omitted) until a hub publishes it.
+    #[serde(skip_serializing_if = "is_unpublished")]
+    pub seq: u64,
     pub timestamp: u64,
     pub level: Level,
     pub message: String,
@@ -121,9 +158,29 @@ pub struct LogEntry {
     pub truncated: bool,
     #[serde(flatten)]
     pub meta: Arc<RequestMeta>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Box<RequestEvent>>,
+}
+
+fn is_unpublished(seq: &u64) -> bool {
+    *seq == 0
 }
 
 impl LogEntry {
+    /// A `log` entry with `seq` still to be assigned by the hub.
+    fn log(meta: Arc<RequestMeta>, timestamp: u64, level: Level, message: String) -> Self {
+        LogEntry {
+            kind: EntryKind::Log,
+            seq: 0,
+            timestamp,
+            level,
+            message,
+            truncated: false,
+            meta,
+            request: None,
+        }
+    }
+
     /// An entry for one line of guest output: level from the prefix, else
     /// from the stream; message cut to [`MAX_MESSAGE_BYTES`].
     pub fn from_line(
@@ -134,24 +191,34 @@ impl LogEntry {
     ) -> Self {
         let level = prefix_level(&line).unwrap_or(stream.default_level());
         let truncated = truncate_message(&mut line, MAX_MESSAGE_BYTES);
-        LogEntry {
-            timestamp,
-            level,
-            message: line,
-            truncated,
-            meta,
-        }
+        let mut entry = LogEntry::log(meta, timestamp, level, line);
+        entry.truncated = truncated;
+        entry
     }
 
     /// An entry the host writes about a request (limits reached, traps).
     pub fn from_host(meta: Arc<RequestMeta>, level: Level, message: String) -> Self {
-        LogEntry {
-            timestamp: now_ms(),
-            level,
-            message,
-            truncated: false,
-            meta,
-        }
+        LogEntry::log(meta, now_ms(), level, message)
+    }
+
+    /// The entry that closes a request: `info` if it went well, `error` if
+    /// the guest failed or answered 5xx, `warn` if the client went away.
+    /// Its message is the one-line summary a viewer shows.
+    pub fn request_event(meta: Arc<RequestMeta>, event: RequestEvent) -> Self {
+        let level = match (event.outcome, event.status) {
+            ("ok", Some(status)) if status < 500 => Level::Info,
+            ("canceled", _) => Level::Warn,
+            _ => Level::Error,
+        };
+        let status = event.status.map_or("-".to_string(), |s| s.to_string());
+        let message = format!(
+            "{} {} {} {} ({} ms)",
+            event.method, event.path, status, event.outcome, event.wall_ms
+        );
+        let mut entry = LogEntry::log(meta, now_ms(), level, message);
+        entry.kind = EntryKind::Request;
+        entry.request = Some(Box::new(event));
+        entry
     }
 }
 
@@ -211,8 +278,33 @@ mod tests {
         let json = serde_json::to_value(&e).unwrap();
         assert_eq!(
             json,
-            serde_json::json!({"timestamp": 42, "level": "info", "message": "[INFO] hi",
+            serde_json::json!({"type": "log", "timestamp": 42, "level": "info", "message": "[INFO] hi",
                 "slug": "s", "version": "1.0.0", "requestId": "r"})
+        );
+    }
+
+    #[test]
+    fn request_events_are_flat_with_a_summary_message() {
+        let event = RequestEvent {
+            method: "GET".into(),
+            path: "/x".into(),
+            status: Some(503),
+            outcome: "exceededCpu",
+            wall_ms: 12,
+            cpu_ms: 10,
+        };
+        let entry = LogEntry::request_event(meta(), event);
+        assert_eq!(entry.level, Level::Error);
+        let json = serde_json::to_value(&entry).unwrap();
+        assert_eq!(json["type"], "request");
+        assert_eq!(json["message"], "GET /x 503 exceededCpu (12 ms)");
+        assert_eq!(
+            (json["status"].as_u64(), json["outcome"].as_str()),
+            (Some(503), Some("exceededCpu"))
+        );
+        assert_eq!(
+            (json["wallMs"].as_u64(), json["cpuMs"].as_u64()),
+            (Some(12), Some(10))
         );
     }
 

@@ -5,6 +5,8 @@
 
 /// On-disk cache of compiled components.
 pub mod artifacts;
+/// Session tokens (HS256 JWT) from the cookie or a bearer header.
+pub mod auth;
 /// Guest stdout/stderr → log entries, per request.
 pub mod capture;
 /// Command line: `serve`, and how a configuration becomes a running host.
@@ -13,7 +15,7 @@ pub mod cli;
 pub mod config;
 /// Printing entries on the host's terminal.
 pub mod console;
-/// The host's own endpoints (`/healthz`).
+/// The host's own endpoints (`/healthz`, `/log-stream/{slug}`).
 pub mod control;
 /// One request in a fresh instance, with limits; outcome → response.
 pub mod dispatch;
@@ -21,8 +23,12 @@ pub mod dispatch;
 pub mod entry;
 /// The host side of `wasi:logging`: structured entries with exact levels.
 pub mod guest_logging;
+/// Per-slug broadcast hubs: batching, seq, bounded viewer queues.
+pub mod hub;
 /// CPU-time metering and the memory limiter.
 pub mod limits;
+/// The `/log-stream/{slug}` WebSocket: checks, upgrade, viewer loop.
+pub mod log_stream;
 /// `Host` header and path → tenant, version and the path the guest sees.
 pub mod routing;
 /// Engine, linker, per-request store state, loading components.

@@ -1,0 +1,337 @@
+//! `GET /log-stream/{slug}`: the WebSocket a viewer watches a tenant's logs on.
+//!
+//! Every check the contract asks for happens *before* the upgrade, so a
+//! refused client gets a plain HTTP status and a JSON reason it can show:
+//! a foreign browser `Origin` (403, cross-site WebSocket hijacking), no or
+//! bad session (401), unknown slug (404), not the owner (403), inactive
+//! server (403), a malformed upgrade or filter (400), the slug's viewers
+//! full (429). Only then is the connection upgraded and subscribed.
+//!
+//! Frames are JSON text: `{"type":"logs","entries":[…]}`,
+//! `{"type":"dropped","count":N}` and `{"type":"closing","reason":…}` before
+//! the host closes. The host pings every `ping_interval`; a viewer that sends
+//! nothing (pongs count) for `idle_timeout` is closed.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+
+use crate::auth::Sessions;
+use crate::config::Status;
+use crate::dispatch::{Body, error_response, full_body};
+use crate::entry::{EntryKind, Level};
+use crate::hub::{Filter, Frame, LogHub, SubscribeError, Subscription, closing_frame};
+use crate::tenants::TenantRegistry;
+
+/// Timing and origin policy of the endpoint.
+#[derive(Clone, Debug)]
+pub struct StreamSettings {
+    pub idle_timeout: Duration,
+    pub ping_interval: Duration,
+    /// Browser origins allowed besides the control plane's own.
+    pub allowed_origins: Vec<String>,
+}
+
+/// Everything the endpoint needs.
+pub struct LogStreams {
+    pub hub: LogHub,
+    pub sessions: Sessions,
+    pub settings: StreamSettings,
+}
+
+/// Why a viewer is turned away: an HTTP status and a reason for the client.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub reason: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            reason: reason.into(),
+        }
+    }
+
+    fn into_response(self) -> Response<Body> {
+        error_response(self.status, &self.reason)
+    }
+}
+
+impl LogStreams {
+    /// Answers `GET /log-stream/{slug}?{query}`: a refusal, or `101
+    /// Switching Protocols` with the viewer running in its own task.
+    pub fn handle(
+        &self,
+        tenants: &TenantRegistry,
+        mut request: Request<Incoming>,
+        slug: &str,
+        query: &str,
+    ) -> Response<Body> {
+        let admitted = self.authorize(tenants, request.headers(), slug).and_then(|()| {
+            let accept = websocket_accept(request.headers())
+                .map_err(|why| Refusal::new(StatusCode::BAD_REQUEST, why))?;
+            let filter = parse_filter(query).map_err(|why| Refusal::new(StatusCode::BAD_REQUEST, why))?;
+            let subscription = self.hub.subscribe(slug, filter).map_err(|SubscribeError::Full { max }| {
+                Refusal::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("server {slug:?} already has {max} log viewers; try again when one closes"),
+                )
+            })?;
+            Ok((accept, subscription))
+        });
+        let (accept, subscription) = match admitted {
+            Ok(admitted) => admitted,
+            Err(refusal) => return refusal.into_response(),
+        };
+
+        let upgrade = hyper::upgrade::on(&mut request);
+        let settings = self.settings.clone();
+        tokio::spawn(async move {
+            match upgrade.await {
+                Ok(upgraded) => {
+                    let io = TokioIo::new(upgraded);
+                    let socket = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+                    run_viewer(socket, subscription, settings).await;
+                }
+                Err(e) => tracing::debug!("log stream upgrade failed: {e}"),
+            }
+        });
+
+        let mut response = Response::new(full_body(""));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(
+            header::SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+        );
+        response
+    }
+
+    /// The contract's three requirements (signed session, owner, active
+    /// server), after the browser-origin check. Unauthenticated callers
+    /// learn nothing about which slugs exist.
+    pub fn authorize(
+        &self,
+        tenants: &TenantRegistry,
+        headers: &HeaderMap,
+        slug: &str,
+    ) -> Result<(), Refusal> {
+        self.check_origin(headers)?;
+        let user = self
+            .sessions
+            .authenticate(headers)
+            .map_err(|e| Refusal::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
+        let tenant = tenants.get(slug).ok_or_else(|| {
+            Refusal::new(StatusCode::NOT_FOUND, format!("unknown server {slug:?}"))
+        })?;
+        if tenant.owner != user {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                format!("you do not own server {slug:?}"),
+            ));
+        }
+        if tenant.status != Status::Active {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                format!("server {slug:?} is inactive: logs are only available for active servers"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A browser's `Origin` must be the control plane's own (same host) or
+    /// an allowed one. Clients that send no `Origin` (terminals) pass.
+    fn check_origin(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return Ok(());
+        };
+        let origin = origin
+            .to_str()
+            .unwrap_or_default()
+            .trim_end_matches('/')
+            .to_ascii_lowercase();
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let own = [format!("http://{host}"), format!("https://{host}")];
+        let allowed = own.contains(&origin)
+            || self
+                .settings
+                .allowed_origins
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(&origin));
+        if allowed {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "origin {origin:?} may not open log streams (allow it in [auth] allowed_origins)"
+                ),
+            ))
+        }
+    }
+}
+
+/// Validates a WebSocket upgrade request and returns `Sec-WebSocket-Accept`.
+fn websocket_accept(headers: &HeaderMap) -> Result<String, &'static str> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|part| part.trim().eq_ignore_ascii_case(token))
+            })
+    };
+    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
+        return Err("this endpoint is a WebSocket: send Upgrade: websocket");
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return Err("unsupported WebSocket version: use 13");
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or("missing Sec-WebSocket-Key")?;
+    Ok(derive_accept_key(key.as_bytes()))
+}
+
+/// Parses `level=warn,error&search=text&requestId=…&type=log|request`.
+pub fn parse_filter(query: &str) -> Result<Filter, String> {
+    let mut filter = Filter::default();
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        match name.as_ref() {
+            "level" => {
+                for level in value.split(',').filter(|l| !l.is_empty()) {
+                    let level = Level::parse(level).ok_or_else(|| {
+                        format!("unknown level {level:?}: use log, info, warn, error or debug")
+                    })?;
+                    filter.levels.push(level);
+                }
+            }
+            "search" if !value.is_empty() => filter.search = Some(value.to_lowercase()),
+            "requestId" if !value.is_empty() => filter.request_id = Some(value.into_owned()),
+            "type" => {
+                let kind = EntryKind::parse(&value)
+                    .ok_or_else(|| format!("unknown type {value:?}: use log or request"))?;
+                filter.kind = Some(kind);
+            }
+            _ => {}
+        }
+    }
+    Ok(filter)
+}
+
+/// Pumps frames to one viewer until it leaves, idles out, falls too far
+/// behind, or the socket fails.
+async fn run_viewer<S>(
+    socket: WebSocketStream<S>,
+    subscription: Subscription,
+    settings: StreamSettings,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut outgoing, mut incoming) = socket.split();
+    let mut ping = tokio::time::interval_at(
+        tokio::time::Instant::now() + settings.ping_interval,
+        settings.ping_interval,
+    );
+    let idle = tokio::time::sleep(settings.idle_timeout);
+    tokio::pin!(idle);
+    let close = loop {
+        tokio::select! {
+            frame = subscription.recv() => match frame {
+                Frame::Closed(reason) => break Some((CloseCode::Policy, reason)),
+                frame => {
+                    if outgoing.send(Message::Text(frame.to_json().into())).await.is_err() {
+                        break None;
+                    }
+                }
+            },
+            message = incoming.next() => match message {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
+                Some(Ok(_)) => idle.as_mut().reset(tokio::time::Instant::now() + settings.idle_timeout),
+            },
+            _ = ping.tick() => {
+                if outgoing.send(Message::Ping(Default::default())).await.is_err() {
+                    break None;
+                }
+            }
+            () = &mut idle => break Some((
+                CloseCode::Normal,
+                format!("idle: no activity from this viewer for {} s", settings.idle_timeout.as_secs()),
+            )),
+        }
+    };
+    tracing::debug!(slug = subscription.slug(), ?close, "log viewer leaving");
+    if let Some((code, reason)) = close {
+        let _ = outgoing
+            .send(Message::Text(closing_frame(&reason).into()))
+            .await;
+        // A close frame's reason is limited to 123 bytes.
+        let short = reason[..reason.floor_char_boundary(120)].to_string();
+        let _ = outgoing
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: short.into(),
+            })))
+            .await;
+    }
+    let _ = outgoing.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse_from_the_query() {
+        let f =
+            parse_filter("level=warn,ERROR&search=Tool%20Called&requestId=abc&type=log").unwrap();
+        assert_eq!(f.levels, [Level::Warn, Level::Error]);
+        assert_eq!(f.search.as_deref(), Some("tool called"));
+        assert_eq!(f.request_id.as_deref(), Some("abc"));
+        assert_eq!(f.kind, Some(EntryKind::Log));
+        assert!(parse_filter("").unwrap().is_empty());
+        assert!(parse_filter("level=loud").unwrap_err().contains("loud"));
+        assert!(parse_filter("type=metric").is_err());
+    }
+
+    #[test]
+    fn upgrade_requests_are_validated() {
+        let mut headers = HeaderMap::new();
+        assert!(websocket_accept(&headers).is_err());
+        headers.insert(header::UPGRADE, "WebSocket".parse().unwrap());
+        headers.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
+        headers.insert(header::SEC_WEBSOCKET_VERSION, "13".parse().unwrap());
+        assert!(websocket_accept(&headers).is_err(), "no key");
+        headers.insert(
+            header::SEC_WEBSOCKET_KEY,
+            "dGhlIHNhbXBsZSBub25jZQ==".parse().unwrap(),
+        );
+        // RFC 6455's worked example.
+        assert_eq!(
+            websocket_accept(&headers).unwrap(),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+}
