@@ -5,44 +5,18 @@
 mod support;
 
 use serde_json::Value;
-use support::{HostProcess, Received, Refused, guest};
+use support::{HostProcess, Received, Refused, guest, tenant_toml};
 
 fn config(host: &str, logs: &str) -> String {
-    let hello = guest("hello");
-    let misbehave = guest("misbehave");
-    format!(
-        r#"
-        [host]
-        {host}
-
-        [logs]
-        {logs}
-
-        [[tenants]]
-        slug = "hello"
-        owner = "alice"
-        status = "active"
-        versions = {{ "1.0.0" = {hello:?} }}
-
-        [[tenants]]
-        slug = "bad"
-        owner = "alice"
-        status = "active"
-        versions = {{ "1.0.0" = {misbehave:?} }}
-
-        [[tenants]]
-        slug = "bobs"
-        owner = "bob"
-        status = "active"
-        versions = {{ "1.0.0" = {hello:?} }}
-
-        [[tenants]]
-        slug = "sleepy"
-        owner = "alice"
-        status = "inactive"
-        versions = {{ "1.0.0" = {hello:?} }}
-        "#
-    )
+    let (hello, misbehave) = (guest("hello"), guest("misbehave"));
+    [
+        format!("[host]\n{host}\n[logs]\n{logs}\n"),
+        tenant_toml("hello", "alice", "active", &[("1.0.0", &hello)]),
+        tenant_toml("bad", "alice", "active", &[("1.0.0", &misbehave)]),
+        tenant_toml("bobs", "bob", "active", &[("1.0.0", &hello)]),
+        tenant_toml("sleepy", "alice", "inactive", &[("1.0.0", &hello)]),
+    ]
+    .concat()
 }
 
 fn host() -> HostProcess {
@@ -670,19 +644,7 @@ async fn a_lone_line_arrives_while_its_request_is_still_running() {
     let mut viewer = host.viewer("bad", "", "alice").await;
     // The guest logs one line, then sleeps 900 ms before answering. If the
     // hub held lines for a batch interval, the answer would come first.
-    let addr = host.addr;
-    let slow = tokio::spawn(async move {
-        let host_header = format!("bad.localhost:{}", addr.port());
-        support::send(
-            addr,
-            "GET",
-            &host_header,
-            "/slow?ms=900",
-            &[],
-            Default::default(),
-        )
-        .await
-    });
+    let slow = host.spawn_get("bad.localhost", "/slow?ms=900");
     let first = viewer.frame().await;
     assert_eq!(first["entries"][0]["message"], "[INFO] sleeping 900 ms");
     assert!(!slow.is_finished(), "the line came before the response");

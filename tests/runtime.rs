@@ -7,36 +7,23 @@ mod support;
 use std::ffi::OsString;
 
 use serde_json::Value;
-use support::{HostProcess, guest, run_failing};
+use support::{HostProcess, guest, run_failing, tenant_toml};
 
 /// A config with every case routing has to tell apart.
 fn tenants_config(extra_host: &str) -> String {
-    let hello = guest("hello");
-    let misbehave = guest("misbehave");
-    format!(
-        r#"
-        [host]
-        {extra_host}
-
-        [[tenants]]
-        slug = "hello"
-        owner = "alice"
-        status = "active"
-        versions = {{ "1.0.0" = {hello:?}, "1.2.0" = {hello:?}, "2.0.0" = {hello:?} }}
-
-        [[tenants]]
-        slug = "sleepy"
-        owner = "alice"
-        status = "inactive"
-        versions = {{ "1.0.0" = {hello:?} }}
-
-        [[tenants]]
-        slug = "bad"
-        owner = "bob"
-        status = "active"
-        versions = {{ "1.0.0" = {misbehave:?} }}
-        "#
-    )
+    let (hello, misbehave) = (guest("hello"), guest("misbehave"));
+    let hello_versions = [
+        ("1.0.0", hello.as_path()),
+        ("1.2.0", &hello),
+        ("2.0.0", &hello),
+    ];
+    [
+        format!("[host]\n{extra_host}\n"),
+        tenant_toml("hello", "alice", "active", &hello_versions),
+        tenant_toml("sleepy", "alice", "inactive", &[("1.0.0", &hello)]),
+        tenant_toml("bad", "bob", "active", &[("1.0.0", &misbehave)]),
+    ]
+    .concat()
 }
 
 fn header<'a>(echo: &'a Value, name: &str) -> &'a Value {
@@ -192,13 +179,7 @@ async fn a_spinning_guest_is_stopped_by_the_cpu_limit_while_others_keep_answerin
         &tenants_config("cpu_limit_ms = 1000"),
         &["--guest-logs", "json"],
     );
-    let spin = {
-        let addr = host.addr;
-        let host_header = format!("bad.localhost:{}", addr.port());
-        tokio::spawn(async move {
-            support::send(addr, "GET", &host_header, "/spin", &[], Default::default()).await
-        })
-    };
+    let spin = host.spawn_get("bad.localhost", "/spin");
     // Once the guest is spinning, another tenant must still answer.
     host.wait_for_line(|line| line.contains("[INFO] spinning"));
     for _ in 0..5 {

@@ -25,28 +25,13 @@ fn main() {
 
 async fn run() {
     let misbehave = guest("misbehave");
-    let config = format!(
-        "[[tenants]]\nslug = \"bad\"\nowner = \"alice\"\nstatus = \"active\"\nversions = {{ \"1.0.0\" = {misbehave:?} }}\n"
-    );
+    let config = support::tenant_toml("bad", "alice", "active", &[("1.0.0", &misbehave)]);
     let host = HostProcess::multi(&config, &[]);
     let mut viewer = host.viewer("bad", "type=log", "alice").await;
     let mut latencies = Vec::with_capacity(ROUNDS);
-    let host_header = format!("bad.localhost:{}", host.addr.port());
     for _ in 0..ROUNDS {
-        let addr = host.addr;
-        let host_header = host_header.clone();
         let started = Instant::now();
-        let request = tokio::spawn(async move {
-            support::send(
-                addr,
-                "GET",
-                &host_header,
-                "/slow?ms=5",
-                &[],
-                Default::default(),
-            )
-            .await
-        });
+        let request = host.spawn_get("bad.localhost", "/slow?ms=5");
         let frame = viewer.frame().await;
         latencies.push(started.elapsed());
         assert_eq!(frame["entries"][0]["message"], "[INFO] sleeping 5 ms");

@@ -66,6 +66,18 @@ pub fn guest(name: &str) -> PathBuf {
     path
 }
 
+/// One `[[tenants]]` table of a config file.
+pub fn tenant_toml(slug: &str, owner: &str, status: &str, versions: &[(&str, &Path)]) -> String {
+    let versions: Vec<String> = versions
+        .iter()
+        .map(|(v, path)| format!("{v:?} = {path:?}"))
+        .collect();
+    format!(
+        "\n[[tenants]]\nslug = {slug:?}\nowner = {owner:?}\nstatus = {status:?}\nversions = {{ {} }}\n",
+        versions.join(", ")
+    )
+}
+
 /// The session secret every test host runs with.
 pub const TEST_SECRET: &str = "integration-tests-secret-0123456789abcdef";
 
@@ -187,6 +199,13 @@ impl HostProcess {
 
     pub async fn get(&self, host: &str, path: &str) -> Reply {
         self.request("GET", host, path, &[]).await
+    }
+
+    /// Starts a GET in the background, for requests that run for a while.
+    pub fn spawn_get(&self, host: &str, path: &str) -> tokio::task::JoinHandle<Reply> {
+        let (addr, path) = (self.addr, path.to_string());
+        let host = format!("{host}:{}", addr.port());
+        tokio::spawn(async move { send(addr, "GET", &host, &path, &[], Bytes::new()).await })
     }
 }
 
