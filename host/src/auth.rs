@@ -97,12 +97,17 @@ impl Sessions {
 
     /// The user a token belongs to.
     pub fn verify(&self, token: &str) -> Result<String, AuthError> {
+        self.verify_claims(token).map(|claims| claims.sub)
+    }
+
+    /// A valid token's claims.
+    pub fn verify_claims(&self, token: &str) -> Result<Claims, AuthError> {
         use jsonwebtoken::errors::ErrorKind;
         match jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation) {
             Ok(data) if data.claims.sub.is_empty() => {
                 Err(AuthError::Invalid("empty subject".into()))
             }
-            Ok(data) => Ok(data.claims.sub),
+            Ok(data) => Ok(data.claims),
             Err(e) => Err(match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::ImmatureSignature => AuthError::Invalid("not valid yet".into()),
@@ -138,7 +143,8 @@ pub fn request_token(headers: &HeaderMap) -> Option<&str> {
     })
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -274,11 +274,12 @@ impl ServeArgs {
         let addr = listener.local_addr()?;
         announce(addr, &mode, &dev_tokens);
 
+        let control = ControlPlane::new(streams, control_base(&mode));
         let host = Arc::new(Host {
             mode,
             tenants,
             dispatcher: Dispatcher::new(runtime, sink),
-            control: ControlPlane::new(streams),
+            control,
         });
         serve(listener, host, shutdown_signal()).await?;
         tracing::info!("shutting down");
@@ -337,15 +338,28 @@ fn announce(addr: SocketAddr, mode: &RoutingMode, dev_tokens: &[(String, String)
             port = addr.port()
         ),
     };
-    let control = match mode {
-        RoutingMode::Single { .. } => format!("ws://{addr}{SINGLE_MODE_CONTROL_PREFIX}"),
-        RoutingMode::Multi { .. } => format!("ws://{addr}"),
-    };
-    let _ = writeln!(out, "  log streams at {control}/log-stream/{{slug}}");
+    let base = control_base(mode);
+    let _ = writeln!(out, "  dashboard at http://{addr}{base}/dev/servers");
+    let _ = writeln!(
+        out,
+        "  log streams at ws://{addr}{base}/log-stream/{{slug}}"
+    );
     for (owner, token) in dev_tokens {
         let _ = writeln!(out, "  dev session token for {owner:?} (24 h): {token}");
+        let _ = writeln!(
+            out,
+            "  sign in as {owner:?}: http://{addr}{base}/login?token={token}"
+        );
     }
     let _ = out.flush();
+}
+
+/// Where the control plane (dashboard, log streams) is mounted.
+fn control_base(mode: &RoutingMode) -> &'static str {
+    match mode {
+        RoutingMode::Single { .. } => SINGLE_MODE_CONTROL_PREFIX,
+        RoutingMode::Multi { .. } => "",
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -7,6 +7,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
+use crate::dashboard::Dashboard;
 use crate::dispatch::{Body, error_response, json_response};
 use crate::log_stream::LogStreams;
 use crate::server::Host;
@@ -14,13 +15,17 @@ use crate::server::Host;
 /// State of the control plane.
 pub struct ControlPlane {
     started: Instant,
+    /// Where the control plane is mounted: `""`, or `/.mctx` in
+    /// single-component mode. Links in the dashboard start with it.
+    base: String,
     pub streams: LogStreams,
 }
 
 impl ControlPlane {
-    pub fn new(streams: LogStreams) -> Self {
+    pub fn new(streams: LogStreams, base: &str) -> Self {
         ControlPlane {
             started: Instant::now(),
+            base: base.to_string(),
             streams,
         }
     }
@@ -53,7 +58,19 @@ impl ControlPlane {
                 }),
             ),
             (_, "/healthz") => error_response(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
-            _ => error_response(StatusCode::NOT_FOUND, &format!("no such endpoint: {route}")),
+            _ => {
+                let dashboard = Dashboard {
+                    base: &self.base,
+                    sessions: &self.streams.sessions,
+                    tenants: &host.tenants,
+                };
+                match dashboard.handle(request, route, query).await {
+                    Some(response) => response,
+                    None => {
+                        error_response(StatusCode::NOT_FOUND, &format!("no such endpoint: {route}"))
+                    }
+                }
+            }
         }
     }
 }

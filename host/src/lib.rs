@@ -17,6 +17,8 @@ pub mod config;
 pub mod console;
 /// The host's own endpoints (`/healthz`, `/log-stream/{slug}`).
 pub mod control;
+/// The dashboard: sign-in, servers, the live log modal.
+pub mod dashboard;
 /// One request in a fresh instance, with limits; outcome → response.
 pub mod dispatch;
 /// Log entries: levels, prefixes, truncation, wire shape.

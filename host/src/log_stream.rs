@@ -77,18 +77,25 @@ impl LogStreams {
         slug: &str,
         query: &str,
     ) -> Response<Body> {
-        let admitted = self.authorize(tenants, request.headers(), slug).and_then(|()| {
-            let accept = websocket_accept(request.headers())
-                .map_err(|why| Refusal::new(StatusCode::BAD_REQUEST, why))?;
-            let filter = parse_filter(query).map_err(|why| Refusal::new(StatusCode::BAD_REQUEST, why))?;
-            let subscription = self.hub.subscribe(slug, filter).map_err(|SubscribeError::Full { max }| {
-                Refusal::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!("server {slug:?} already has {max} log viewers; try again when one closes"),
-                )
-            })?;
-            Ok((accept, subscription))
-        });
+        let admitted = self
+            .authorize(tenants, request.headers(), slug)
+            .and_then(|()| {
+                // Checked before the upgrade headers, so that a plain GET (what a
+                // browser can send to learn why its WebSocket failed) learns it.
+                let max = self.hub.limits().max_viewers_per_slug;
+                if self.hub.viewer_count(slug) >= max {
+                    return Err(full(slug, max));
+                }
+                let accept = websocket_accept(request.headers())
+                    .map_err(|why| Refusal::new(StatusCode::BAD_REQUEST, why))?;
+                let filter = parse_filter(query)
+                    .map_err(|why| Refusal::new(StatusCode::BAD_REQUEST, why))?;
+                let subscription = self
+                    .hub
+                    .subscribe(slug, filter)
+                    .map_err(|SubscribeError::Full { max }| full(slug, max))?;
+                Ok((accept, subscription))
+            });
         let (accept, subscription) = match admitted {
             Ok(admitted) => admitted,
             Err(refusal) => return refusal.into_response(),
@@ -185,6 +192,13 @@ impl LogStreams {
             ))
         }
     }
+}
+
+fn full(slug: &str, max: usize) -> Refusal {
+    Refusal::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("server {slug:?} already has {max} log viewers; try again when one closes"),
+    )
 }
 
 /// Validates a WebSocket upgrade request and returns `Sec-WebSocket-Accept`.

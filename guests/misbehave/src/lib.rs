@@ -11,6 +11,7 @@
 //! | `/big?kb=N` | writes one line of N KiB (default 64) |
 //! | `/slow?ms=N` | sleeps N ms (not CPU time) before answering (default 100) |
 //! | `/stream` | answers 200, then streams a body chunk every 10 ms forever |
+//! | `/script` | logs markup (`<script>`, an `onerror` handler) that a viewer must show as text |
 //! | anything else | answers `ok` |
 
 use std::hint::black_box;
@@ -89,6 +90,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Misbehave {
                 );
             }
             "/stream" => stream_forever(out),
+            "/script" => {
+                println!("<script>window.__pwned = 1</script><img src=x onerror=\"window.__pwned = 2\">");
+                respond(out, 200, "text/plain", b"logged markup\n");
+            }
             _ => respond(out, 200, "text/plain", b"ok\n"),
         }
     }

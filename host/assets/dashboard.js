@@ -1,0 +1,239 @@
+// mctx-host dashboard: the live log modal. Plain JavaScript, no build step.
+//
+// Entries arrive over the /log-stream WebSocket (the session cookie rides
+// along). Messages are always inserted as text, never as HTML: a guest that
+// logs "<script>" must not run anything here.
+"use strict";
+
+(() => {
+  const button = document.getElementById("view-logs");
+  if (!button || button.disabled) return;
+
+  const base = document.body.dataset.base || "";
+  const slug = button.dataset.slug;
+  const $ = (id) => document.getElementById(id);
+  const modal = $("log-modal"), list = $("log-list"), conn = $("log-conn"), jump = $("log-jump");
+  const search = $("log-search"), pauseButton = $("log-pause");
+  const MAX_ROWS = 5000;          // the DOM keeps the newest 5,000 rows
+  const MAX_PENDING = 5000;       // entries held while paused
+  const LEVELS = ["log", "info", "warn", "error", "debug"];
+
+  let socket = null, userClosed = true, retries = 0, retryTimer = null, closingReason = null;
+  let following = true, unseen = 0, paused = false, pending = [];
+
+  const pad = (n, width = 2) => String(n).padStart(width, "0");
+  const clock = (ms) => {
+    const d = new Date(ms);
+    return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+  };
+
+  function setConn(state, detail) {
+    conn.className = `conn conn-${state}`;
+    conn.dataset.state = state;
+    conn.textContent = detail ? `${state}: ${detail}` : state;
+  }
+
+  function enabledLevels() {
+    return new Set(LEVELS.filter((level) => $(`log-level-${level}`).checked));
+  }
+
+  function visible(li, levels, needle) {
+    const entry = li.entry;
+    if (!entry) return true; // notices always show
+    if (!levels.has(entry.level)) return false;
+    return !needle || entry.message.toLowerCase().includes(needle);
+  }
+
+  function makeRow(entry) {
+    const li = document.createElement("li");
+    li.entry = entry;
+    li.dataset.timestamp = entry.timestamp;
+    li.dataset.level = entry.level;
+    const time = document.createElement("span");
+    time.className = "time";
+    time.textContent = clock(entry.timestamp);
+    const badge = document.createElement("span");
+    badge.className = `badge level-${entry.level}`;
+    badge.textContent = entry.level;
+    const message = document.createElement("span");
+    message.className = "message";
+    if (entry.type === "request") {
+      li.className = "request";
+      const status = entry.status == null ? "-" : entry.status;
+      const outcome = entry.outcome === "ok" ? "" : ` ${entry.outcome}`;
+      message.textContent = `${entry.method} ${entry.path} ${status} ${entry.wallMs} ms${outcome}`;
+    } else {
+      message.textContent = entry.message;
+    }
+    li.append(time, badge, message);
+    return li;
+  }
+
+  function makeNotice(text) {
+    const li = document.createElement("li");
+    li.className = "notice";
+    const message = document.createElement("span");
+    message.className = "message";
+    message.textContent = text;
+    li.append(message);
+    return li;
+  }
+
+  function scrollToBottom() {
+    list.scrollTop = list.scrollHeight;
+  }
+
+  function updateJump() {
+    jump.hidden = following || unseen === 0;
+    jump.textContent = `${unseen} new — jump to latest`;
+  }
+
+  function appendRows(rows) {
+    if (rows.length === 0) return;
+    const levels = enabledLevels(), needle = search.value.trim().toLowerCase();
+    const fragment = document.createDocumentFragment();
+    let shown = 0;
+    for (const li of rows) {
+      li.hidden = !visible(li, levels, needle);
+      if (!li.hidden) shown++;
+      fragment.append(li);
+    }
+    list.append(fragment);
+    while (list.childElementCount > MAX_ROWS) list.firstElementChild.remove();
+    if (following) {
+      scrollToBottom();
+    } else {
+      unseen += shown;
+    }
+    updateJump();
+  }
+
+  function receive(rows) {
+    if (paused) {
+      pending.push(...rows);
+      if (pending.length > MAX_PENDING) pending.splice(0, pending.length - MAX_PENDING);
+      pauseButton.textContent = `Resume (${pending.length})`;
+    } else {
+      appendRows(rows);
+    }
+  }
+
+  function onFrame(frame) {
+    if (frame.type === "logs") {
+      receive(frame.entries.map(makeRow));
+    } else if (frame.type === "dropped") {
+      receive([makeNotice(`${frame.count} entries dropped: this viewer fell behind`)]);
+    } else if (frame.type === "closing") {
+      closingReason = frame.reason;
+    }
+  }
+
+  function streamPath() {
+    return `${base}/log-stream/${encodeURIComponent(slug)}`;
+  }
+
+  function connect() {
+    clearTimeout(retryTimer);
+    closingReason = null;
+    setConn(retries === 0 ? "connecting" : "reconnecting");
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const ws = new WebSocket(`${scheme}://${location.host}${streamPath()}`);
+    socket = ws;
+    ws.onopen = () => {
+      retries = 0;
+      setConn("live");
+    };
+    ws.onmessage = (event) => onFrame(JSON.parse(event.data));
+    ws.onclose = () => {
+      if (socket !== ws || userClosed) return;
+      socket = null;
+      if (closingReason) {
+        // The host closed this viewer on purpose (idle, too slow): say why.
+        setConn("closed", closingReason);
+        return;
+      }
+      diagnose();
+    };
+  }
+
+  // A browser does not expose why a WebSocket handshake failed, so ask the
+  // endpoint over plain HTTP: 401/403/404/429 are final and shown; anything
+  // else is a dropped connection, retried with backoff.
+  async function diagnose() {
+    let response = null;
+    try {
+      response = await fetch(streamPath(), { credentials: "same-origin" });
+    } catch (_) {
+      // the host is unreachable: retry
+    }
+    if (userClosed) return;
+    if (response && [401, 403, 404, 429].includes(response.status)) {
+      const body = await response.json().catch(() => ({}));
+      setConn("closed", `${response.status} ${body.error || response.statusText}`);
+      return;
+    }
+    const delay = Math.min(1000 * 2 ** retries, 16000);
+    retries++;
+    setConn("reconnecting", `retrying in ${delay / 1000} s`);
+    retryTimer = setTimeout(connect, delay);
+  }
+
+  function open() {
+    modal.hidden = false;
+    userClosed = false;
+    retries = 0;
+    following = true;
+    unseen = 0;
+    updateJump();
+    connect();
+  }
+
+  function close() {
+    userClosed = true;
+    clearTimeout(retryTimer);
+    if (socket) socket.close(1000, "viewer closed");
+    socket = null;
+    modal.hidden = true;
+    setConn("closed");
+  }
+
+  function refilter() {
+    const levels = enabledLevels(), needle = search.value.trim().toLowerCase();
+    for (const li of list.children) li.hidden = !visible(li, levels, needle);
+    if (following) scrollToBottom();
+  }
+
+  list.addEventListener("scroll", () => {
+    const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 8;
+    following = atBottom;
+    if (atBottom) unseen = 0;
+    updateJump();
+  });
+  jump.addEventListener("click", () => {
+    following = true;
+    unseen = 0;
+    scrollToBottom();
+    updateJump();
+  });
+  pauseButton.addEventListener("click", () => {
+    paused = !paused;
+    pauseButton.textContent = paused ? "Resume (0)" : "Pause";
+    if (!paused) {
+      appendRows(pending);
+      pending = [];
+    }
+  });
+  $("log-clear").addEventListener("click", () => {
+    list.replaceChildren();
+    pending = [];
+    unseen = 0;
+    updateJump();
+  });
+  search.addEventListener("input", refilter);
+  for (const level of LEVELS) $(`log-level-${level}`).addEventListener("change", refilter);
+  $("log-close").addEventListener("click", close);
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && !modal.hidden) close();
+  });
+  button.addEventListener("click", open);
+})();

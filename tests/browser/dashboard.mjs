@@ -1,0 +1,160 @@
+// The dashboard in a real browser (Debian's Chromium, driven by
+// playwright-core), against the real host that tests/dashboard.rs started.
+// Every check is an assertion; the first failure exits non-zero.
+//
+// Env: MCTX_URL (the control plane), MCTX_TOKEN (alice's session token),
+// MCTX_SCREENSHOTS (optional: a folder to save the page and the modal in).
+import assert from "node:assert/strict";
+import { chromium } from "playwright-core";
+
+const url = process.env.MCTX_URL;
+const token = process.env.MCTX_TOKEN;
+const screenshots = process.env.MCTX_SCREENSHOTS;
+const TIME_ZONE = "Asia/Kolkata"; // UTC+05:30: local time visibly differs from UTC
+const PALETTE = {
+  log: "rgb(107, 114, 128)",
+  info: "rgb(37, 99, 235)",
+  warn: "rgb(217, 119, 6)",
+  error: "rgb(220, 38, 38)",
+  debug: "rgb(124, 58, 237)",
+};
+
+const step = (name) => console.log(`step: ${name}`);
+const get = async (path) => {
+  const response = await fetch(`${url}${path}`);
+  await response.arrayBuffer();
+  assert.equal(response.status, 200, `GET ${path}`);
+};
+const localClock = (ms) => {
+  const parts = new Intl.DateTimeFormat("en-GB", {
+    timeZone: TIME_ZONE, hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false,
+  }).format(new Date(ms));
+  return `${parts}.${String(ms % 1000).padStart(3, "0")}`;
+};
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  ],
+});
+try {
+  const context = await browser.newContext({ timezoneId: TIME_ZONE, viewport: { width: 1280, height: 860 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(30_000);
+  const requestRows = () => page.locator("#log-list li.request").count();
+  const waitForRequestRows = (n) =>
+    page.waitForFunction((n) => document.querySelectorAll("#log-list li.request").length >= n, n);
+  const atBottom = () => page.evaluate(() => {
+    const list = document.getElementById("log-list");
+    return list.scrollHeight - list.scrollTop - list.clientHeight < 8;
+  });
+
+  step("sign in with a pasted token");
+  await page.goto(`${url}/login`);
+  await page.fill("#token", token);
+  await page.click("#sign-in");
+  await page.waitForURL(`${url}/dev/servers`);
+  const servers = await page.locator("#servers tbody tr td:first-child").allTextContents();
+  assert.deepEqual(servers, ["bad", "hello", "sleepy"], "only alice's servers are listed");
+
+  step("another owner's server is refused");
+  const refused = await page.goto(`${url}/dev/servers/bobs`);
+  assert.equal(refused.status(), 403);
+
+  step("an inactive server's button is disabled, with the reason");
+  await page.goto(`${url}/dev/servers/sleepy`);
+  assert.equal(await page.locator("#view-logs").isDisabled(), true);
+  assert.match(await page.locator("#logs-unavailable").textContent(), /only available for active servers/);
+
+  step("open the modal");
+  await page.goto(`${url}/dev/servers/hello`);
+  if (screenshots) await page.screenshot({ path: `${screenshots}/server-page.png` });
+  await page.click("#view-logs");
+  await page.waitForSelector('#log-conn[data-state="live"]');
+
+  step("entries appear as the guest logs");
+  await get("/t/hello/first");
+  await waitForRequestRows(1);
+  const rows = await page.$$eval("#log-list li", (lis) => lis.map((li) => ({
+    timestamp: Number(li.dataset.timestamp),
+    level: li.dataset.level,
+    time: li.querySelector(".time").textContent,
+    badge: li.querySelector(".badge").textContent,
+    color: getComputedStyle(li.querySelector(".badge")).backgroundColor,
+    message: li.querySelector(".message").textContent,
+    request: li.classList.contains("request"),
+  })));
+  assert.deepEqual(rows.map((r) => r.message).slice(0, 2), [
+    "hello: GET /first", "[INFO] request received: GET /first",
+  ]);
+  assert.match(rows[2].message, /^\[DEBUG\] headers: \d+$/);
+
+  step("timestamps are local HH:MM:SS.mmm");
+  for (const row of rows) {
+    assert.match(row.time, /^\d{2}:\d{2}:\d{2}\.\d{3}$/);
+    assert.equal(row.time, localClock(row.timestamp), "shown in the browser's time zone");
+  }
+
+  step("a coloured badge per level");
+  const seen = new Set(rows.map((r) => r.level));
+  for (const level of ["log", "info", "warn", "error", "debug"]) assert.ok(seen.has(level), `a ${level} entry`);
+  for (const row of rows) {
+    assert.equal(row.badge, row.level);
+    assert.equal(row.color, PALETTE[row.level], `${row.level} badge colour`);
+  }
+
+  step("the request event is one compact row");
+  const event = rows.find((r) => r.request);
+  assert.match(event.message, /^GET \/first 200 \d+ ms$/);
+  if (screenshots) await page.screenshot({ path: `${screenshots}/log-modal.png` });
+
+  step("markup a guest logs is shown as text");
+  await page.goto(`${url}/dev/servers/bad`);
+  await page.click("#view-logs");
+  await page.waitForSelector('#log-conn[data-state="live"]');
+  await get("/t/bad/script");
+  await waitForRequestRows(1);
+  const markup = await page.locator("#log-list li:first-child .message").textContent();
+  assert.equal(markup, '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">');
+  assert.equal(await page.evaluate(() => window.__pwned), undefined, "nothing ran");
+  assert.equal(await page.locator("#log-list script, #log-list img").count(), 0, "no elements were made");
+
+  step("auto-scroll follows new entries");
+  await get("/t/bad/flood?lines=300");
+  await waitForRequestRows(2);
+  assert.equal(await atBottom(), true, "scrolled to the newest entry");
+
+  step("scrolling up pauses auto-scroll and offers a jump");
+  await page.evaluate(() => {
+    const list = document.getElementById("log-list");
+    list.scrollTop = 0;
+    list.dispatchEvent(new Event("scroll"));
+  });
+  await get("/t/bad/flood?lines=40");
+  await waitForRequestRows(3);
+  await page.waitForSelector("#log-jump:not([hidden])");
+  assert.match(await page.textContent("#log-jump"), /^4\d new — jump to latest$/);
+  assert.equal(await page.evaluate(() => document.getElementById("log-list").scrollTop), 0, "stayed where the user was");
+
+  step("the jump control resumes following");
+  await page.click("#log-jump");
+  assert.equal(await atBottom(), true);
+  assert.equal(await page.locator("#log-jump").isHidden(), true);
+  await get("/t/bad/flood?lines=40");
+  await waitForRequestRows(4);
+  assert.equal(await atBottom(), true, "following again");
+
+  step("level filter and search hide rows without losing them");
+  await page.uncheck("#log-level-log");
+  const shown = await page.$$eval("#log-list li:not([hidden])", (lis) => lis.map((li) => li.dataset.level));
+  assert.ok(shown.length > 0 && shown.every((level) => level !== "log"));
+  await page.check("#log-level-log");
+  await page.fill("#log-search", "flood line 299");
+  assert.equal(await page.locator("#log-list li:not([hidden])").count(), 1);
+
+  console.log("browser checks passed");
+} finally {
+  await browser.close();
+}
