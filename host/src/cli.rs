@@ -49,6 +49,12 @@ enum Command {
     /// file's `[auth] session_secret`. Use the token as the `session` cookie
     /// or as `Authorization: Bearer <token>`.
     Token(TokenArgs),
+    /// Follow a server's live logs in this terminal.
+    ///
+    /// Connects to `/log-stream/{slug}` with a bearer token, prints entries
+    /// as they arrive and reconnects (1 s, 2 s, 4 s … 16 s) when the
+    /// connection drops. Exits non-zero on 401/403/404/429.
+    Tail(crate::tail::TailArgs),
 }
 
 #[derive(Args, Debug)]
@@ -151,6 +157,12 @@ impl Cli {
                 runtime.block_on(args.run())
             }
             Command::Token(args) => args.run(),
+            Command::Tail(args) => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(args.run())
+            }
         }
     }
 }

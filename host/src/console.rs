@@ -15,7 +15,7 @@ use crate::entry::{Level, LogEntry};
 /// How guest output is shown on the host's stdout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum GuestLogFormat {
-    /// `HH:MM:SS.mmm LEVEL [slug@version] message` (UTC).
+    /// `HH:MM:SS.mmm LEVEL [slug@version] message` (local time).
     Pretty,
     /// One JSON entry per line, as viewers receive them.
     Json,
@@ -59,11 +59,11 @@ impl LogSink for ConsoleLog {
     }
 }
 
-/// `12:34:56.789 WARN  [slug@1.0.0] message`.
+/// `12:34:56.789 WARN  [slug@1.0.0] message`, in local time.
 pub fn pretty_line(entry: &LogEntry) -> String {
     format!(
         "{} {:<5} [{}@{}] {}",
-        clock_utc(entry.timestamp),
+        clock_local(entry.timestamp),
         level_label(entry.level),
         entry.meta.slug,
         entry.meta.version,
@@ -71,13 +71,26 @@ pub fn pretty_line(entry: &LogEntry) -> String {
     )
 }
 
-fn level_label(level: Level) -> &'static str {
+/// A level as a terminal shows it.
+pub fn level_label(level: Level) -> &'static str {
     match level {
         Level::Debug => "DEBUG",
         Level::Log => "LOG",
         Level::Info => "INFO",
         Level::Warn => "WARN",
         Level::Error => "ERROR",
+    }
+}
+
+/// `HH:MM:SS.mmm` of a millisecond Unix timestamp, in local time.
+pub fn clock_local(timestamp_ms: u64) -> String {
+    use chrono::TimeZone as _;
+    match chrono::Local
+        .timestamp_millis_opt(timestamp_ms as i64)
+        .single()
+    {
+        Some(time) => time.format("%H:%M:%S%.3f").to_string(),
+        None => clock_utc(timestamp_ms),
     }
 }
 
@@ -102,5 +115,7 @@ mod tests {
         assert_eq!(clock_utc(0), "00:00:00.000");
         // 2026-11-23T13:04:05.067Z
         assert_eq!(clock_utc(1_795_439_045_067), "13:04:05.067");
+        let local = clock_local(1_795_439_045_067);
+        assert_eq!((local.len(), &local[5..]), (12, ":05.067"), "{local}");
     }
 }

@@ -37,5 +37,7 @@ pub mod routing;
 pub mod runtime;
 /// The HTTP front door: accept loop, routing a request to a tenant or the control plane.
 pub mod server;
+/// `mctx-host tail`: the log stream in a terminal.
+pub mod tail;
 /// Slug → versions → pre-instantiated components.
 pub mod tenants;

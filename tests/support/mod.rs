@@ -117,7 +117,10 @@ impl HostProcess {
     }
 
     fn start(mut args: Vec<OsString>, dir: tempfile::TempDir) -> Self {
-        args.extend(["--addr".into(), "127.0.0.1:0".into(), "--cache-dir".into()]);
+        if !args.iter().any(|a| a == "--addr") {
+            args.extend(["--addr".into(), "127.0.0.1:0".into()]);
+        }
+        args.push("--cache-dir".into());
         args.push(target_dir().join("test-artifact-cache").into());
         let mut command = Command::new(env!("CARGO_BIN_EXE_mctx-host"));
         // `--dev` is about running without a configured secret.
@@ -320,6 +323,96 @@ pub fn run_command(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String
         text(&output.stdout),
         text(&output.stderr),
     )
+}
+
+/// Collects a child's output lines on a thread, for waiting on events.
+struct Lines(Mutex<mpsc::Receiver<String>>);
+
+impl Lines {
+    fn spawn(reader: impl std::io::Read + Send + 'static) -> Self {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(reader).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines(Mutex::new(rx))
+    }
+
+    /// The next line satisfying `wanted` (others are skipped), or `None`
+    /// when the stream ends first.
+    fn wait(&self, wanted: impl Fn(&str) -> bool) -> Option<String> {
+        let rx = self.0.lock().unwrap();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if wanted(&line) => return Some(line),
+                Ok(_) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!("no matching line in time"),
+            }
+        }
+    }
+}
+
+/// A running `mctx-host tail`, killed when dropped.
+pub struct TailProcess {
+    child: Child,
+    stdout: Lines,
+    stderr: Lines,
+}
+
+impl TailProcess {
+    /// `mctx-host tail <args…>` with `MCTX_TOKEN` set to `token` (if any).
+    pub fn start(args: &[&str], token: Option<&str>) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mctx-host"));
+        command.arg("tail").args(args).env_remove("MCTX_TOKEN");
+        if let Some(token) = token {
+            command.env("MCTX_TOKEN", token);
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting mctx-host tail");
+        let stdout = Lines::spawn(child.stdout.take().unwrap());
+        let stderr = Lines::spawn(child.stderr.take().unwrap());
+        TailProcess {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The next stdout line satisfying `wanted`.
+    pub fn stdout_line(&self, wanted: impl Fn(&str) -> bool) -> String {
+        self.stdout.wait(wanted).expect("tail's stdout ended")
+    }
+
+    /// The next stderr line satisfying `wanted`.
+    pub fn stderr_line(&self, wanted: impl Fn(&str) -> bool) -> String {
+        self.stderr.wait(wanted).expect("tail's stderr ended")
+    }
+
+    /// Waits for tail to exit; returns whether it succeeded and its stderr.
+    pub fn exit(mut self) -> (bool, String) {
+        let mut stderr = Vec::new();
+        while let Some(line) = self.stderr.wait(|_| true) {
+            stderr.push(line);
+        }
+        let status = self.child.wait().expect("waiting for tail");
+        (status.success(), stderr.join("\n"))
+    }
+}
+
+impl Drop for TailProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A log viewer: a real WebSocket client on `/log-stream/{slug}`.

@@ -91,7 +91,9 @@ impl wasip2::exports::http::incoming_handler::Guest for Misbehave {
             }
             "/stream" => stream_forever(out),
             "/script" => {
-                println!("<script>window.__pwned = 1</script><img src=x onerror=\"window.__pwned = 2\">");
+                println!(
+                    "<script>window.__pwned = 1</script><img src=x onerror=\"window.__pwned = 2\">"
+                );
                 respond(out, 200, "text/plain", b"logged markup\n");
             }
             _ => respond(out, 200, "text/plain", b"ok\n"),

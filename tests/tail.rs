@@ -1,0 +1,215 @@
+//! `mctx-host tail` against the real host: pretty and JSON output, filters,
+//! reconnecting across a host restart, and a clear error for each refusal.
+
+mod support;
+
+use serde_json::Value;
+use support::{HostProcess, TailProcess, guest, tenant_toml, token};
+
+fn config(logs: &str) -> String {
+    let hello = guest("hello");
+    [
+        format!("[logs]\n{logs}\n"),
+        tenant_toml("hello", "alice", "active", &[("1.0.0", &hello)]),
+        tenant_toml("bobs", "bob", "active", &[("1.0.0", &hello)]),
+    ]
+    .concat()
+}
+
+fn url(host: &HostProcess) -> String {
+    format!("http://localhost:{}", host.addr.port())
+}
+
+fn connected(line: &str) -> bool {
+    line.contains("connected to")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_output_is_one_entry_per_line() {
+    let host = HostProcess::multi(&config(""), &[]);
+    let tail = TailProcess::start(
+        &["hello", "--url", &url(&host), "--format", "json"],
+        Some(&token("alice")),
+    );
+    tail.stderr_line(connected);
+    let id = host
+        .get("hello.localhost", "/json")
+        .await
+        .header("x-request-id")
+        .unwrap()
+        .to_string();
+    let mut entries = Vec::new();
+    loop {
+        let entry: Value =
+            serde_json::from_str(&tail.stdout_line(|_| true)).expect("each line is JSON");
+        let done = entry["type"] == "request";
+        entries.push(entry);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(entries.len(), 7);
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["requestId"] == id.as_str() && e["slug"] == "hello")
+    );
+    assert_eq!(entries[3]["level"], "warn");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pretty_output_has_time_level_slug_and_message_without_colour_in_a_pipe() {
+    let host = HostProcess::multi(&config(""), &[]);
+    let tail = TailProcess::start(&["hello", "--url", &url(&host)], Some(&token("alice")));
+    tail.stderr_line(connected);
+    host.get("hello.localhost", "/pretty").await;
+    let line = tail.stdout_line(|line| line.contains("[WARN]"));
+    let (time, rest) = line.split_at(12);
+    assert!(
+        time.len() == 12
+            && time.as_bytes()[2] == b':'
+            && time.as_bytes()[5] == b':'
+            && time.as_bytes()[8] == b'.',
+        "HH:MM:SS.mmm: {line}"
+    );
+    assert_eq!(
+        rest,
+        " WARN  [hello@1.0.0] [WARN] this is what a warning looks like"
+    );
+    assert!(
+        !line.contains('\x1b'),
+        "no colour codes when stdout is not a terminal"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_are_passed_to_the_host() {
+    let host = HostProcess::multi(&config(""), &[]);
+    let tail = TailProcess::start(
+        &[
+            "hello",
+            "--url",
+            &url(&host),
+            "--format",
+            "json",
+            "--level",
+            "error",
+            "--search",
+            "PREFIX",
+        ],
+        Some(&token("alice")),
+    );
+    tail.stderr_line(connected);
+    let by_request = host
+        .get("hello.localhost", "/one")
+        .await
+        .header("x-request-id")
+        .unwrap()
+        .to_string();
+    let line = tail.stdout_line(|_| true);
+    let entry: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (entry["level"].as_str(), entry["message"].as_str()),
+        (Some("error"), Some("stderr without a prefix"))
+    );
+
+    let requests = TailProcess::start(
+        &[
+            "hello",
+            "--url",
+            &url(&host),
+            "--format",
+            "json",
+            "--type",
+            "request",
+        ],
+        Some(&token("alice")),
+    );
+    requests.stderr_line(connected);
+    let id = host
+        .get("hello.localhost", "/two")
+        .await
+        .header("x-request-id")
+        .unwrap()
+        .to_string();
+    let event: Value = serde_json::from_str(&requests.stdout_line(|_| true)).unwrap();
+    assert_eq!(
+        (event["type"].as_str(), event["requestId"].as_str()),
+        (Some("request"), Some(id.as_str()))
+    );
+    assert_ne!(id, by_request);
+
+    let bad_level = TailProcess::start(
+        &["hello", "--url", &url(&host), "--level", "loud"],
+        Some(&token("alice")),
+    );
+    let (ok, stderr) = bad_level.exit();
+    assert!(!ok && stderr.contains("unknown level \"loud\""), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_reconnects_when_the_host_restarts() {
+    let config = config("");
+    let host = HostProcess::multi(&config, &[]);
+    let addr = host.addr.to_string();
+    let tail = TailProcess::start(
+        &["hello", "--url", &url(&host), "--format", "json"],
+        Some(&token("alice")),
+    );
+    tail.stderr_line(connected);
+    drop(host);
+    tail.stderr_line(|line| line.contains("reconnecting in 1 s"));
+    let host = HostProcess::multi(&config, &["--addr", &addr]);
+    tail.stderr_line(connected);
+    let id = host
+        .get("hello.localhost", "/again")
+        .await
+        .header("x-request-id")
+        .unwrap()
+        .to_string();
+    let line = tail.stdout_line(|line| line.contains("\"type\":\"request\""));
+    assert!(line.contains(&id), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_refusal_is_a_clear_error_and_a_failed_exit() {
+    let host = HostProcess::multi(&config("max_viewers_per_slug = 1"), &[]);
+    let url = url(&host);
+    let alice = token("alice");
+    let cases: [(&str, Option<&str>, &str); 4] = [
+        (
+            "hello",
+            Some("not-a-token"),
+            "401 Unauthorized: invalid session token",
+        ),
+        (
+            "bobs",
+            Some(&alice),
+            "403 Forbidden: you do not own server \"bobs\"",
+        ),
+        (
+            "nobody",
+            Some(&alice),
+            "404 Not Found: unknown server \"nobody\"",
+        ),
+        (
+            "hello",
+            None,
+            "no session token: pass --token or set MCTX_TOKEN",
+        ),
+    ];
+    for (slug, token, expected) in cases {
+        let (ok, stderr) = TailProcess::start(&[slug, "--url", &url], token).exit();
+        assert!(!ok, "{slug}: exited successfully");
+        assert!(
+            stderr.contains(expected),
+            "{slug}: expected {expected:?} in {stderr:?}"
+        );
+    }
+    let _viewer = host.viewer("hello", "", "alice").await;
+    let (ok, stderr) = TailProcess::start(&["hello", "--url", &url], Some(&alice)).exit();
+    assert!(
+        !ok && stderr.contains("429 Too Many Requests: server \"hello\" already has 1 log viewers"),
+        "{stderr}"
+    );
+}
