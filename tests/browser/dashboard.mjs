@@ -154,6 +154,21 @@ try {
   await page.fill("#log-search", "flood line 299");
   assert.equal(await page.locator("#log-list li:not([hidden])").count(), 1);
 
+  step("10,000 entries: the DOM keeps the newest 5,000");
+  await page.fill("#log-search", "");
+  await get("/t/bad/flood?lines=10000");
+  await page.waitForFunction(() => [...document.querySelectorAll("#log-list li.request .message")]
+    .some((m) => m.textContent.startsWith("GET /flood?lines=10000 200")));
+  assert.equal(await page.locator("#log-list li").count(), 5000);
+  assert.equal(await page.locator("#log-list li:nth-last-child(2) .message").textContent(), "flood line 9999");
+
+  step("a refused stream is explained, not retried");
+  await page.click("#log-close");
+  await context.clearCookies();
+  await page.click("#view-logs");
+  await page.waitForSelector('#log-conn[data-state="closed"]');
+  assert.match(await page.textContent("#log-conn"), /^closed: 401 sign in first/);
+
   console.log("browser checks passed");
 } finally {
   await browser.close();
