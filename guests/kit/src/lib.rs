@@ -9,6 +9,7 @@ use std::io::Write as _;
 use wasip2::http::types::{
     Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
+use wasip2::io::streams::OutputStream;
 
 /// The request's path and query, `/` when the host sent none.
 pub fn path_with_query(request: &IncomingRequest) -> String {
@@ -40,30 +41,79 @@ pub fn query_number(query: &str, name: &str, default: u64) -> u64 {
 
 /// Sends a complete response: status, one `content-type` header and a body.
 pub fn respond(out: ResponseOutparam, status: u16, content_type: &str, body: &[u8]) {
-    let headers =
-        Fields::from_list(&[("content-type".to_string(), content_type.as_bytes().to_vec())])
-            .expect("content-type is a valid header");
-    let response = OutgoingResponse::new(headers);
-    response
-        .set_status_code(status)
-        .expect("status codes passed here are valid");
-    let response_body = response.body().expect("body is taken once");
-    ResponseOutparam::set(out, Ok(response));
-    write_body(response_body, body);
+    respond_with_headers(out, status, &[("content-type", content_type)], body);
 }
 
-/// Writes `body` in chunks the host accepts and finishes the stream.
-pub fn write_body(response_body: OutgoingBody, body: &[u8]) {
-    {
-        let mut stream = response_body.write().expect("stream is taken once");
-        // A failed write means the client went away; nothing is left to do.
-        if stream
-            .write_all(body)
-            .and_then(|()| std::io::Write::flush(&mut stream))
-            .is_err()
-        {
-            return;
+/// Sends a complete response with the given headers.
+pub fn respond_with_headers(
+    out: ResponseOutparam,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) {
+    let mut response = Streaming::start(out, status, headers);
+    response.send(body);
+    response.finish();
+}
+
+/// Reads a request body whole, up to `limit` bytes (`None` if it is larger
+/// or cannot be read).
+pub fn read_body(request: &IncomingRequest, limit: usize) -> Option<Vec<u8>> {
+    let body = request.consume().ok()?;
+    let stream = body.stream().ok()?;
+    let mut bytes = Vec::new();
+    loop {
+        match stream.blocking_read(64 * 1024) {
+            Ok(chunk) => {
+                bytes.extend_from_slice(&chunk);
+                if bytes.len() > limit {
+                    return None;
+                }
+            }
+            Err(wasip2::io::streams::StreamError::Closed) => return Some(bytes),
+            Err(_) => return None,
         }
     }
-    let _ = OutgoingBody::finish(response_body, None);
+}
+
+/// A response whose body is written piece by piece, each piece flushed to
+/// the client at once (for server-sent events).
+pub struct Streaming {
+    // Declared before `body`: the stream must be dropped first.
+    stream: OutputStream,
+    body: OutgoingBody,
+}
+
+impl Streaming {
+    /// Sends the status and headers; the body follows with [`Streaming::send`].
+    pub fn start(out: ResponseOutparam, status: u16, headers: &[(&str, &str)]) -> Self {
+        let fields: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+            .collect();
+        let headers = Fields::from_list(&fields).expect("headers passed here are valid");
+        let response = OutgoingResponse::new(headers);
+        response
+            .set_status_code(status)
+            .expect("status codes passed here are valid");
+        let body = response.body().expect("body is taken once");
+        ResponseOutparam::set(out, Ok(response));
+        let stream = body.write().expect("stream is taken once");
+        Streaming { stream, body }
+    }
+
+    /// Writes and flushes one piece; false if the client went away.
+    pub fn send(&mut self, bytes: &[u8]) -> bool {
+        self.stream
+            .write_all(bytes)
+            .and_then(|()| std::io::Write::flush(&mut self.stream))
+            .is_ok()
+    }
+
+    /// Ends the body.
+    pub fn finish(self) {
+        let Streaming { stream, body } = self;
+        drop(stream);
+        let _ = OutgoingBody::finish(body, None);
+    }
 }
