@@ -88,6 +88,41 @@ pub fn token(user: &str) -> String {
         .mint(user, Duration::from_secs(3600))
 }
 
+/// The JavaScript sample tenant, `guests/js-hello`, built with
+/// componentize-js when its sources are newer than the last build (once per
+/// test binary at most; a build takes about 10 s).
+pub fn js_guest() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = repo_root().join("guests/js-hello");
+            assert!(
+                dir.join("node_modules/@bytecodealliance/componentize-js")
+                    .exists(),
+                "componentize-js is not installed: run `npm ci --prefix guests/js-hello`"
+            );
+            let out = target_dir().join("js/js-hello.wasm");
+            let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            let sources = [
+                "app.js",
+                "console-levels.js",
+                "build.mjs",
+                "package-lock.json",
+            ];
+            let newest = sources.iter().filter_map(|f| modified(&dir.join(f))).max();
+            if modified(&out).is_none() || modified(&out) < newest {
+                let status = Command::new("node")
+                    .arg(dir.join("build.mjs"))
+                    .arg(&out)
+                    .status()
+                    .expect("running node to build the JS tenant");
+                assert!(status.success(), "building guests/js-hello failed");
+            }
+            out
+        })
+        .clone()
+}
+
 /// A running `mctx-host`, killed when dropped.
 pub struct HostProcess {
     child: Child,
