@@ -140,6 +140,11 @@ struct ServeArgs {
     #[arg(long, value_enum)]
     guest_logs: Option<GuestLogFormat>,
 
+    /// On SIGTERM or Ctrl-C, how long requests in flight and log viewers get
+    /// to finish before the host exits.
+    #[arg(long, default_value_t = 10)]
+    shutdown_grace_secs: u64,
+
     /// Development mode: without a configured session secret, generate one
     /// and print a token for each owner (single-component mode always does).
     #[arg(long)]
@@ -274,6 +279,7 @@ impl ServeArgs {
         let streams = LogStreams {
             hub,
             sessions,
+            viewers: Default::default(),
             settings: StreamSettings {
                 idle_timeout: Duration::from_secs(logs.idle_timeout_secs),
                 ping_interval: Duration::from_secs(logs.ping_interval_secs),
@@ -293,7 +299,8 @@ impl ServeArgs {
             dispatcher: Dispatcher::new(runtime, sink),
             control,
         });
-        serve(listener, host, shutdown_signal()).await?;
+        let grace = Duration::from_secs(self.shutdown_grace_secs);
+        serve(listener, host, shutdown_signal(), grace).await?;
         tracing::info!("shutting down");
         Ok(())
     }

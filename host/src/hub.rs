@@ -103,7 +103,7 @@ pub enum Frame {
     /// `{"type":"dropped","count":N}`: N entries were missed here.
     Dropped(u64),
     /// The hub closed this viewer; the reason goes in a `closing` frame.
-    Closed(String),
+    Closed(Closed),
 }
 
 impl Frame {
@@ -114,7 +114,25 @@ impl Frame {
             Frame::Dropped(count) => {
                 serde_json::json!({ "type": "dropped", "count": count }).to_string()
             }
-            Frame::Closed(reason) => closing_frame(reason),
+            Frame::Closed(closed) => closing_frame(&closed.reason()),
+        }
+    }
+}
+
+/// Why the hub closed a viewer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// It stayed behind the stream for too long (the reason says how long).
+    TooSlow(String),
+    /// The host is shutting down.
+    ShuttingDown,
+}
+
+impl Closed {
+    pub fn reason(&self) -> String {
+        match self {
+            Closed::TooSlow(reason) => reason.clone(),
+            Closed::ShuttingDown => "the host is shutting down".to_string(),
         }
     }
 }
@@ -214,6 +232,17 @@ impl LogHub {
     /// Slugs that have a hub (at least one viewer).
     pub fn active_slugs(&self) -> usize {
         lock(&self.inner.slugs).len()
+    }
+
+    /// Closes every viewer of every slug (host shutdown): each gets what is
+    /// already queued for it, then a `closing` frame.
+    pub fn close_all(&self) {
+        let hubs: Vec<Arc<SlugHub>> = lock(&self.inner.slugs).values().cloned().collect();
+        for hub in hubs {
+            for viewer in lock(&hub.viewers).iter() {
+                viewer.close(Closed::ShuttingDown);
+            }
+        }
     }
 
     /// Adds a viewer to `slug`'s hub, creating the hub (and its batcher
@@ -380,7 +409,9 @@ impl ViewerQueue {
                     state.missed
                 );
                 state.closed = true;
-                state.frames.push_back(Frame::Closed(reason));
+                state
+                    .frames
+                    .push_back(Frame::Closed(Closed::TooSlow(reason)));
             }
         } else {
             if state.missed > 0 {
@@ -397,6 +428,15 @@ impl ViewerQueue {
     /// in order, before its next entries or as soon as it has caught up.
     fn push_dropped(&self, count: u64) {
         lock(&self.state).missed += count;
+        self.ready.notify_one();
+    }
+
+    fn close(&self, why: Closed) {
+        let mut state = lock(&self.state);
+        if !std::mem::replace(&mut state.closed, true) {
+            state.frames.push_back(Frame::Closed(why));
+        }
+        drop(state);
         self.ready.notify_one();
     }
 
@@ -556,11 +596,24 @@ mod tests {
         queue.push_logs("b".into(), 1, &limits);
         assert_eq!(queue.pop(), Some(Frame::Logs("a".into())));
         match queue.pop() {
-            Some(Frame::Closed(reason)) => assert!(reason.contains("too slow"), "{reason}"),
+            Some(Frame::Closed(Closed::TooSlow(reason))) => {
+                assert!(reason.contains("too slow"), "{reason}")
+            }
             other => panic!("expected Closed, got {other:?}"),
         }
         queue.push_logs("c".into(), 1, &limits);
         assert_eq!(queue.pop(), None, "nothing after the close");
+    }
+
+    #[tokio::test]
+    async fn closing_all_viewers_delivers_what_was_queued_first() {
+        let hub = LogHub::new(limits(8, Duration::from_secs(1)));
+        let viewer = hub.subscribe("s", Filter::default()).unwrap();
+        hub.publish("s", vec![entry("r", Stream::Stdout, "last words")]);
+        let first = viewer.recv().await;
+        assert_eq!(entries_of(&first)[0]["message"], "last words");
+        hub.close_all();
+        assert_eq!(viewer.recv().await, Frame::Closed(Closed::ShuttingDown));
     }
 
     #[test]

@@ -23,12 +23,13 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_util::task::TaskTracker;
 
 use crate::auth::Sessions;
 use crate::config::Status;
 use crate::dispatch::{Body, error_response, full_body};
 use crate::entry::{EntryKind, Level};
-use crate::hub::{Filter, Frame, LogHub, SubscribeError, Subscription, closing_frame};
+use crate::hub::{Closed, Filter, Frame, LogHub, SubscribeError, Subscription, closing_frame};
 use crate::tenants::TenantRegistry;
 
 /// Timing and origin policy of the endpoint.
@@ -45,6 +46,8 @@ pub struct LogStreams {
     pub hub: LogHub,
     pub sessions: Sessions,
     pub settings: StreamSettings,
+    /// The viewers' tasks, so that shutdown can wait for their goodbyes.
+    pub viewers: TaskTracker,
 }
 
 /// Why a viewer is turned away: an HTTP status and a reason for the client.
@@ -103,7 +106,7 @@ impl LogStreams {
 
         let upgrade = hyper::upgrade::on(&mut request);
         let settings = self.settings.clone();
-        tokio::spawn(async move {
+        self.viewers.spawn(async move {
             match upgrade.await {
                 Ok(upgraded) => {
                     let io = TokioIo::new(upgraded);
@@ -156,6 +159,22 @@ impl LogStreams {
             ));
         }
         Ok(())
+    }
+
+    /// Shutdown: closes every viewer (a `closing` frame, then close code
+    /// 1001) and waits up to `grace` for them to be gone.
+    pub async fn close_all(&self, grace: Duration) {
+        self.hub.close_all();
+        self.viewers.close();
+        if tokio::time::timeout(grace, self.viewers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.viewers.len(),
+                "log viewers did not close in time"
+            );
+        }
     }
 
     /// A browser's `Origin` must be the control plane's own (same host) or
@@ -274,7 +293,13 @@ async fn run_viewer<S>(
     let close = loop {
         tokio::select! {
             frame = subscription.recv() => match frame {
-                Frame::Closed(reason) => break Some((CloseCode::Policy, reason)),
+                Frame::Closed(closed) => {
+                    let code = match closed {
+                        Closed::TooSlow(_) => CloseCode::Policy,
+                        Closed::ShuttingDown => CloseCode::Away,
+                    };
+                    break Some((code, closed.reason()));
+                }
                 frame => {
                     if outgoing.send(Message::Text(frame.to_json().into())).await.is_err() {
                         break None;

@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Result;
 use http::{Request, Response, StatusCode};
@@ -12,6 +13,8 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Status;
 use crate::control::ControlPlane;
@@ -107,12 +110,19 @@ fn with_path(mut request: Request<Incoming>, path: &str) -> Result<Request<Incom
     Ok(request)
 }
 
-/// Serves connections from `listener` until `shutdown` resolves.
+/// Serves connections from `listener` until `shutdown` resolves, then
+/// shuts down gracefully: stops accepting, lets requests in flight finish
+/// (each connection closes after its current response), sends every log
+/// viewer a `closing` frame and close code 1001, and waits for all of that
+/// at most `grace`.
 pub async fn serve(
     listener: TcpListener,
     host: Arc<Host>,
     shutdown: impl Future<Output = ()>,
+    grace: Duration,
 ) -> Result<()> {
+    let connections = TaskTracker::new();
+    let (stop, stopped) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -122,29 +132,72 @@ pub async fn serve(
                     // Out of file descriptors and the like: keep serving the
                     // connections we have rather than exiting.
                     tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let host = host.clone();
-        tokio::spawn(serve_connection(stream, peer, host));
+        connections.spawn(serve_connection(
+            stream,
+            peer,
+            host.clone(),
+            stopped.clone(),
+        ));
     }
+
+    drop(listener);
+    tracing::info!(
+        connections = connections.len(),
+        "shutting down: draining requests in flight"
+    );
+    let _ = stop.send(true);
+    connections.close();
+    // Requests first, so that viewers still see the last requests' entries;
+    // then the viewers, with what is left of the grace period.
+    let deadline = tokio::time::Instant::now() + grace;
+    if tokio::time::timeout_at(deadline, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = connections.len(),
+            "grace period over with requests still in flight"
+        );
+    }
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    host.control
+        .streams
+        .close_all(left.max(Duration::from_millis(500)))
+        .await;
+    Ok(())
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, host: Arc<Host>) {
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    host: Arc<Host>,
+    mut stopping: watch::Receiver<bool>,
+) {
     let service = hyper::service::service_fn(move |request| {
         let host = host.clone();
         async move { Ok::<_, Infallible>(host.handle(request).await) }
     });
-    if let Err(e) = http1::Builder::new()
+    let connection = http1::Builder::new()
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades()
-        .await
-    {
+        .with_upgrades();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stopping.changed() => {
+            // Finish the response in progress, then close.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(%peer, "connection ended with an error: {e}");
     }
 }

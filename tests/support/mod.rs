@@ -247,6 +247,18 @@ impl HostProcess {
     }
 }
 
+impl HostProcess {
+    /// Sends SIGTERM and waits for the host to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -TERM failed");
+        self.child.wait().expect("waiting for the host to exit")
+    }
+}
+
 impl Drop for HostProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
