@@ -317,7 +317,7 @@ async fn a_slow_viewer_is_told_what_it_missed_while_a_fast_one_misses_nothing() 
     let host = HostProcess::multi(
         &config(
             "",
-            "viewer_queue_frames = 256\nslow_viewer_grace_secs = 600",
+            "viewer_queue_entries = 25600\nslow_viewer_grace_secs = 600",
         ),
         &[],
     );

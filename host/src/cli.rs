@@ -265,7 +265,7 @@ impl ServeArgs {
         let logs = &config.logs;
         let hub = LogHub::new(HubLimits {
             max_viewers_per_slug: logs.max_viewers_per_slug,
-            viewer_queue_frames: logs.viewer_queue_frames,
+            viewer_queue_entries: logs.viewer_queue_entries,
             slow_viewer_grace: Duration::from_secs(logs.slow_viewer_grace_secs),
             ..HubLimits::default()
         });

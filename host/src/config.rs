@@ -144,9 +144,9 @@ pub struct LogSettings {
     pub idle_timeout_secs: u64,
     /// How often viewers are pinged.
     pub ping_interval_secs: u64,
-    /// Frames (of up to 100 entries) a viewer may have waiting; past that it
-    /// misses entries and is told how many.
-    pub viewer_queue_frames: usize,
+    /// Entries a viewer may have waiting; past that it misses entries and
+    /// is told how many.
+    pub viewer_queue_entries: usize,
     /// A viewer still missing entries after this long is closed.
     pub slow_viewer_grace_secs: u64,
 }
@@ -157,7 +157,7 @@ impl Default for LogSettings {
             max_viewers_per_slug: 10,
             idle_timeout_secs: 300,
             ping_interval_secs: 30,
-            viewer_queue_frames: 256,
+            viewer_queue_entries: 25_600,
             slow_viewer_grace_secs: 10,
         }
     }
@@ -201,7 +201,7 @@ struct RawLogs {
     max_viewers_per_slug: Option<usize>,
     idle_timeout_secs: Option<u64>,
     ping_interval_secs: Option<u64>,
-    viewer_queue_frames: Option<usize>,
+    viewer_queue_entries: Option<usize>,
     slow_viewer_grace_secs: Option<u64>,
 }
 
@@ -278,10 +278,10 @@ impl Config {
                 .logs
                 .ping_interval_secs
                 .unwrap_or(log_defaults.ping_interval_secs),
-            viewer_queue_frames: raw
+            viewer_queue_entries: raw
                 .logs
-                .viewer_queue_frames
-                .unwrap_or(log_defaults.viewer_queue_frames)
+                .viewer_queue_entries
+                .unwrap_or(log_defaults.viewer_queue_entries)
                 .max(1),
             slow_viewer_grace_secs: raw
                 .logs

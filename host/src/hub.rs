@@ -45,8 +45,10 @@ pub const MAX_BATCH: usize = 100;
 #[derive(Clone, Debug)]
 pub struct HubLimits {
     pub max_viewers_per_slug: usize,
-    /// Frames a viewer may have waiting before it starts missing entries.
-    pub viewer_queue_frames: usize,
+    /// Entries a viewer may have waiting before it starts missing some.
+    /// Counted in entries, not frames: a filtered viewer's frames can be
+    /// small, and it should get as much slack as any other.
+    pub viewer_queue_entries: usize,
     /// How long a viewer may stay behind (missing entries) before it is closed.
     pub slow_viewer_grace: Duration,
     /// Entries a slug may have queued for its batcher before new ones are
@@ -58,7 +60,7 @@ impl Default for HubLimits {
     fn default() -> Self {
         HubLimits {
             max_viewers_per_slug: 10,
-            viewer_queue_frames: 256,
+            viewer_queue_entries: 25_600,
             slow_viewer_grace: Duration::from_secs(10),
             max_queued_entries: 100_000,
         }
@@ -378,11 +380,22 @@ struct ViewerQueue {
 #[derive(Default)]
 struct ViewerState {
     frames: VecDeque<Frame>,
+    /// Entries in `frames`' `logs` frames, kept in step with `frames`.
+    queued: VecDeque<u64>,
+    queued_entries: u64,
     /// Entries missed since the last frame that got through.
     missed: u64,
     /// When this viewer started missing entries (cleared when it catches up).
     behind_since: Option<Instant>,
     closed: bool,
+}
+
+impl ViewerState {
+    fn push(&mut self, frame: Frame, entries: u64) {
+        self.frames.push_back(frame);
+        self.queued.push_back(entries);
+        self.queued_entries += entries;
+    }
 }
 
 impl ViewerQueue {
@@ -399,7 +412,11 @@ impl ViewerQueue {
         if state.closed {
             return;
         }
-        if state.frames.len() >= limits.viewer_queue_frames {
+        // One frame always fits, however large, so a tiny limit cannot
+        // starve a viewer.
+        let full = !state.frames.is_empty()
+            && state.queued_entries + count > limits.viewer_queue_entries as u64;
+        if full {
             state.missed += count;
             let since = *state.behind_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= limits.slow_viewer_grace {
@@ -409,16 +426,14 @@ impl ViewerQueue {
                     state.missed
                 );
                 state.closed = true;
-                state
-                    .frames
-                    .push_back(Frame::Closed(Closed::TooSlow(reason)));
+                state.push(Frame::Closed(Closed::TooSlow(reason)), 0);
             }
         } else {
             if state.missed > 0 {
                 let missed = std::mem::take(&mut state.missed);
-                state.frames.push_back(Frame::Dropped(missed));
+                state.push(Frame::Dropped(missed), 0);
             }
-            state.frames.push_back(Frame::Logs(json));
+            state.push(Frame::Logs(json), count);
         }
         drop(state);
         self.ready.notify_one();
@@ -434,7 +449,7 @@ impl ViewerQueue {
     fn close(&self, why: Closed) {
         let mut state = lock(&self.state);
         if !std::mem::replace(&mut state.closed, true) {
-            state.frames.push_back(Frame::Closed(why));
+            state.push(Frame::Closed(why), 0);
         }
         drop(state);
         self.ready.notify_one();
@@ -443,6 +458,8 @@ impl ViewerQueue {
     fn pop(&self) -> Option<Frame> {
         let mut state = lock(&self.state);
         if let Some(frame) = state.frames.pop_front() {
+            let entries = state.queued.pop_front().unwrap_or(0);
+            state.queued_entries -= entries;
             return Some(frame);
         }
         if state.closed {
@@ -515,7 +532,7 @@ mod tests {
     fn limits(queue: usize, grace: Duration) -> HubLimits {
         HubLimits {
             max_viewers_per_slug: 2,
-            viewer_queue_frames: queue,
+            viewer_queue_entries: queue,
             slow_viewer_grace: grace,
             ..HubLimits::default()
         }
@@ -531,7 +548,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_hub_lives_exactly_as_long_as_its_viewers() {
-        let hub = LogHub::new(limits(8, Duration::from_secs(1)));
+        let hub = LogHub::new(limits(1000, Duration::from_secs(1)));
         assert!(!hub.wants("s"));
         hub.publish("s", vec![entry("r", Stream::Stdout, "nobody listens")]);
         let first = hub.subscribe("s", Filter::default()).unwrap();
@@ -550,7 +567,7 @@ mod tests {
 
     #[tokio::test]
     async fn entries_go_out_in_batches_of_at_most_100_with_gapless_seq() {
-        let hub = LogHub::new(limits(8, Duration::from_secs(1)));
+        let hub = LogHub::new(limits(1000, Duration::from_secs(1)));
         let viewer = hub.subscribe("s", Filter::default()).unwrap();
         let entries = (0..250)
             .map(|i| entry("r", Stream::Stdout, &format!("line {i}")))
@@ -607,7 +624,7 @@ mod tests {
 
     #[tokio::test]
     async fn closing_all_viewers_delivers_what_was_queued_first() {
-        let hub = LogHub::new(limits(8, Duration::from_secs(1)));
+        let hub = LogHub::new(limits(1000, Duration::from_secs(1)));
         let viewer = hub.subscribe("s", Filter::default()).unwrap();
         hub.publish("s", vec![entry("r", Stream::Stdout, "last words")]);
         let first = viewer.recv().await;
