@@ -11,92 +11,11 @@
 
 mod support;
 
-use std::io::{BufRead as _, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 
 use bytes::Bytes;
 use serde_json::Value;
-use support::{HostProcess, Reply, guest, js_guest};
-
-fn wasmtime_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("WASMTIME") {
-        return path.into();
-    }
-    let tools = std::env::var_os("MCTX_TOOLS_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/mctx-tools"))
-        });
-    if let Some(cached) = tools
-        .map(|dir| dir.join("bin/wasmtime"))
-        .filter(|p| p.exists())
-    {
-        return cached;
-    }
-    let on_path = Command::new("wasmtime")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        on_path,
-        "no wasmtime binary: cargo install wasmtime-cli@48.0.8 --locked --root ~/.cache/mctx-tools (.ci/run does it)"
-    );
-    "wasmtime".into()
-}
-
-/// A running `wasmtime serve`, killed when dropped.
-struct WasmtimeServe {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl WasmtimeServe {
-    fn start(component: &Path) -> Self {
-        let binary = wasmtime_binary();
-        let version = Command::new(&binary)
-            .arg("--version")
-            .output()
-            .expect("running wasmtime");
-        let version = String::from_utf8_lossy(&version.stdout).into_owned();
-        assert!(
-            version.starts_with("wasmtime 48."),
-            "expected wasmtime 48, found {version}"
-        );
-        // A free port: wasmtime serve does not report the one it got for :0.
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let mut child = Command::new(binary)
-            .args(["serve", "-Scli", "--addr", &addr.to_string()])
-            .arg(component)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting wasmtime serve");
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        while !line.starts_with("Serving HTTP on") {
-            line.clear();
-            assert!(
-                stderr.read_line(&mut line).unwrap() > 0,
-                "wasmtime serve exited before serving"
-            );
-        }
-        // Keep draining its stderr (the guests' output) so it never blocks.
-        std::thread::spawn(move || for _ in stderr.lines() {});
-        WasmtimeServe { child, addr }
-    }
-}
-
-impl Drop for WasmtimeServe {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::{HostProcess, Reply, WasmtimeServe, guest, js_guest};
 
 struct Case {
     method: &'static str,
@@ -149,7 +68,7 @@ fn comparable(reply: &Reply) -> Value {
 }
 
 async fn same_answers(component: &Path, cases: &[Case]) {
-    let wasmtime = WasmtimeServe::start(component);
+    let wasmtime = WasmtimeServe::start(component, &[]);
     let host = HostProcess::single(component, &["--guest-logs", "off"]);
     for case in cases {
         let send = |addr| {

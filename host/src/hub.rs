@@ -315,6 +315,9 @@ async fn run_batcher(hub: Arc<SlugHub>) {
     let mut batch = Vec::new();
     loop {
         hub.wake.notified().await;
+        // Let producers that are running right now finish their writes, so
+        // that a busy slug's frames fill up; an idle slug loses microseconds.
+        tokio::task::yield_now().await;
         let overflow = {
             let mut queue = lock(&hub.queue);
             if queue.closed {
@@ -491,6 +494,11 @@ impl Subscription {
             }
             self.queue.ready.notified().await;
         }
+    }
+
+    /// The next frame if one is waiting.
+    pub fn try_recv(&self) -> Option<Frame> {
+        self.queue.pop()
     }
 
     pub fn slug(&self) -> &str {

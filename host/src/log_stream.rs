@@ -22,7 +22,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Sessions;
@@ -110,7 +110,7 @@ impl LogStreams {
             match upgrade.await {
                 Ok(upgraded) => {
                     let io = TokioIo::new(upgraded);
-                    let socket = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+                    let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(viewer_socket_config())).await;
                     run_viewer(socket, subscription, settings).await;
                 }
                 Err(e) => tracing::debug!("log stream upgrade failed: {e}"),
@@ -220,6 +220,17 @@ fn full(slug: &str, max: usize) -> Refusal {
     )
 }
 
+/// A viewer only sends pongs and closes, and receives frames we flush
+/// ourselves: tungstenite's 128 KiB default buffers would be most of an idle
+/// viewer's memory.
+fn viewer_socket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(16 * 1024)
+        .max_message_size(Some(64 * 1024))
+        .max_frame_size(Some(64 * 1024))
+}
+
 /// Validates a WebSocket upgrade request and returns `Sec-WebSocket-Accept`.
 fn websocket_accept(headers: &HeaderMap) -> Result<String, &'static str> {
     let has_token = |name: header::HeaderName, token: &str| {
@@ -292,20 +303,34 @@ async fn run_viewer<S>(
     tokio::pin!(idle);
     let close = loop {
         tokio::select! {
-            frame = subscription.recv() => match frame {
-                Frame::Closed(closed) => {
+            frame = subscription.recv() => {
+                // Write every frame already waiting, then flush once: under
+                // load that is one write for many frames.
+                let mut next = Some(frame);
+                let mut closed = None;
+                let mut failed = false;
+                while let Some(frame) = next.take() {
+                    if let Frame::Closed(why) = frame {
+                        closed = Some(why);
+                        break;
+                    }
+                    if outgoing.feed(Message::Text(frame.to_json().into())).await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                    next = subscription.try_recv();
+                }
+                if failed || outgoing.flush().await.is_err() {
+                    break None;
+                }
+                if let Some(closed) = closed {
                     let code = match closed {
                         Closed::TooSlow(_) => CloseCode::Policy,
                         Closed::ShuttingDown => CloseCode::Away,
                     };
                     break Some((code, closed.reason()));
                 }
-                frame => {
-                    if outgoing.send(Message::Text(frame.to_json().into())).await.is_err() {
-                        break None;
-                    }
-                }
-            },
+            }
             message = incoming.next() => match message {
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
                 Some(Ok(_)) => idle.as_mut().reset(tokio::time::Instant::now() + settings.idle_timeout),

@@ -155,8 +155,10 @@ impl HostProcess {
         if !args.iter().any(|a| a == "--addr") {
             args.extend(["--addr".into(), "127.0.0.1:0".into()]);
         }
-        args.push("--cache-dir".into());
-        args.push(target_dir().join("test-artifact-cache").into());
+        if !args.iter().any(|a| a == "--cache-dir" || a == "--no-cache") {
+            args.push("--cache-dir".into());
+            args.push(target_dir().join("test-artifact-cache").into());
+        }
         let mut command = Command::new(env!("CARGO_BIN_EXE_mctx-host"));
         // `--dev` is about running without a configured secret.
         if args.iter().any(|a| a == "--dev") {
@@ -248,6 +250,10 @@ impl HostProcess {
 }
 
 impl HostProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM and waits for the host to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let status = Command::new("kill")
@@ -462,6 +468,93 @@ impl Drop for TailProcess {
     }
 }
 
+/// The `wasmtime` binary: `WASMTIME`, else `$MCTX_TOOLS_DIR/bin` or
+/// `~/.cache/mctx-tools/bin` (where `.ci/run` caches it), else `PATH`.
+pub fn wasmtime_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("WASMTIME") {
+        return path.into();
+    }
+    let tools = std::env::var_os("MCTX_TOOLS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/mctx-tools"))
+        });
+    if let Some(cached) = tools
+        .map(|dir| dir.join("bin/wasmtime"))
+        .filter(|p| p.exists())
+    {
+        return cached;
+    }
+    let on_path = Command::new("wasmtime")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        on_path,
+        "no wasmtime binary: cargo install wasmtime-cli@48.0.8 --locked --root ~/.cache/mctx-tools (.ci/run does it)"
+    );
+    "wasmtime".into()
+}
+
+/// A running `wasmtime serve -Scli`, killed when dropped.
+pub struct WasmtimeServe {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl WasmtimeServe {
+    pub fn start(component: &Path, extra: &[&str]) -> Self {
+        let binary = wasmtime_binary();
+        let version = Command::new(&binary)
+            .arg("--version")
+            .output()
+            .expect("running wasmtime");
+        let version = String::from_utf8_lossy(&version.stdout).into_owned();
+        assert!(
+            version.starts_with("wasmtime 48."),
+            "expected wasmtime 48, found {version}"
+        );
+        // A free port: wasmtime serve does not report the one it got for :0.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut child = Command::new(binary)
+            .args(["serve", "-Scli", "--addr", &addr.to_string()])
+            .args(extra)
+            .arg(component)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting wasmtime serve");
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.starts_with("Serving HTTP on") {
+            line.clear();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "wasmtime serve exited before serving"
+            );
+        }
+        // Keep draining its stderr (the guests' output) so it never blocks.
+        std::thread::spawn(move || for _ in stderr.lines() {});
+        WasmtimeServe { child, addr }
+    }
+}
+
+impl WasmtimeServe {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for WasmtimeServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A log viewer: a real WebSocket client on `/log-stream/{slug}`.
 pub struct Viewer {
     socket: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
@@ -550,6 +643,20 @@ impl Viewer {
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => Received::Closed(None),
             };
+        }
+    }
+
+    /// The next text frame, unparsed (`None` once the stream has closed):
+    /// for counting without paying for JSON parsing.
+    pub async fn text_frame(&mut self) -> Option<String> {
+        use futures_util::StreamExt as _;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            match self.socket.next().await {
+                Some(Ok(Message::Text(text))) => return Some(text.to_string()),
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
+                Some(Ok(_)) => continue,
+            }
         }
     }
 

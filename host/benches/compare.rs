@@ -1,0 +1,430 @@
+//! The benchmark: mctx-host side by side with `wasmtime serve`, and the
+//! costs of its own features, on this machine, in one run.
+//!
+//! Run: `cargo bench -p mctx-host --bench compare` (needs `wrk` from Debian
+//! and the cached wasmtime-cli, both installed by `.ci/run`). It starts every
+//! server itself, prints a table and writes `docs/benchmarks.md` and
+//! `docs/benchmarks.svg`. `MCTX_BENCH_SECS` sets each load run's length
+//! (default 5).
+//!
+//! Every comparison is a ratio of medians from interleaved runs (A, B, A,
+//! B, … `ROUNDS` times) in this one invocation, because the machine is
+//! shared and noisy; the spread (min–max) is printed beside each median.
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{HostProcess, Viewer, WasmtimeServe, guest, js_guest, repo_root, tenant_toml};
+
+const ROUNDS: usize = 3;
+const CONNECTIONS: usize = 16;
+
+fn seconds() -> u64 {
+    std::env::var("MCTX_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5)
+}
+
+/// One load run's result.
+#[derive(Clone, Copy, Debug)]
+struct Load {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// CPU time the server process spent per request (user + system), µs.
+    cpu_us: f64,
+}
+
+/// A process's CPU time so far (user + system), in µs.
+fn cpu_us(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces, in parens).
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(f64::NAN)
+        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    let hz = command_output("getconf", &["CLK_TCK"]).parse::<f64>().unwrap_or(100.0);
+    ticks / hz * 1e6
+}
+
+/// `wrk` against `http://addr/path` with `Host: host`; `pid` is the server
+/// whose CPU time to charge.
+fn wrk(addr: SocketAddr, host: &str, path: &str, connections: usize, pid: u32) -> Load {
+    let cpu_before = cpu_us(pid);
+    let output = Command::new("wrk")
+        .args(["-t2", &format!("-c{connections}"), &format!("-d{}s", seconds()), "--latency"])
+        .args(["-H", &format!("Host: {host}")])
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .expect("running wrk (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Requests/sec in wrk output:\n{text}"));
+    let percentile = |p: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(p).map(|v| duration_ms(v.trim())))
+            .unwrap_or(f64::NAN)
+    };
+    let errors = text.lines().find(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
+    assert!(errors.is_none(), "wrk saw errors: {}", errors.unwrap());
+    let requests: f64 = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in").map(|(n, _)| n.trim().parse().unwrap_or(f64::NAN)))
+        .unwrap_or(f64::NAN);
+    let cpu_us = (cpu_us(pid) - cpu_before) / requests;
+    Load { rps, p50_ms: percentile("50%"), p99_ms: percentile("99%"), cpu_us }
+}
+
+/// `1.52ms`, `830.00us`, `1.01s` → milliseconds.
+fn duration_ms(text: &str) -> f64 {
+    let split = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => value / 1000.0,
+        "ms" => value,
+        "s" => value * 1000.0,
+        _ => f64::NAN,
+    }
+}
+
+/// Medians and spreads of a series of runs.
+struct Series {
+    name: String,
+    runs: Vec<Load>,
+}
+
+impl Series {
+    fn median(&self, f: impl Fn(&Load) -> f64) -> f64 {
+        let mut values: Vec<f64> = self.runs.iter().map(f).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    }
+
+    fn spread(&self) -> (f64, f64) {
+        let rps = self.runs.iter().map(|r| r.rps);
+        (rps.clone().fold(f64::INFINITY, f64::min), rps.fold(0.0, f64::max))
+    }
+
+    fn row(&self) -> String {
+        let (lo, hi) = self.spread();
+        format!(
+            "| {} | {:.0} | {:.0}–{:.0} | {:.2} | {:.2} | {:.0} |",
+            self.name,
+            self.median(|r| r.rps),
+            lo,
+            hi,
+            self.median(|r| r.p50_ms),
+            self.median(|r| r.p99_ms),
+            self.median(|r| r.cpu_us)
+        )
+    }
+}
+
+/// Runs `a` and `b` interleaved `ROUNDS` times.
+fn interleave(a: (&str, &mut dyn FnMut() -> Load), b: (&str, &mut dyn FnMut() -> Load)) -> (Series, Series) {
+    let (mut sa, mut sb) = (Series { name: a.0.into(), runs: vec![] }, Series { name: b.0.into(), runs: vec![] });
+    let (run_a, run_b) = (a.1, b.1);
+    for _ in 0..ROUNDS {
+        sa.runs.push(run_a());
+        sb.runs.push(run_b());
+    }
+    (sa, sb)
+}
+
+/// Viewers that read everything, counting entries, until dropped.
+struct Watchers {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    entries: Arc<AtomicU64>,
+}
+
+impl Watchers {
+    async fn connect(host: &HostProcess, slug: &str, owner: &str, count: usize) -> Self {
+        let entries = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..count {
+            let mut viewer: Viewer = host.viewer(slug, "", owner).await;
+            let entries = entries.clone();
+            tasks.push(tokio::spawn(async move {
+                // Counted without parsing: the viewers share the machine with
+                // the host, and JSON parsing here would be charged to it.
+                while let Some(frame) = viewer.text_frame().await {
+                    entries.fetch_add(frame.matches("\"seq\":").count() as u64, Ordering::Relaxed);
+                }
+            }));
+        }
+        Watchers { tasks, entries }
+    }
+}
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+fn hosts_config(tenants: usize, component: &std::path::Path) -> String {
+    (0..tenants).map(|i| tenant_toml(&format!("t{i}"), &format!("owner{}", i % 10), "active", &[("1.0.0", component)])).collect()
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let started = Instant::now();
+    let hello = guest("hello");
+    let misbehave = guest("misbehave");
+    let mut report = String::new();
+    let mut chart: Vec<(String, f64)> = Vec::new();
+    let header = "| configuration | req/s (median) | req/s (min–max) | p50 ms | p99 ms | server CPU µs/request |\n|---|---|---|---|---|---|";
+
+    // 1. Throughput against wasmtime serve, same component, same path.
+    let wasmtime = WasmtimeServe::start(&hello, &[]);
+    let single = HostProcess::single(&hello, &["--guest-logs", "off"]);
+    let mut section = format!("### 1. Throughput: `mctx-host serve` vs `wasmtime serve` (hello.wasm, {CONNECTIONS} connections)\n\n{header}\n");
+    for path in ["/quiet", "/"] {
+        let (ours, theirs) = interleave(
+            (&format!("mctx-host serve, {path}"), &mut || wrk(single.addr, "localhost", path, CONNECTIONS, single.pid())),
+            (&format!("wasmtime serve -Scli, {path}"), &mut || wrk(wasmtime.addr, "localhost", path, CONNECTIONS, wasmtime.pid())),
+        );
+        let ratio = ours.median(|r| r.rps) / theirs.median(|r| r.rps);
+        let _ = writeln!(section, "{}\n{}\n| **ratio** | **{ratio:.2}×** | | | | |", ours.row(), theirs.row());
+        chart.push((ours.name.clone(), ours.median(|r| r.rps)));
+        chart.push((theirs.name.clone(), theirs.median(|r| r.rps)));
+    }
+    drop((wasmtime, single));
+    println!("{section}");
+    report.push_str(&section);
+
+    // 2. Multi-tenant: 1 vs 50 tenants, then 0 vs 10 viewers on the busy slug.
+    let one = HostProcess::multi(&hosts_config(1, &hello), &[]);
+    let fifty = HostProcess::multi(&hosts_config(50, &hello), &[]);
+    let mut section = format!("\n### 2. Multi-tenant host (hello.wasm `/`, busy slug `t0`)\n\n{header}\n");
+    let (a, b) = interleave(
+        ("1 tenant", &mut || wrk(one.addr, "t0.localhost", "/", CONNECTIONS, one.pid())),
+        ("50 tenants", &mut || wrk(fifty.addr, "t0.localhost", "/", CONNECTIONS, fifty.pid())),
+    );
+    let _ = writeln!(section, "{}\n{}\n| **ratio 50/1** | **{:.2}×** | | | | |", a.row(), b.row(), b.median(|r| r.rps) / a.median(|r| r.rps));
+    chart.push(("50 tenants, 0 viewers".into(), b.median(|r| r.rps)));
+    let mut no_viewers = Series { name: "50 tenants, 0 viewers".into(), runs: vec![] };
+    let mut ten_viewers = Series { name: "50 tenants, 10 viewers on t0".into(), runs: vec![] };
+    let mut delivered = 0u64;
+    for _ in 0..ROUNDS {
+        no_viewers.runs.push(wrk(fifty.addr, "t0.localhost", "/", CONNECTIONS, fifty.pid()));
+        let watchers = Watchers::connect(&fifty, "t0", "owner0", 10).await;
+        ten_viewers.runs.push(wrk(fifty.addr, "t0.localhost", "/", CONNECTIONS, fifty.pid()));
+        delivered = delivered.max(watchers.entries.load(Ordering::Relaxed));
+    }
+    let overhead = 1.0 - ten_viewers.median(|r| r.rps) / no_viewers.median(|r| r.rps);
+    let _ = writeln!(
+        section,
+        "{}\n{}\n| **capture + fan-out overhead** | **{:.1} %** | | | | **{:.1} %** |",
+        no_viewers.row(),
+        ten_viewers.row(),
+        overhead * 100.0,
+        (ten_viewers.median(|r| r.cpu_us) / no_viewers.median(|r| r.cpu_us) - 1.0) * 100.0
+    );
+    let _ = writeln!(section, "\n10 viewers received up to {} entries in one {} s run ({:.0} entries/s summed).", delivered, seconds(), delivered as f64 / seconds() as f64);
+    chart.push((ten_viewers.name.clone(), ten_viewers.median(|r| r.rps)));
+    drop((one, fifty));
+    println!("{section}");
+    report.push_str(&section);
+
+    // 3. Capture cost: a path that logs nothing vs one that logs 10 lines.
+    // Room for the slow viewer of section 4 beside ten fast ones.
+    let roomy = format!("[logs]\nmax_viewers_per_slug = 100\n{}", tenant_toml("bad", "alice", "active", &[("1.0.0", &misbehave)]));
+    let host = HostProcess::multi(&roomy, &[]);
+    let mut section = format!("\n### 3. Capture cost (misbehave.wasm: `/ok` logs nothing, `/flood?lines=10` logs 10 lines)\n\n{header}\n");
+    for viewers in [0, 10] {
+        let watchers = Watchers::connect(&host, "bad", "alice", viewers).await;
+        let (quiet, loud) = interleave(
+            (&format!("0 lines, {viewers} viewers"), &mut || wrk(host.addr, "bad.localhost", "/ok", CONNECTIONS, host.pid())),
+            (&format!("10 lines, {viewers} viewers"), &mut || wrk(host.addr, "bad.localhost", "/flood?lines=10", CONNECTIONS, host.pid())),
+        );
+        let _ = writeln!(
+            section,
+            "{}\n{}\n| **10 lines cost** | **{:.1} %** | | | | **{:.1} %** |",
+            quiet.row(),
+            loud.row(),
+            (1.0 - loud.median(|r| r.rps) / quiet.median(|r| r.rps)) * 100.0,
+            (loud.median(|r| r.cpu_us) / quiet.median(|r| r.cpu_us) - 1.0) * 100.0
+        );
+        drop(watchers);
+    }
+    println!("{section}");
+    report.push_str(&section);
+
+    // 4. Fan-out: 10 viewers while the guest floods; then with a viewer that never reads.
+    let mut section = "\n### 4. Fan-out (10 viewers, guest flooding 1,000 lines per request, 4 connections)\n\n| viewers | entries/s delivered (summed over the 10 fast viewers) |\n|---|---|\n".to_string();
+    for slow in [false, true] {
+        let watchers = Watchers::connect(&host, "bad", "alice", 10).await;
+        let _stalled = if slow { Some(host.viewer("bad", "", "alice").await) } else { None };
+        let before = watchers.entries.load(Ordering::Relaxed);
+        let t = Instant::now();
+        wrk(host.addr, "bad.localhost", "/flood?lines=1000", 4, host.pid());
+        let rate = (watchers.entries.load(Ordering::Relaxed) - before) as f64 / t.elapsed().as_secs_f64();
+        let _ = writeln!(section, "| 10 fast{} | {:.0} |", if slow { " + 1 that never reads" } else { "" }, rate);
+    }
+    drop(host);
+    println!("{section}");
+    report.push_str(&section);
+
+    // 5. Log latency: request sent → the guest's line at a viewer.
+    let host = HostProcess::multi(&tenant_toml("bad", "alice", "active", &[("1.0.0", &misbehave)]), &[]);
+    let mut viewer = host.viewer("bad", "type=log", "alice").await;
+    let mut latencies = Vec::new();
+    for _ in 0..500 {
+        let t = Instant::now();
+        let request = host.spawn_get("bad.localhost", "/slow?ms=2");
+        viewer.frame().await;
+        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+        request.await.unwrap();
+    }
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    let section = format!(
+        "\n### 5. Log latency (request sent → the guest's first line at a connected viewer, 500 requests, idle host)\n\n| p50 | p99 | max |\n|---|---|---|\n| {:.3} ms | {:.3} ms | {:.3} ms |\n",
+        at(0.5),
+        at(0.99),
+        latencies.last().unwrap()
+    );
+    drop((viewer, host));
+    println!("{section}");
+    report.push_str(&section);
+
+    // 6. Memory.
+    let idle = HostProcess::single(&hello, &["--guest-logs", "off"]);
+    let idle_rss = rss_kib(idle.pid());
+    drop(idle);
+    let hundred = HostProcess::multi(&hosts_config(100, &hello), &[]);
+    let hundred_rss = rss_kib(hundred.pid());
+    let mut viewers = Vec::new();
+    for i in 0..100 {
+        for _ in 0..10 {
+            viewers.push(hundred.viewer(&format!("t{i}"), "", &format!("owner{}", i % 10)).await);
+        }
+    }
+    let healthz = hundred.get("localhost", "/healthz").await.json();
+    assert_eq!(healthz["logHubs"], 100);
+    let viewers_rss = rss_kib(hundred.pid());
+    let section = format!(
+        "\n### 6. Memory (host RSS)\n\n| state | RSS | per unit |\n|---|---|---|\n| idle, 1 component | {idle_rss} KiB | |\n| 100 tenants | {hundred_rss} KiB | {:.1} KiB per tenant |\n| 100 tenants + 1,000 idle viewers over 100 slugs | {viewers_rss} KiB | {:.1} KiB per viewer |\n",
+        (hundred_rss.saturating_sub(idle_rss)) as f64 / 99.0,
+        (viewers_rss.saturating_sub(hundred_rss)) as f64 / 1000.0
+    );
+    drop(viewers);
+    drop(hundred);
+    println!("{section}");
+    report.push_str(&section);
+
+    // 7. Start-up: first response after start, cold vs warm artifact cache.
+    let mut section = "\n### 7. Start-up (spawn → first 200 response)\n\n| component | empty cache | warm cache |\n|---|---|---|\n".to_string();
+    for (name, component) in [("hello.wasm (Rust, 0.1 MB)", hello.clone()), ("js-hello.wasm (JavaScript, 13 MB)", js_guest())] {
+        let cache = tempfile::tempdir().unwrap();
+        let cache_arg = cache.path().to_str().unwrap().to_string();
+        let mut times = Vec::new();
+        for _ in 0..2 {
+            let t = Instant::now();
+            let host = HostProcess::single(&component, &["--guest-logs", "off", "--cache-dir", &cache_arg]);
+            assert_eq!(host.get("localhost", "/").await.status, 200);
+            times.push(t.elapsed());
+        }
+        let _ = writeln!(section, "| {name} | {} ms | {} ms |", times[0].as_millis(), times[1].as_millis());
+    }
+    println!("{section}");
+    report.push_str(&section);
+
+    write_docs(&report, &chart, started.elapsed());
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']).to_string());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines().find_map(|l| l.strip_prefix("MemTotal:")).and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+    });
+    format!(
+        "{cores} cores ({}), {:.0} GiB",
+        model.unwrap_or_else(|| "unknown CPU".into()),
+        memory.unwrap_or(0) as f64 / 1024.0 / 1024.0
+    )
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    Command::new(program).args(args).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+}
+
+fn write_docs(report: &str, chart: &[(String, f64)], elapsed: Duration) {
+    let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    let wasmtime = command_output(support::wasmtime_binary().to_str().unwrap(), &["--version"]);
+    let wrk_version = Command::new("wrk").arg("-v").output().map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string()).unwrap_or_default();
+    let rustc = command_output("rustc", &["--version"]);
+    let doc = format!(
+        "# Benchmarks\n\nMeasured by `cargo bench -p mctx-host --bench compare` on {date}, in {:.0} s.\n\n\
+         - Machine: {} (shared: every comparison is a ratio of medians from interleaved runs, {ROUNDS} rounds each, in one invocation)\n\
+         - mctx-host {} (release build), {wasmtime}, {rustc}, load from {wrk_version} (`-t2 -c{CONNECTIONS} -d{}s`)\n\n\
+         ![throughput by configuration](benchmarks.svg)\n\n{report}",
+        elapsed.as_secs_f64(),
+        machine(),
+        env!("CARGO_PKG_VERSION"),
+        seconds(),
+    );
+    let docs = repo_root().join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(docs.join("benchmarks.md"), doc).unwrap();
+    std::fs::write(docs.join("benchmarks.svg"), bar_chart("Throughput (requests/s, median)", chart)).unwrap();
+    println!("wrote docs/benchmarks.md and docs/benchmarks.svg");
+}
+
+/// A horizontal bar chart as SVG.
+fn bar_chart(title: &str, bars: &[(String, f64)]) -> String {
+    let max = bars.iter().map(|(_, v)| *v).fold(1.0, f64::max);
+    let (label_w, bar_w, row_h) = (300.0, 420.0, 28.0);
+    let height = 50.0 + row_h * bars.len() as f64;
+    let mut svg = format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{height}" font-family="sans-serif" font-size="13">
+<rect width="100%" height="100%" fill="#ffffff"/>
+<text x="10" y="24" font-size="15" font-weight="bold">{title}</text>
+"##,
+        w = label_w + bar_w + 90.0
+    );
+    for (i, (name, value)) in bars.iter().enumerate() {
+        let y = 40.0 + row_h * i as f64;
+        let width = bar_w * value / max;
+        let color = if name.starts_with("wasmtime") { "#9ca3af" } else { "#2563eb" };
+        let _ = write!(
+            svg,
+            r#"<text x="{x}" y="{ty}" text-anchor="end">{name}</text><rect x="{bx}" y="{y}" width="{width:.1}" height="20" fill="{color}"/><text x="{vx:.1}" y="{ty}">{value:.0}</text>
+"#,
+            x = label_w - 8.0,
+            ty = y + 15.0,
+            bx = label_w,
+            vx = label_w + width + 6.0,
+            name = name.replace('&', "&amp;").replace('<', "&lt;"),
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
