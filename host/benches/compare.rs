@@ -27,7 +27,10 @@ const ROUNDS: usize = 3;
 const CONNECTIONS: usize = 16;
 
 fn seconds() -> u64 {
-    std::env::var("MCTX_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5)
+    std::env::var("MCTX_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5)
 }
 
 /// One load run's result.
@@ -44,10 +47,23 @@ struct Load {
 fn cpu_us(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may contain spaces, in parens).
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(f64::NAN)
-        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(f64::NAN);
-    let hz = command_output("getconf", &["CLK_TCK"]).parse::<f64>().unwrap_or(100.0);
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(f64::NAN)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(f64::NAN);
+    let hz = command_output("getconf", &["CLK_TCK"])
+        .parse::<f64>()
+        .unwrap_or(100.0);
     ticks / hz * 1e6
 }
 
@@ -56,7 +72,12 @@ fn cpu_us(pid: u32) -> f64 {
 fn wrk(addr: SocketAddr, host: &str, path: &str, connections: usize, pid: u32) -> Load {
     let cpu_before = cpu_us(pid);
     let output = Command::new("wrk")
-        .args(["-t2", &format!("-c{connections}"), &format!("-d{}s", seconds()), "--latency"])
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{}s", seconds()),
+            "--latency",
+        ])
         .args(["-H", &format!("Host: {host}")])
         .arg(format!("http://{addr}{path}"))
         .output()
@@ -72,19 +93,32 @@ fn wrk(addr: SocketAddr, host: &str, path: &str, connections: usize, pid: u32) -
             .find_map(|l| l.trim().strip_prefix(p).map(|v| duration_ms(v.trim())))
             .unwrap_or(f64::NAN)
     };
-    let errors = text.lines().find(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
+    let errors = text
+        .lines()
+        .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
     assert!(errors.is_none(), "wrk saw errors: {}", errors.unwrap());
     let requests: f64 = text
         .lines()
-        .find_map(|l| l.trim().split_once(" requests in").map(|(n, _)| n.trim().parse().unwrap_or(f64::NAN)))
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in")
+                .map(|(n, _)| n.trim().parse().unwrap_or(f64::NAN))
+        })
         .unwrap_or(f64::NAN);
     let cpu_us = (cpu_us(pid) - cpu_before) / requests;
-    Load { rps, p50_ms: percentile("50%"), p99_ms: percentile("99%"), cpu_us }
+    Load {
+        rps,
+        p50_ms: percentile("50%"),
+        p99_ms: percentile("99%"),
+        cpu_us,
+    }
 }
 
 /// `1.52ms`, `830.00us`, `1.01s` → milliseconds.
 fn duration_ms(text: &str) -> f64 {
-    let split = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let value: f64 = number.parse().unwrap_or(f64::NAN);
     match unit {
@@ -110,7 +144,10 @@ impl Series {
 
     fn spread(&self) -> (f64, f64) {
         let rps = self.runs.iter().map(|r| r.rps);
-        (rps.clone().fold(f64::INFINITY, f64::min), rps.fold(0.0, f64::max))
+        (
+            rps.clone().fold(f64::INFINITY, f64::min),
+            rps.fold(0.0, f64::max),
+        )
     }
 
     fn row(&self) -> String {
@@ -129,8 +166,20 @@ impl Series {
 }
 
 /// Runs `a` and `b` interleaved `ROUNDS` times.
-fn interleave(a: (&str, &mut dyn FnMut() -> Load), b: (&str, &mut dyn FnMut() -> Load)) -> (Series, Series) {
-    let (mut sa, mut sb) = (Series { name: a.0.into(), runs: vec![] }, Series { name: b.0.into(), runs: vec![] });
+fn interleave(
+    a: (&str, &mut dyn FnMut() -> Load),
+    b: (&str, &mut dyn FnMut() -> Load),
+) -> (Series, Series) {
+    let (mut sa, mut sb) = (
+        Series {
+            name: a.0.into(),
+            runs: vec![],
+        },
+        Series {
+            name: b.0.into(),
+            runs: vec![],
+        },
+    );
     let (run_a, run_b) = (a.1, b.1);
     for _ in 0..ROUNDS {
         sa.runs.push(run_a());
@@ -183,11 +232,24 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn hosts_config(tenants: usize, component: &std::path::Path) -> String {
-    (0..tenants).map(|i| tenant_toml(&format!("t{i}"), &format!("owner{}", i % 10), "active", &[("1.0.0", component)])).collect()
+    (0..tenants)
+        .map(|i| {
+            tenant_toml(
+                &format!("t{i}"),
+                &format!("owner{}", i % 10),
+                "active",
+                &[("1.0.0", component)],
+            )
+        })
+        .collect()
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(run());
 }
 
@@ -202,14 +264,31 @@ async fn run() {
     // 1. Throughput against wasmtime serve, same component, same path.
     let wasmtime = WasmtimeServe::start(&hello, &[]);
     let single = HostProcess::single(&hello, &["--guest-logs", "off"]);
-    let mut section = format!("### 1. Throughput: `mctx-host serve` vs `wasmtime serve` (hello.wasm, {CONNECTIONS} connections)\n\n{header}\n");
+    let mut section = format!(
+        "### 1. Throughput: `mctx-host serve` vs `wasmtime serve` (hello.wasm, {CONNECTIONS} connections)\n\n{header}\n"
+    );
     for path in ["/quiet", "/"] {
         let (ours, theirs) = interleave(
-            (&format!("mctx-host serve, {path}"), &mut || wrk(single.addr, "localhost", path, CONNECTIONS, single.pid())),
-            (&format!("wasmtime serve -Scli, {path}"), &mut || wrk(wasmtime.addr, "localhost", path, CONNECTIONS, wasmtime.pid())),
+            (&format!("mctx-host serve, {path}"), &mut || {
+                wrk(single.addr, "localhost", path, CONNECTIONS, single.pid())
+            }),
+            (&format!("wasmtime serve -Scli, {path}"), &mut || {
+                wrk(
+                    wasmtime.addr,
+                    "localhost",
+                    path,
+                    CONNECTIONS,
+                    wasmtime.pid(),
+                )
+            }),
         );
         let ratio = ours.median(|r| r.rps) / theirs.median(|r| r.rps);
-        let _ = writeln!(section, "{}\n{}\n| **ratio** | **{ratio:.2}×** | | | | |", ours.row(), theirs.row());
+        let _ = writeln!(
+            section,
+            "{}\n{}\n| **ratio** | **{ratio:.2}×** | | | | |",
+            ours.row(),
+            theirs.row()
+        );
         chart.push((ours.name.clone(), ours.median(|r| r.rps)));
         chart.push((theirs.name.clone(), theirs.median(|r| r.rps)));
     }
@@ -220,20 +299,49 @@ async fn run() {
     // 2. Multi-tenant: 1 vs 50 tenants, then 0 vs 10 viewers on the busy slug.
     let one = HostProcess::multi(&hosts_config(1, &hello), &[]);
     let fifty = HostProcess::multi(&hosts_config(50, &hello), &[]);
-    let mut section = format!("\n### 2. Multi-tenant host (hello.wasm `/`, busy slug `t0`)\n\n{header}\n");
+    let mut section =
+        format!("\n### 2. Multi-tenant host (hello.wasm `/`, busy slug `t0`)\n\n{header}\n");
     let (a, b) = interleave(
-        ("1 tenant", &mut || wrk(one.addr, "t0.localhost", "/", CONNECTIONS, one.pid())),
-        ("50 tenants", &mut || wrk(fifty.addr, "t0.localhost", "/", CONNECTIONS, fifty.pid())),
+        ("1 tenant", &mut || {
+            wrk(one.addr, "t0.localhost", "/", CONNECTIONS, one.pid())
+        }),
+        ("50 tenants", &mut || {
+            wrk(fifty.addr, "t0.localhost", "/", CONNECTIONS, fifty.pid())
+        }),
     );
-    let _ = writeln!(section, "{}\n{}\n| **ratio 50/1** | **{:.2}×** | | | | |", a.row(), b.row(), b.median(|r| r.rps) / a.median(|r| r.rps));
+    let _ = writeln!(
+        section,
+        "{}\n{}\n| **ratio 50/1** | **{:.2}×** | | | | |",
+        a.row(),
+        b.row(),
+        b.median(|r| r.rps) / a.median(|r| r.rps)
+    );
     chart.push(("50 tenants, 0 viewers".into(), b.median(|r| r.rps)));
-    let mut no_viewers = Series { name: "50 tenants, 0 viewers".into(), runs: vec![] };
-    let mut ten_viewers = Series { name: "50 tenants, 10 viewers on t0".into(), runs: vec![] };
+    let mut no_viewers = Series {
+        name: "50 tenants, 0 viewers".into(),
+        runs: vec![],
+    };
+    let mut ten_viewers = Series {
+        name: "50 tenants, 10 viewers on t0".into(),
+        runs: vec![],
+    };
     let mut delivered = 0u64;
     for _ in 0..ROUNDS {
-        no_viewers.runs.push(wrk(fifty.addr, "t0.localhost", "/", CONNECTIONS, fifty.pid()));
+        no_viewers.runs.push(wrk(
+            fifty.addr,
+            "t0.localhost",
+            "/",
+            CONNECTIONS,
+            fifty.pid(),
+        ));
         let watchers = Watchers::connect(&fifty, "t0", "owner0", 10).await;
-        ten_viewers.runs.push(wrk(fifty.addr, "t0.localhost", "/", CONNECTIONS, fifty.pid()));
+        ten_viewers.runs.push(wrk(
+            fifty.addr,
+            "t0.localhost",
+            "/",
+            CONNECTIONS,
+            fifty.pid(),
+        ));
         delivered = delivered.max(watchers.entries.load(Ordering::Relaxed));
     }
     let overhead = 1.0 - ten_viewers.median(|r| r.rps) / no_viewers.median(|r| r.rps);
@@ -245,7 +353,13 @@ async fn run() {
         overhead * 100.0,
         (ten_viewers.median(|r| r.cpu_us) / no_viewers.median(|r| r.cpu_us) - 1.0) * 100.0
     );
-    let _ = writeln!(section, "\n10 viewers received up to {} entries in one {} s run ({:.0} entries/s summed).", delivered, seconds(), delivered as f64 / seconds() as f64);
+    let _ = writeln!(
+        section,
+        "\n10 viewers received up to {} entries in one {} s run ({:.0} entries/s summed).",
+        delivered,
+        seconds(),
+        delivered as f64 / seconds() as f64
+    );
     chart.push((ten_viewers.name.clone(), ten_viewers.median(|r| r.rps)));
     drop((one, fifty));
     println!("{section}");
@@ -253,14 +367,29 @@ async fn run() {
 
     // 3. Capture cost: a path that logs nothing vs one that logs 10 lines.
     // Room for the slow viewer of section 4 beside ten fast ones.
-    let roomy = format!("[logs]\nmax_viewers_per_slug = 100\n{}", tenant_toml("bad", "alice", "active", &[("1.0.0", &misbehave)]));
+    let roomy = format!(
+        "[logs]\nmax_viewers_per_slug = 100\n{}",
+        tenant_toml("bad", "alice", "active", &[("1.0.0", &misbehave)])
+    );
     let host = HostProcess::multi(&roomy, &[]);
-    let mut section = format!("\n### 3. Capture cost (misbehave.wasm: `/ok` logs nothing, `/flood?lines=10` logs 10 lines)\n\n{header}\n");
+    let mut section = format!(
+        "\n### 3. Capture cost (misbehave.wasm: `/ok` logs nothing, `/flood?lines=10` logs 10 lines)\n\n{header}\n"
+    );
     for viewers in [0, 10] {
         let watchers = Watchers::connect(&host, "bad", "alice", viewers).await;
         let (quiet, loud) = interleave(
-            (&format!("0 lines, {viewers} viewers"), &mut || wrk(host.addr, "bad.localhost", "/ok", CONNECTIONS, host.pid())),
-            (&format!("10 lines, {viewers} viewers"), &mut || wrk(host.addr, "bad.localhost", "/flood?lines=10", CONNECTIONS, host.pid())),
+            (&format!("0 lines, {viewers} viewers"), &mut || {
+                wrk(host.addr, "bad.localhost", "/ok", CONNECTIONS, host.pid())
+            }),
+            (&format!("10 lines, {viewers} viewers"), &mut || {
+                wrk(
+                    host.addr,
+                    "bad.localhost",
+                    "/flood?lines=10",
+                    CONNECTIONS,
+                    host.pid(),
+                )
+            }),
         );
         let _ = writeln!(
             section,
@@ -279,19 +408,38 @@ async fn run() {
     let mut section = "\n### 4. Fan-out (10 viewers, guest flooding 1,000 lines per request, 4 connections)\n\n| viewers | entries/s delivered (summed over the 10 fast viewers) |\n|---|---|\n".to_string();
     for slow in [false, true] {
         let watchers = Watchers::connect(&host, "bad", "alice", 10).await;
-        let _stalled = if slow { Some(host.viewer("bad", "", "alice").await) } else { None };
+        let _stalled = if slow {
+            Some(host.viewer("bad", "", "alice").await)
+        } else {
+            None
+        };
         let before = watchers.entries.load(Ordering::Relaxed);
         let t = Instant::now();
-        wrk(host.addr, "bad.localhost", "/flood?lines=1000", 4, host.pid());
-        let rate = (watchers.entries.load(Ordering::Relaxed) - before) as f64 / t.elapsed().as_secs_f64();
-        let _ = writeln!(section, "| 10 fast{} | {:.0} |", if slow { " + 1 that never reads" } else { "" }, rate);
+        wrk(
+            host.addr,
+            "bad.localhost",
+            "/flood?lines=1000",
+            4,
+            host.pid(),
+        );
+        let rate =
+            (watchers.entries.load(Ordering::Relaxed) - before) as f64 / t.elapsed().as_secs_f64();
+        let _ = writeln!(
+            section,
+            "| 10 fast{} | {:.0} |",
+            if slow { " + 1 that never reads" } else { "" },
+            rate
+        );
     }
     drop(host);
     println!("{section}");
     report.push_str(&section);
 
     // 5. Log latency: request sent → the guest's line at a viewer.
-    let host = HostProcess::multi(&tenant_toml("bad", "alice", "active", &[("1.0.0", &misbehave)]), &[]);
+    let host = HostProcess::multi(
+        &tenant_toml("bad", "alice", "active", &[("1.0.0", &misbehave)]),
+        &[],
+    );
     let mut viewer = host.viewer("bad", "type=log", "alice").await;
     let mut latencies = Vec::new();
     for _ in 0..500 {
@@ -322,7 +470,11 @@ async fn run() {
     let mut viewers = Vec::new();
     for i in 0..100 {
         for _ in 0..10 {
-            viewers.push(hundred.viewer(&format!("t{i}"), "", &format!("owner{}", i % 10)).await);
+            viewers.push(
+                hundred
+                    .viewer(&format!("t{i}"), "", &format!("owner{}", i % 10))
+                    .await,
+            );
         }
     }
     let healthz = hundred.get("localhost", "/healthz").await.json();
@@ -340,17 +492,28 @@ async fn run() {
 
     // 7. Start-up: first response after start, cold vs warm artifact cache.
     let mut section = "\n### 7. Start-up (spawn → first 200 response)\n\n| component | empty cache | warm cache |\n|---|---|---|\n".to_string();
-    for (name, component) in [("hello.wasm (Rust, 0.1 MB)", hello.clone()), ("js-hello.wasm (JavaScript, 13 MB)", js_guest())] {
+    for (name, component) in [
+        ("hello.wasm (Rust, 0.1 MB)", hello.clone()),
+        ("js-hello.wasm (JavaScript, 13 MB)", js_guest()),
+    ] {
         let cache = tempfile::tempdir().unwrap();
         let cache_arg = cache.path().to_str().unwrap().to_string();
         let mut times = Vec::new();
         for _ in 0..2 {
             let t = Instant::now();
-            let host = HostProcess::single(&component, &["--guest-logs", "off", "--cache-dir", &cache_arg]);
+            let host = HostProcess::single(
+                &component,
+                &["--guest-logs", "off", "--cache-dir", &cache_arg],
+            );
             assert_eq!(host.get("localhost", "/").await.status, 200);
             times.push(t.elapsed());
         }
-        let _ = writeln!(section, "| {name} | {} ms | {} ms |", times[0].as_millis(), times[1].as_millis());
+        let _ = writeln!(
+            section,
+            "| {name} | {} ms | {} ms |",
+            times[0].as_millis(),
+            times[1].as_millis()
+        );
     }
     println!("{section}");
     report.push_str(&section);
@@ -360,10 +523,15 @@ async fn run() {
 
 fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']).to_string());
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let memory = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-        m.lines().find_map(|l| l.strip_prefix("MemTotal:")).and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
     });
     format!(
         "{cores} cores ({}), {:.0} GiB",
@@ -373,13 +541,27 @@ fn machine() -> String {
 }
 
 fn command_output(program: &str, args: &[&str]) -> String {
-    Command::new(program).args(args).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 fn write_docs(report: &str, chart: &[(String, f64)], elapsed: Duration) {
     let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
     let wasmtime = command_output(support::wasmtime_binary().to_str().unwrap(), &["--version"]);
-    let wrk_version = Command::new("wrk").arg("-v").output().map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string()).unwrap_or_default();
+    let wrk_version = Command::new("wrk")
+        .arg("-v")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default();
     let rustc = command_output("rustc", &["--version"]);
     let doc = format!(
         "# Benchmarks\n\nMeasured by `cargo bench -p mctx-host --bench compare` on {date}, in {:.0} s.\n\n\
@@ -394,7 +576,11 @@ fn write_docs(report: &str, chart: &[(String, f64)], elapsed: Duration) {
     let docs = repo_root().join("docs");
     std::fs::create_dir_all(&docs).unwrap();
     std::fs::write(docs.join("benchmarks.md"), doc).unwrap();
-    std::fs::write(docs.join("benchmarks.svg"), bar_chart("Throughput (requests/s, median)", chart)).unwrap();
+    std::fs::write(
+        docs.join("benchmarks.svg"),
+        bar_chart("Throughput (requests/s, median)", chart),
+    )
+    .unwrap();
     println!("wrote docs/benchmarks.md and docs/benchmarks.svg");
 }
 
@@ -413,7 +599,11 @@ fn bar_chart(title: &str, bars: &[(String, f64)]) -> String {
     for (i, (name, value)) in bars.iter().enumerate() {
         let y = 40.0 + row_h * i as f64;
         let width = bar_w * value / max;
-        let color = if name.starts_with("wasmtime") { "#9ca3af" } else { "#2563eb" };
+        let color = if name.starts_with("wasmtime") {
+            "#9ca3af"
+        } else {
+            "#2563eb"
+        };
         let _ = write!(
             svg,
             r#"<text x="{x}" y="{ty}" text-anchor="end">{name}</text><rect x="{bx}" y="{y}" width="{width:.1}" height="20" fill="{color}"/><text x="{vx:.1}" y="{ty}">{value:.0}</text>

@@ -110,7 +110,12 @@ impl LogStreams {
             match upgrade.await {
                 Ok(upgraded) => {
                     let io = TokioIo::new(upgraded);
-                    let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(viewer_socket_config())).await;
+                    let socket = WebSocketStream::from_raw_socket(
+                        io,
+                        Role::Server,
+                        Some(viewer_socket_config()),
+                    )
+                    .await;
                     run_viewer(socket, subscription, settings).await;
                 }
                 Err(e) => tracing::debug!("log stream upgrade failed: {e}"),
