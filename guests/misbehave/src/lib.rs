@@ -11,6 +11,7 @@
 //! | `/big?kb=N` | writes one line of N KiB (default 64) |
 //! | `/slow?ms=N` | sleeps N ms (not CPU time) before answering (default 100) |
 //! | `/stream` | answers 200, then streams a body chunk every 10 ms forever |
+//! | `/tick?lines=N` | writes N lines `tick <unix ns>` stamped as each is written (default 1), for latency measurements |
 //! | `/script` | logs markup (`<script>`, an `onerror` handler) that a viewer must show as text |
 //! | anything else | answers `ok` |
 
@@ -90,6 +91,22 @@ impl wasip2::exports::http::incoming_handler::Guest for Misbehave {
                 );
             }
             "/stream" => stream_forever(out),
+            "/tick" => {
+                let lines = query_number(query, "lines", 1);
+                for _ in 0..lines {
+                    let now = wasip2::clocks::wall_clock::now();
+                    println!(
+                        "tick {}",
+                        now.seconds as u128 * 1_000_000_000 + now.nanoseconds as u128
+                    );
+                }
+                respond(
+                    out,
+                    200,
+                    "text/plain",
+                    format!("{lines} ticks\n").as_bytes(),
+                );
+            }
             "/script" => {
                 println!(
                     "<script>window.__pwned = 1</script><img src=x onerror=\"window.__pwned = 2\">"
