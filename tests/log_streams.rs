@@ -741,13 +741,15 @@ async fn more_attacks_are_refused_and_leave_nothing_behind() {
         viewers.push(host.viewer("hello", "", "alice").await);
     }
     let mut attempts = Vec::new();
+    let host_ref = &host;
     for i in 0..200 {
         let headers: Vec<(String, String)> = if i % 2 == 0 {
             vec![]
         } else {
             vec![("cookie".into(), alice_cookie.clone())]
         };
-        attempts.push(async {
+        let host = host_ref;
+        attempts.push(async move {
             let headers: Vec<(&str, &str)> = headers
                 .iter()
                 .map(|(n, v)| (n.as_str(), v.as_str()))

@@ -685,10 +685,9 @@ fn bar_chart(title: &str, bars: &[(String, f64)]) -> String {
         } else {
             "#2563eb"
         };
-        let _ = write!(
+        let _ = writeln!(
             svg,
-            r#"<text x="{x}" y="{ty}" text-anchor="end">{name}</text><rect x="{bx}" y="{y}" width="{width:.1}" height="20" fill="{color}"/><text x="{vx:.1}" y="{ty}">{value:.0}</text>
-"#,
+            r#"<text x="{x}" y="{ty}" text-anchor="end">{name}</text><rect x="{bx}" y="{y}" width="{width:.1}" height="20" fill="{color}"/><text x="{vx:.1}" y="{ty}">{value:.0}</text>"#,
             x = label_w - 8.0,
             ty = y + 15.0,
             bx = label_w,
