@@ -660,6 +660,18 @@ impl Viewer {
         }
     }
 
+    /// A frame that has already arrived, without waiting for one.
+    pub fn try_frame(&mut self) -> Option<serde_json::Value> {
+        use futures_util::FutureExt as _;
+        loop {
+            match self.receive().now_or_never()? {
+                Received::Frame(frame) => return Some(frame),
+                Received::Ping => continue,
+                Received::Closed(close) => panic!("the stream closed: {close:?}"),
+            }
+        }
+    }
+
     /// The next JSON frame (pings are answered and skipped).
     pub async fn frame(&mut self) -> serde_json::Value {
         loop {
