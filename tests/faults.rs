@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::BodyExt as _;
 use serde_json::Value;
 use support::{HostProcess, Viewer, guest, tenant_toml};
 
@@ -107,17 +107,7 @@ async fn every_fault_stays_inside_its_request() {
                 upload.abort();
             }
             "/stream, client leaves" => {
-                let stream = tokio::net::TcpStream::connect(host.addr).await.unwrap();
-                let (mut sender, connection) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                        .await
-                        .unwrap();
-                let connection = tokio::spawn(connection);
-                let request = http::Request::get("/stream")
-                    .header("host", &bad)
-                    .body(Full::new(Bytes::new()))
-                    .unwrap();
-                let mut response = sender.send_request(request).await.unwrap();
+                let (mut response, connection) = host.get_head("bad.localhost", "/stream").await;
                 let frame = response.body_mut().frame().await.unwrap().unwrap();
                 let data = frame.data_ref().unwrap();
                 assert!(

@@ -270,21 +270,10 @@ async fn filters_apply_before_sending() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_id_filter_follows_one_request() {
-    use http_body_util::Empty;
     let host = host();
     // A streaming request: its id is known from the response head while
     // the guest is still running.
-    let stream = tokio::net::TcpStream::connect(host.addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    let connection = tokio::spawn(connection);
-    let request = http::Request::get("/stream")
-        .header("host", format!("bad.localhost:{}", host.addr.port()))
-        .body(Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
+    let (response, connection) = host.get_head("bad.localhost", "/stream").await;
     let id = response.headers()["x-request-id"]
         .to_str()
         .unwrap()

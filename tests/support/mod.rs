@@ -241,6 +241,32 @@ impl HostProcess {
         self.request("GET", host, path, &[]).await
     }
 
+    /// Sends a GET and returns as soon as the response head arrives, with
+    /// the body still streaming, and the connection's task: abort it to
+    /// hang up, as a client that leaves does.
+    pub async fn get_head(
+        &self,
+        host: &str,
+        path: &str,
+    ) -> (
+        http::Response<hyper::body::Incoming>,
+        tokio::task::JoinHandle<Result<(), hyper::Error>>,
+    ) {
+        let stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connecting to the host");
+        let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("HTTP handshake");
+        let connection = tokio::spawn(connection);
+        let request = http::Request::get(path)
+            .header("host", format!("{host}:{}", self.addr.port()))
+            .body(Full::new(Bytes::new()))
+            .expect("valid request");
+        let response = sender.send_request(request).await.expect("a response head");
+        (response, connection)
+    }
+
     /// Starts a GET in the background, for requests that run for a while.
     pub fn spawn_get(&self, host: &str, path: &str) -> tokio::task::JoinHandle<Reply> {
         let (addr, path) = (self.addr, path.to_string());
