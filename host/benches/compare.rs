@@ -626,7 +626,8 @@ fn write_docs(report: &str, chart: &[(String, f64)], elapsed: Duration) {
         "# Benchmarks\n\nMeasured by `cargo bench -p mctx-host --bench compare` on {date}, in {:.0} s.\n\n\
          - Machine: {} (shared: every comparison is a ratio of medians from interleaved runs, {ROUNDS} rounds each, in one invocation)\n\
          - mctx-host {} (release build), {wasmtime}, {rustc}, load from {wrk_version} (`-t2 -c{CONNECTIONS} -d{}s`)\n\n\
-         ![throughput by configuration](benchmarks.svg)\n\n{report}",
+         ![throughput by configuration](benchmarks.svg)\n\n\
+         Where the time goes, from a `perf` profile: [profile.md](profile.md).\n\n{report}",
         elapsed.as_secs_f64(),
         machine(),
         env!("CARGO_PKG_VERSION"),
