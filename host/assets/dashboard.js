@@ -122,7 +122,9 @@
     if (frame.type === "logs") {
       receive(frame.entries.map(makeRow));
     } else if (frame.type === "dropped") {
-      receive([makeNotice(`${frame.count} entries dropped: this viewer fell behind`)]);
+      receive([makeNotice(`${frame.count} entries missed (this viewer fell behind, or the cluster link was down)`)]);
+    } else if (frame.type === "notice") {
+      receive([makeNotice(frame.message)]);
     } else if (frame.type === "closing") {
       closingReason = frame.reason;
     }

@@ -13,7 +13,8 @@ use tokio::net::TcpListener;
 
 use crate::auth::Sessions;
 use crate::capture::{LogSink, Tee};
-use crate::config::{Config, HostSettings, Slug, Status, TenantSpec};
+use crate::cluster::Cluster;
+use crate::config::{ClusterSettings, Config, HostSettings, Slug, Status, TenantSpec};
 use crate::console::{ConsoleLog, GuestLogFormat};
 use crate::control::ControlPlane;
 use crate::dispatch::Dispatcher;
@@ -145,6 +146,17 @@ struct ServeArgs {
     #[arg(long, default_value_t = 10)]
     shutdown_grace_secs: u64,
 
+    /// Share log hubs with other hosts through this NATS server (JetStream
+    /// enabled: `nats-server -js`), e.g. nats://127.0.0.1:4222
+    /// [default: the config's `[cluster] nats_url`; none: hubs stay in this process].
+    #[arg(long, env = "MCTX_NATS_URL", value_name = "URL")]
+    nats_url: Option<String>,
+
+    /// This host's name on the cluster (`node` in entries) [default: the
+    /// config's `[cluster] node`, else {hostname}-{pid}].
+    #[arg(long, env = "MCTX_NODE", value_name = "NAME")]
+    node: Option<String>,
+
     /// Development mode: without a configured session secret, generate one
     /// and print a token for each owner (single-component mode always does).
     #[arg(long)]
@@ -202,6 +214,7 @@ impl ServeArgs {
                     host: HostSettings::default(),
                     auth: Default::default(),
                     logs: Default::default(),
+                    cluster: None,
                     tenants: vec![spec],
                 }
             }
@@ -215,6 +228,21 @@ impl ServeArgs {
         }
         if let Some(mb) = self.memory_limit_mb {
             config.host.memory_limit_mb = mb;
+        }
+        if let Some(url) = &self.nats_url {
+            let cluster = config
+                .cluster
+                .get_or_insert_with(|| ClusterSettings::new(url.clone()));
+            cluster.nats_url = url.clone();
+        }
+        if let Some(node) = &self.node {
+            ClusterSettings::check_node(node).map_err(|e| anyhow::anyhow!("--node: {e}"))?;
+            let Some(cluster) = &mut config.cluster else {
+                anyhow::bail!(
+                    "--node names this host on a cluster: add --nats-url or a [cluster] table"
+                );
+            };
+            cluster.node = Some(node.clone());
         }
         let mode = match &self.config {
             Some(_) => RoutingMode::Multi {
@@ -269,15 +297,21 @@ impl ServeArgs {
             slow_viewer_grace: Duration::from_secs(logs.slow_viewer_grace_secs),
             ..HubLimits::default()
         });
+        let cluster = match &config.cluster {
+            Some(settings) => Some(Cluster::start(settings, hub.clone()).await?),
+            None => None,
+        };
+        let hubs: Arc<dyn LogSink> = match &cluster {
+            Some(cluster) => Arc::new(cluster.clone()),
+            None => Arc::new(hub.clone()),
+        };
         let sink: Arc<dyn LogSink> = match guest_logs {
-            GuestLogFormat::Off => Arc::new(hub.clone()),
-            format => Arc::new(Tee(
-                Arc::new(hub.clone()),
-                Arc::new(ConsoleLog::new(format)),
-            )),
+            GuestLogFormat::Off => hubs,
+            format => Arc::new(Tee(hubs, Arc::new(ConsoleLog::new(format)))),
         };
         let streams = LogStreams {
             hub,
+            cluster: cluster.clone(),
             sessions,
             viewers: Default::default(),
             settings: StreamSettings {
@@ -290,7 +324,7 @@ impl ServeArgs {
             .await
             .with_context(|| format!("cannot listen on {}", config.host.addr))?;
         let addr = listener.local_addr()?;
-        announce(addr, &mode, &dev_tokens);
+        announce(addr, &mode, &dev_tokens, cluster.as_ref());
 
         let control = ControlPlane::new(streams, control_base(&mode));
         let host = Arc::new(Host {
@@ -301,6 +335,9 @@ impl ServeArgs {
         });
         let grace = Duration::from_secs(self.shutdown_grace_secs);
         serve(listener, host, shutdown_signal(), grace).await?;
+        if let Some(cluster) = cluster {
+            cluster.leave().await;
+        }
         tracing::info!("shutting down");
         Ok(())
     }
@@ -343,7 +380,12 @@ const DEV_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Prints where to reach the host. The first line is stable (`listening on
 /// http://ADDR`): scripts and tests read the port from it.
-fn announce(addr: SocketAddr, mode: &RoutingMode, dev_tokens: &[(String, String)]) {
+fn announce(
+    addr: SocketAddr,
+    mode: &RoutingMode,
+    dev_tokens: &[(String, String)],
+    cluster: Option<&Cluster>,
+) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "mctx-host listening on http://{addr}");
     let _ = match mode {
@@ -363,6 +405,13 @@ fn announce(addr: SocketAddr, mode: &RoutingMode, dev_tokens: &[(String, String)
         out,
         "  log streams at ws://{addr}{base}/log-stream/{{slug}}"
     );
+    if let Some(cluster) = cluster {
+        let _ = writeln!(
+            out,
+            "  cluster node {:?}: log hubs shared over NATS",
+            cluster.node()
+        );
+    }
     for (owner, token) in dev_tokens {
         let _ = writeln!(out, "  dev session token for {owner:?} (24 h): {token}");
         let _ = writeln!(

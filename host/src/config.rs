@@ -163,6 +163,49 @@ impl Default for LogSettings {
     }
 }
 
+/// Several hosts sharing log hubs over NATS: the `[cluster]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// `nats://host:port` of the NATS server (with JetStream) the hosts share.
+    pub nats_url: String,
+    /// This host's name in entries (`node`) and viewer leases; unique per
+    /// host. `None`: `{hostname}-{pid}`.
+    pub node: Option<String>,
+    /// How long a host's claim on viewer slots lasts without renewal: a
+    /// crashed host's viewers stop counting after this long.
+    pub viewer_lease_secs: u64,
+}
+
+impl ClusterSettings {
+    pub const DEFAULT_VIEWER_LEASE_SECS: u64 = 15;
+
+    /// Settings for `nats_url` with every other value defaulted.
+    pub fn new(nats_url: String) -> Self {
+        ClusterSettings {
+            nats_url,
+            node: None,
+            viewer_lease_secs: Self::DEFAULT_VIEWER_LEASE_SECS,
+        }
+    }
+
+    /// Problems with a node name, if any (it goes into JSON and log lines,
+    /// so it is kept to a readable, unambiguous alphabet).
+    pub fn check_node(node: &str) -> Result<(), String> {
+        let valid = !node.is_empty()
+            && node.len() <= 64
+            && node
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if valid {
+            Ok(())
+        } else {
+            Err(format!(
+                "node name {node:?} must be 1-64 characters of a-z, A-Z, 0-9, '-', '_' or '.'"
+            ))
+        }
+    }
+}
+
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -171,6 +214,8 @@ pub struct Config {
     pub host: HostSettings,
     pub auth: AuthSettings,
     pub logs: LogSettings,
+    /// `None`: one host, hubs in process (the default).
+    pub cluster: Option<ClusterSettings>,
     pub tenants: Vec<TenantSpec>,
 }
 
@@ -183,8 +228,17 @@ struct RawConfig {
     auth: RawAuth,
     #[serde(default)]
     logs: RawLogs,
+    cluster: Option<RawCluster>,
     #[serde(default)]
     tenants: Vec<RawTenant>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    nats_url: String,
+    node: Option<String>,
+    viewer_lease_secs: Option<u64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -302,6 +356,24 @@ impl Config {
                 .map(|o| o.trim_end_matches('/').to_string())
                 .collect(),
         };
+        let cluster = raw.cluster.map(|raw| ClusterSettings {
+            nats_url: raw.nats_url,
+            node: raw.node,
+            viewer_lease_secs: raw
+                .viewer_lease_secs
+                .unwrap_or(ClusterSettings::DEFAULT_VIEWER_LEASE_SECS),
+        });
+        if let Some(cluster) = &cluster {
+            if cluster.nats_url.trim().is_empty() {
+                problems.push("[cluster] nats_url cannot be empty".to_string());
+            }
+            if let Some(Err(e)) = cluster.node.as_deref().map(ClusterSettings::check_node) {
+                problems.push(format!("[cluster] {e}"));
+            }
+            if cluster.viewer_lease_secs < 3 {
+                problems.push("[cluster] viewer_lease_secs must be at least 3".to_string());
+            }
+        }
         if raw.tenants.is_empty() {
             problems.push("no tenants: add at least one [[tenants]] table".to_string());
         }
@@ -360,6 +432,7 @@ impl Config {
             host,
             auth,
             logs,
+            cluster,
             tenants,
         })
     }
@@ -432,6 +505,33 @@ mod tests {
             (3, 2)
         );
         assert_eq!(config.logs.ping_interval_secs, 30);
+    }
+
+    #[test]
+    fn the_cluster_table_is_optional_and_checked() {
+        assert_eq!(parse(ONE).unwrap().cluster, None);
+        let config = parse(&format!(
+            "[cluster]\nnats_url = \"nats://127.0.0.1:4222\"\nnode = \"host-a\"\n{ONE}"
+        ))
+        .unwrap();
+        let cluster = config.cluster.unwrap();
+        assert_eq!(
+            (cluster.nats_url.as_str(), cluster.node.as_deref()),
+            ("nats://127.0.0.1:4222", Some("host-a"))
+        );
+        assert_eq!(
+            cluster.viewer_lease_secs,
+            ClusterSettings::DEFAULT_VIEWER_LEASE_SECS
+        );
+        let err = parse(&format!(
+            "[cluster]\nnats_url = \"\"\nnode = \"a b\"\nviewer_lease_secs = 1\n{ONE}"
+        ))
+        .unwrap_err()
+        .to_string();
+        for problem in ["nats_url cannot be empty", "\"a b\"", "at least 3"] {
+            assert!(err.contains(problem), "{problem} not in {err}");
+        }
+        assert!(parse(&format!("[cluster]\nnode = \"a\"\n{ONE}")).is_err());
     }
 
     #[test]

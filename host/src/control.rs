@@ -45,7 +45,10 @@ impl ControlPlane {
                     "use GET (a WebSocket upgrade)",
                 );
             }
-            return self.streams.handle(&host.tenants, request, slug, query);
+            return self
+                .streams
+                .handle(&host.tenants, request, slug, query)
+                .await;
         }
         match (request.method(), route) {
             (&Method::GET, "/healthz") => json_response(
@@ -55,6 +58,7 @@ impl ControlPlane {
                     "tenants": host.tenants.len(),
                     "logHubs": self.streams.hub.active_slugs(),
                     "uptimeSeconds": self.started.elapsed().as_secs(),
+                    "cluster": self.streams.cluster.as_ref().map(|c| c.status()),
                 }),
             ),
             (_, "/healthz") => error_response(StatusCode::METHOD_NOT_ALLOWED, "use GET"),

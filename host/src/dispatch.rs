@@ -34,29 +34,7 @@ pub const X_TENANT_SLUG: HeaderName = HeaderName::from_static("x-tenant-slug");
 pub const X_TENANT_VERSION: HeaderName = HeaderName::from_static("x-tenant-version");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// How a request ended, as the log stream reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Ok,
-    /// The guest trapped (panic, unreachable, stack overflow…).
-    Exception,
-    ExceededCpu,
-    ExceededMemory,
-    /// The client went away before the guest finished.
-    Canceled,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Exception => "exception",
-            Outcome::ExceededCpu => "exceededCpu",
-            Outcome::ExceededMemory => "exceededMemory",
-            Outcome::Canceled => "canceled",
-        }
-    }
-}
+pub use crate::entry::Outcome;
 
 /// Runs requests against tenants' components.
 pub struct Dispatcher {
@@ -277,7 +255,7 @@ impl RequestReport {
             method: self.method.clone(),
             path: self.path.clone(),
             status,
-            outcome: outcome.as_str(),
+            outcome,
             wall_ms: self.meter.wall().as_millis() as u64,
             cpu_ms: self.meter.cpu_used().as_millis() as u64,
         };

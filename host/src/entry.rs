@@ -9,13 +9,13 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The largest message an entry carries, in bytes (the contract's 10 KB).
 pub const MAX_MESSAGE_BYTES: usize = 10 * 1024;
 
 /// A log level, as the contract names them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Debug,
@@ -102,7 +102,7 @@ pub fn now_ms() -> u64 {
 
 /// Who produced an entry: shared by every entry of one request, so it is
 /// reference-counted rather than copied per line.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestMeta {
     pub slug: String,
@@ -111,7 +111,7 @@ pub struct RequestMeta {
 }
 
 /// What an entry records: a line of output, or the end of a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EntryKind {
     Log,
@@ -128,33 +128,65 @@ impl EntryKind {
     }
 }
 
+/// How a request ended, as the log stream reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Outcome {
+    Ok,
+    /// The guest trapped (panic, unreachable, stack overflow…).
+    Exception,
+    ExceededCpu,
+    ExceededMemory,
+    /// The client went away before the guest finished.
+    Canceled,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Exception => "exception",
+            Outcome::ExceededCpu => "exceededCpu",
+            Outcome::ExceededMemory => "exceededMemory",
+            Outcome::Canceled => "canceled",
+        }
+    }
+}
+
 /// The facts of a finished request, carried by an entry of kind `request`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestEvent {
     pub method: String,
     pub path: String,
     /// The status the client got (`None` if it went away first).
     pub status: Option<u16>,
-    /// `ok`, `exception`, `exceededCpu`, `exceededMemory` or `canceled`.
-    pub outcome: &'static str,
+    pub outcome: Outcome,
     pub wall_ms: u64,
     pub cpu_ms: u64,
 }
 
-/// One log entry. `seq` is given by the slug's hub when it is published;
-/// before that it is 0.
-#[derive(Clone, Debug, Serialize)]
+/// One log entry. `seq` (and, on a cluster, `node`) are given when it is
+/// published; before that `seq` is 0.
+///
+/// It deserializes too: on a cluster, entries travel between hosts in
+/// their wire shape, and the receiving host filters them like its own.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LogEntry {
     #[serde(rename = "type")]
     pub kind: EntryKind,
-    /// Per slug, from 1, gapless; 0 (and omitted) until a hub publishes it.
-    #[serde(skip_serializing_if = "is_unpublished")]
+    /// The host that produced the entry, on a cluster (`[cluster]`): `seq`
+    /// counts per producer, so a viewer tracks gaps per `node`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<Arc<str>>,
+    /// Per slug (and producer), from 1, gapless; 0 (and omitted) until
+    /// published.
+    #[serde(default, skip_serializing_if = "is_unpublished")]
     pub seq: u64,
     pub timestamp: u64,
     pub level: Level,
     pub message: String,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
     #[serde(flatten)]
     pub meta: Arc<RequestMeta>,
@@ -171,6 +203,7 @@ impl LogEntry {
     fn log(meta: Arc<RequestMeta>, timestamp: u64, level: Level, message: String) -> Self {
         LogEntry {
             kind: EntryKind::Log,
+            node: None,
             seq: 0,
             timestamp,
             level,
@@ -206,14 +239,18 @@ impl LogEntry {
     /// Its message is the one-line summary a viewer shows.
     pub fn request_event(meta: Arc<RequestMeta>, event: RequestEvent) -> Self {
         let level = match (event.outcome, event.status) {
-            ("ok", Some(status)) if status < 500 => Level::Info,
-            ("canceled", _) => Level::Warn,
+            (Outcome::Ok, Some(status)) if status < 500 => Level::Info,
+            (Outcome::Canceled, _) => Level::Warn,
             _ => Level::Error,
         };
         let status = event.status.map_or("-".to_string(), |s| s.to_string());
         let message = format!(
             "{} {} {} {} ({} ms)",
-            event.method, event.path, status, event.outcome, event.wall_ms
+            event.method,
+            event.path,
+            status,
+            event.outcome.as_str(),
+            event.wall_ms
         );
         let mut entry = LogEntry::log(meta, now_ms(), level, message);
         entry.kind = EntryKind::Request;
@@ -289,7 +326,7 @@ mod tests {
             method: "GET".into(),
             path: "/x".into(),
             status: Some(503),
-            outcome: "exceededCpu",
+            outcome: Outcome::ExceededCpu,
             wall_ms: 12,
             cpu_ms: 10,
         };
@@ -306,6 +343,33 @@ mod tests {
             (json["wallMs"].as_u64(), json["cpuMs"].as_u64()),
             (Some(12), Some(10))
         );
+    }
+
+    #[test]
+    fn entries_survive_the_trip_between_hosts() {
+        let mut line = LogEntry::from_line(meta(), Stream::Stderr, 7, "[WARN] x".into());
+        line.node = Some("host-a".into());
+        line.seq = 41;
+        line.truncated = true;
+        let event = RequestEvent {
+            method: "POST".into(),
+            path: "/mcp".into(),
+            status: None,
+            outcome: Outcome::Canceled,
+            wall_ms: 3,
+            cpu_ms: 1,
+        };
+        let request = LogEntry::request_event(meta(), event.clone());
+        for entry in [line, request] {
+            let json = serde_json::to_string(&entry).unwrap();
+            let back: LogEntry = serde_json::from_str(&json).unwrap();
+            assert_eq!(serde_json::to_string(&back).unwrap(), json);
+        }
+        let plain: LogEntry = serde_json::from_str(
+            r#"{"type":"log","timestamp":1,"level":"log","message":"m","slug":"s","version":"1","requestId":"r"}"#,
+        )
+        .unwrap();
+        assert!(plain.request.is_none() && plain.node.is_none() && plain.seq == 0);
     }
 
     #[test]

@@ -26,7 +26,12 @@
 //!   gets `{"type":"dropped","count":N}` in their place, so every gap in its
 //!   `seq` is accounted for. A viewer that stays behind past a grace period
 //!   is closed. Producers and other viewers never wait for a slow viewer.
+//! - **Other hosts.** On a cluster (`crate::cluster`), entries numbered by
+//!   their producer come in through [`LogHub::publish_numbered`] and
+//!   [`LogHub::deliver_remote`] (with the gaps seen in their `seq`), and
+//!   notices about the cluster link reach viewers as `notice` frames.
 
+use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -104,6 +109,9 @@ pub enum Frame {
     Logs(Arc<str>),
     /// `{"type":"dropped","count":N}`: N entries were missed here.
     Dropped(u64),
+    /// `{"type":"notice","message":…}`: something the viewer should know
+    /// about the stream itself (the cluster link went down, came back).
+    Notice(Arc<str>),
     /// The hub closed this viewer; the reason goes in a `closing` frame.
     Closed(Closed),
 }
@@ -115,6 +123,9 @@ impl Frame {
             Frame::Logs(json) => json.to_string(),
             Frame::Dropped(count) => {
                 serde_json::json!({ "type": "dropped", "count": count }).to_string()
+            }
+            Frame::Notice(message) => {
+                serde_json::json!({ "type": "notice", "message": message }).to_string()
             }
             Frame::Closed(closed) => closing_frame(&closed.reason()),
         }
@@ -171,6 +182,9 @@ struct Registry {
     /// nobody is watching anything.
     viewers: AtomicUsize,
     limits: HubLimits,
+    /// Woken whenever a viewer arrives or leaves (the cluster's viewer
+    /// leases follow the local counts).
+    viewers_changed: Notify,
 }
 
 /// One slug's channel.
@@ -180,6 +194,9 @@ struct SlugHub {
     wake: Notify,
     viewers: Mutex<Vec<Arc<ViewerQueue>>>,
     limits: HubLimits,
+    /// Things that live exactly as long as this hub (the cluster's
+    /// subscription to other hosts' entries): dropped with the last viewer.
+    attachments: Mutex<Option<Box<dyn Any + Send>>>,
 }
 
 struct Queue {
@@ -188,6 +205,8 @@ struct Queue {
     next_seq: u64,
     /// Entries dropped because the batcher fell behind (seq assigned).
     overflow: u64,
+    /// Entries other hosts produced that never arrived (gaps in their `seq`).
+    remote_missed: u64,
     closed: bool,
 }
 
@@ -197,6 +216,7 @@ impl Default for Queue {
             entries: Vec::new(),
             next_seq: 1,
             overflow: 0,
+            remote_missed: 0,
             closed: false,
         }
     }
@@ -236,6 +256,65 @@ impl LogHub {
         lock(&self.inner.slugs).len()
     }
 
+    /// Each watched slug with its number of viewers here.
+    pub fn viewer_counts(&self) -> Vec<(String, usize)> {
+        lock(&self.inner.slugs)
+            .iter()
+            .map(|(slug, hub)| (slug.clone(), lock(&hub.viewers).len()))
+            .collect()
+    }
+
+    /// Resolves after a viewer arrives or leaves (at least once per
+    /// change since the last call; changes in between coalesce).
+    pub async fn viewers_changed(&self) {
+        self.inner.viewers_changed.notified().await;
+    }
+
+    /// Tells every viewer of every slug something about the stream.
+    pub fn notice_all(&self, message: &str) {
+        let message: Arc<str> = message.into();
+        let hubs: Vec<Arc<SlugHub>> = lock(&self.inner.slugs).values().cloned().collect();
+        for hub in hubs {
+            for viewer in lock(&hub.viewers).iter() {
+                viewer.push_notice(message.clone());
+            }
+        }
+    }
+
+    /// Entries already numbered by their producer (this host, on a
+    /// cluster), for this host's viewers.
+    pub fn publish_numbered(&self, slug: &str, entries: Vec<LogEntry>) {
+        self.enqueue(slug, entries, false, 0);
+    }
+
+    /// Entries another host produced, and how many of its entries went
+    /// missing just before them; viewers get both, in that order's spirit
+    /// (the count as a `dropped` frame after the entries).
+    pub fn deliver_remote(&self, slug: &str, entries: Vec<LogEntry>, missed: u64) {
+        self.enqueue(slug, entries, false, missed);
+    }
+
+    fn enqueue(&self, slug: &str, entries: Vec<LogEntry>, number: bool, remote_missed: u64) {
+        let Some(hub) = lock(&self.inner.slugs).get(slug).cloned() else {
+            return; // the last viewer left since `wants`
+        };
+        let mut queue = lock(&hub.queue);
+        queue.remote_missed += remote_missed;
+        for mut entry in entries {
+            if number {
+                entry.seq = queue.next_seq;
+                queue.next_seq += 1;
+            }
+            if queue.entries.len() < hub.limits.max_queued_entries {
+                queue.entries.push(entry);
+            } else {
+                queue.overflow += 1;
+            }
+        }
+        drop(queue);
+        hub.wake.notify_one();
+    }
+
     /// Closes every viewer of every slug (host shutdown): each gets what is
     /// already queued for it, then a `closing` frame.
     pub fn close_all(&self) {
@@ -261,6 +340,7 @@ impl LogHub {
                     wake: Notify::new(),
                     viewers: Mutex::default(),
                     limits: limits.clone(),
+                    attachments: Mutex::default(),
                 });
                 tokio::spawn(run_batcher(hub.clone()));
                 hub
@@ -277,6 +357,7 @@ impl LogHub {
         self.inner.viewers.fetch_add(1, Ordering::Relaxed);
         drop(viewers);
         drop(slugs);
+        self.inner.viewers_changed.notify_one();
         Ok(Subscription {
             registry: Arc::downgrade(&self.inner),
             hub,
@@ -291,21 +372,7 @@ impl LogSink for LogHub {
     }
 
     fn publish(&self, slug: &str, entries: Vec<LogEntry>) {
-        let Some(hub) = lock(&self.inner.slugs).get(slug).cloned() else {
-            return; // the last viewer left since `wants`
-        };
-        let mut queue = lock(&hub.queue);
-        for mut entry in entries {
-            entry.seq = queue.next_seq;
-            queue.next_seq += 1;
-            if queue.entries.len() < hub.limits.max_queued_entries {
-                queue.entries.push(entry);
-            } else {
-                queue.overflow += 1;
-            }
-        }
-        drop(queue);
-        hub.wake.notify_one();
+        self.enqueue(slug, entries, true, 0);
     }
 }
 
@@ -318,17 +385,27 @@ async fn run_batcher(hub: Arc<SlugHub>) {
         // Let producers that are running right now finish their writes, so
         // that a busy slug's frames fill up; an idle slug loses microseconds.
         tokio::task::yield_now().await;
-        let overflow = {
+        let (overflow, remote_missed) = {
             let mut queue = lock(&hub.queue);
             if queue.closed {
                 return;
             }
             std::mem::swap(&mut batch, &mut queue.entries);
-            std::mem::take(&mut queue.overflow)
+            (
+                std::mem::take(&mut queue.overflow),
+                std::mem::take(&mut queue.remote_missed),
+            )
         };
         let viewers = lock(&hub.viewers).clone();
         if overflow > 0 {
             tracing::warn!(slug = %hub.slug, overflow, "log hub fell behind; entries dropped");
+        }
+        // Other hosts' missing entries were due before the ones that
+        // revealed the gap: report them first.
+        if remote_missed > 0 {
+            for viewer in &viewers {
+                viewer.push_dropped(remote_missed);
+            }
         }
         for chunk in batch.chunks(MAX_BATCH) {
             deliver(&hub, &viewers, chunk);
@@ -449,6 +526,16 @@ impl ViewerQueue {
         self.ready.notify_one();
     }
 
+    fn push_notice(&self, message: Arc<str>) {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return;
+        }
+        state.push(Frame::Notice(message), 0);
+        drop(state);
+        self.ready.notify_one();
+    }
+
     fn close(&self, why: Closed) {
         let mut state = lock(&self.state);
         if !std::mem::replace(&mut state.closed, true) {
@@ -504,6 +591,20 @@ impl Subscription {
     pub fn slug(&self) -> &str {
         &self.hub.slug
     }
+
+    /// Tells this viewer something about its stream (a `notice` frame).
+    pub fn notice(&self, message: &str) {
+        self.queue.push_notice(message.into());
+    }
+
+    /// Attaches to this viewer's hub what `make` builds, unless something
+    /// is attached already; it is dropped when the hub's last viewer leaves.
+    pub fn attach_once(&self, make: impl FnOnce() -> Box<dyn Any + Send>) {
+        let mut attachments = lock(&self.hub.attachments);
+        if attachments.is_none() && !lock(&self.hub.queue).closed {
+            *attachments = Some(make());
+        }
+    }
 }
 
 impl Drop for Subscription {
@@ -515,11 +616,20 @@ impl Drop for Subscription {
         let mut viewers = lock(&self.hub.viewers);
         viewers.retain(|viewer| !Arc::ptr_eq(viewer, &self.queue));
         registry.viewers.fetch_sub(1, Ordering::Relaxed);
-        if viewers.is_empty() {
+        let attachments = if viewers.is_empty() {
             slugs.remove(&self.hub.slug);
             lock(&self.hub.queue).closed = true;
             self.hub.wake.notify_one();
-        }
+            lock(&self.hub.attachments).take()
+        } else {
+            None
+        };
+        drop(viewers);
+        drop(slugs);
+        // Dropped outside the registry's locks: an attachment may do work
+        // when it goes (a cluster subscription unsubscribes).
+        drop(attachments);
+        registry.viewers_changed.notify_one();
     }
 }
 
@@ -639,6 +749,62 @@ mod tests {
         assert_eq!(entries_of(&first)[0]["message"], "last words");
         hub.close_all();
         assert_eq!(viewer.recv().await, Frame::Closed(Closed::ShuttingDown));
+    }
+
+    #[tokio::test]
+    async fn remote_entries_keep_their_numbers_and_gaps_are_reported_first() {
+        let hub = LogHub::new(limits(1000, Duration::from_secs(1)));
+        let viewer = hub.subscribe("s", Filter::default()).unwrap();
+        let numbered = |seq| {
+            let mut e = entry("r", Stream::Stdout, "from a");
+            e.node = Some("a".into());
+            e.seq = seq;
+            e
+        };
+        hub.deliver_remote("s", vec![numbered(7), numbered(8)], 0);
+        let first = entries_of(&viewer.recv().await);
+        assert_eq!(
+            (first[0]["seq"].as_u64(), first[0]["node"].as_str()),
+            (Some(7), Some("a"))
+        );
+        hub.deliver_remote("s", vec![numbered(12)], 3);
+        assert_eq!(viewer.recv().await, Frame::Dropped(3));
+        assert_eq!(entries_of(&viewer.recv().await)[0]["seq"], 12);
+    }
+
+    #[tokio::test]
+    async fn notices_reach_every_viewer_in_order_and_changes_are_signalled() {
+        let hub = LogHub::new(limits(1000, Duration::from_secs(1)));
+        let first = hub.subscribe("s", Filter::default()).unwrap();
+        let second = hub.subscribe("t", Filter::default()).unwrap();
+        hub.viewers_changed().await; // the subscriptions left a signal
+        hub.notice_all("link down");
+        for viewer in [&first, &second] {
+            let frame = viewer.recv().await;
+            assert_eq!(frame, Frame::Notice("link down".into()));
+            assert_eq!(
+                frame.to_json(),
+                r#"{"message":"link down","type":"notice"}"#
+            );
+        }
+        let mut counts = hub.viewer_counts();
+        counts.sort();
+        assert_eq!(counts, [("s".to_string(), 1), ("t".to_string(), 1)]);
+    }
+
+    #[tokio::test]
+    async fn attachments_live_as_long_as_the_hub() {
+        let hub = LogHub::new(limits(1000, Duration::from_secs(1)));
+        let alive = Arc::new(());
+        let first = hub.subscribe("s", Filter::default()).unwrap();
+        let second = hub.subscribe("s", Filter::default()).unwrap();
+        first.attach_once(|| Box::new(alive.clone()));
+        second.attach_once(|| panic!("attached only once"));
+        assert_eq!(Arc::strong_count(&alive), 2);
+        drop(first);
+        assert_eq!(Arc::strong_count(&alive), 2, "the hub still has a viewer");
+        drop(second);
+        assert_eq!(Arc::strong_count(&alive), 1, "dropped with the last viewer");
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub mod auth;
 pub mod capture;
 /// Command line: `serve`, and how a configuration becomes a running host.
 pub mod cli;
+/// Log hubs across hosts on NATS: entries between hosts, the cluster-wide viewer limit.
+pub mod cluster;
 /// `tenants.toml`: tenants, versions, host settings; validation.
 pub mod config;
 /// Printing entries on the host's terminal.

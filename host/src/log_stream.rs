@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Sessions;
+use crate::cluster::{Admission, Cluster};
 use crate::config::Status;
 use crate::dispatch::{Body, error_response, full_body};
 use crate::entry::{EntryKind, Level};
@@ -44,6 +45,8 @@ pub struct StreamSettings {
 /// Everything the endpoint needs.
 pub struct LogStreams {
     pub hub: LogHub,
+    /// Set on a cluster: the viewer limit counts every host's viewers.
+    pub cluster: Option<Cluster>,
     pub sessions: Sessions,
     pub settings: StreamSettings,
     /// The viewers' tasks, so that shutdown can wait for their goodbyes.
@@ -73,7 +76,7 @@ impl Refusal {
 impl LogStreams {
     /// Answers `GET /log-stream/{slug}?{query}`: a refusal, or `101
     /// Switching Protocols` with the viewer running in its own task.
-    pub fn handle(
+    pub async fn handle(
         &self,
         tenants: &TenantRegistry,
         mut request: Request<Incoming>,
@@ -103,6 +106,12 @@ impl LogStreams {
             Ok(admitted) => admitted,
             Err(refusal) => return refusal.into_response(),
         };
+        if let Some(cluster) = &self.cluster {
+            let max = self.hub.limits().max_viewers_per_slug;
+            if let Admission::Full { max } = cluster.admit(&subscription, max).await {
+                return full_across_hosts(slug, max).into_response();
+            }
+        }
 
         let upgrade = hyper::upgrade::on(&mut request);
         let settings = self.settings.clone();
@@ -222,6 +231,15 @@ fn full(slug: &str, max: usize) -> Refusal {
     Refusal::new(
         StatusCode::TOO_MANY_REQUESTS,
         format!("server {slug:?} already has {max} log viewers; try again when one closes"),
+    )
+}
+
+fn full_across_hosts(slug: &str, max: usize) -> Refusal {
+    Refusal::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "server {slug:?} already has {max} log viewers across the cluster's hosts; try again when one closes"
+        ),
     )
 }
 

@@ -199,8 +199,12 @@ impl TailArgs {
             match frame["type"].as_str() {
                 Some("logs") => self.print_entries(&frame["entries"], color),
                 Some("dropped") => eprintln!(
-                    "mctx-host tail: {} entries dropped (this client fell behind)",
+                    "mctx-host tail: {} entries missed (this client fell behind, or the cluster link was down)",
                     frame["count"]
+                ),
+                Some("notice") => eprintln!(
+                    "mctx-host tail: {}",
+                    frame["message"].as_str().unwrap_or_default()
                 ),
                 Some("closing") => closing = frame["reason"].as_str().map(str::to_string),
                 _ => {}
@@ -251,8 +255,12 @@ fn pretty(entry: &Value, color: bool) -> String {
         label
     };
     let text = |key: &str| entry[key].as_str().unwrap_or_default().to_string();
+    // On a cluster, which host served the request.
+    let node = entry["node"]
+        .as_str()
+        .map_or(String::new(), |node| format!(" on {node}"));
     format!(
-        "{time} {label} [{}@{}] {}",
+        "{time} {label} [{}@{}{node}] {}",
         text("slug"),
         text("version"),
         text("message")
@@ -302,5 +310,9 @@ mod tests {
         assert!(plain.ends_with(" WARN  [s@1.0.0] careful"), "{plain}");
         assert!(!plain.contains('\x1b'));
         assert!(pretty(&entry, true).contains("\x1b[33mWARN \x1b[0m"));
+        let mut clustered = entry.clone();
+        clustered["node"] = "host-a".into();
+        let line = pretty(&clustered, false);
+        assert!(line.ends_with("[s@1.0.0 on host-a] careful"), "{line}");
     }
 }

@@ -280,6 +280,12 @@ impl HostProcess {
         self.child.id()
     }
 
+    /// Kills the host at once (SIGKILL), as a crash does.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM and waits for the host to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let status = Command::new("kill")
@@ -737,5 +743,115 @@ impl Viewer {
     pub async fn request_entries(&mut self, request_id: &str) -> Vec<serde_json::Value> {
         self.entries_until(|e| e["type"] == "request" && e["requestId"] == request_id)
             .await
+    }
+}
+
+/// A real `nats-server` with JetStream on a free port, killed when dropped.
+/// Its storage directory outlives restarts, as a real server's disk does.
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Debian's nats-server (tests/setup.sh installs it).
+    fn binary() -> PathBuf {
+        if let Some(path) = std::env::var_os("NATS_SERVER") {
+            return path.into();
+        }
+        ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .expect("no nats-server: apt-get install nats-server (tests/setup.sh does it)")
+    }
+
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut server = NatsServer {
+            child: None,
+            port,
+            store: tempfile::tempdir().unwrap(),
+        };
+        server.launch();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server and returns once it says it is ready.
+    fn launch(&mut self) {
+        let mut child = Command::new(Self::binary())
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting nats-server");
+        let lines = Lines::spawn(child.stderr.take().unwrap());
+        lines
+            .wait(|line| line.contains("Server is ready"))
+            .expect("nats-server exited before it was ready");
+        // Keep draining its log so that it never blocks on a full pipe.
+        let rx = lines.0.into_inner().unwrap();
+        std::thread::spawn(move || rx.into_iter().for_each(drop));
+        self.child = Some(child);
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash does.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same storage.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl HostProcess {
+    /// The `cluster` part of the host's `/healthz`.
+    pub async fn cluster_status(&self) -> serde_json::Value {
+        self.get("localhost", "/healthz").await.json()["cluster"].clone()
+    }
+
+    /// Waits until the host's cluster status satisfies `ready` (it changes
+    /// as NATS delivers other hosts' claims): polls, up to [`PATIENCE`].
+    pub async fn wait_for_cluster(&self, ready: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let status = self.cluster_status().await;
+            if ready(&status) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "cluster status never got there: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
