@@ -704,15 +704,21 @@ impl Viewer {
         }
     }
 
-    /// The next JSON frame (pings are answered and skipped).
+    /// The next JSON frame (pings are answered and skipped). Pings do not
+    /// extend the wait: a frame that never comes fails the test.
     pub async fn frame(&mut self) -> serde_json::Value {
-        loop {
-            match self.receive().await {
-                Received::Frame(frame) => return frame,
-                Received::Ping => continue,
-                Received::Closed(close) => panic!("the stream closed: {close:?}"),
+        let next = async {
+            loop {
+                match self.receive().await {
+                    Received::Frame(frame) => return frame,
+                    Received::Ping => continue,
+                    Received::Closed(close) => panic!("the stream closed: {close:?}"),
+                }
             }
-        }
+        };
+        tokio::time::timeout(PATIENCE, next)
+            .await
+            .expect("a frame arrived in time")
     }
 
     /// Entries from `logs` frames until `done` says the last one is there;
