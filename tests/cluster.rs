@@ -260,7 +260,8 @@ async fn without_nats_a_host_serves_and_its_viewers_see_its_own_entries() {
     let config = tenant_toml("hello", "alice", "active", &[("1.0.0", &hello)]);
     let url = format!("nats://127.0.0.1:{port}");
     let host = HostProcess::multi(&config, &["--nats-url", &url, "--node", "alone"]);
-    assert_eq!(host.cluster_status().await["link"], "connecting");
+    host.wait_for_cluster(|s| s["link"].as_str().unwrap().starts_with("down"))
+        .await;
 
     let mut viewer = host.viewer("hello", "", "alice").await;
     let notice = viewer.frame().await;
@@ -273,4 +274,23 @@ async fn without_nats_a_host_serves_and_its_viewers_see_its_own_entries() {
     let entries = viewer.request_entries(&id).await;
     assert!(entries.iter().all(|e| e["node"] == "alone"));
     assert_eq!(entries[0]["message"], "hello: GET /");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_jetstream_viewers_are_counted_locally_and_told_why() {
+    let nats = NatsServer::start_without_jetstream();
+    let host = host(&nats, "a", 15);
+    host.wait_for_cluster(|s| s["link"] == "up").await;
+    let mut viewer = host.viewer("hello", "", "alice").await;
+    let notice = viewer.frame().await;
+    assert_eq!(notice["type"], "notice", "{notice}");
+    let message = notice["message"].as_str().unwrap();
+    assert!(
+        message.contains("could not be counted across the cluster")
+            && message.contains("JetStream"),
+        "{message}"
+    );
+    let id = request_id(&host.get("hello.localhost", "/").await);
+    let entries = viewer.request_entries(&id).await;
+    assert!(entries.iter().all(|e| e["node"] == "a"));
 }

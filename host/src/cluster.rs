@@ -249,6 +249,11 @@ impl Cluster {
             let _ = tokio::time::timeout(KV_TIMEOUT, connections.wait_for(|n| *n > 0)).await;
         }
         let admission = if !inner.link_is_up() {
+            subscription.notice(&format!(
+                "the cluster link (NATS at {}) is down: you see this host's entries only, and this viewer was \
+                 counted against this host's viewers only",
+                inner.nats_url
+            ));
             Admission::LocalOnly
         } else {
             match inner.write_claim(slug, Some(max)).await {
@@ -259,17 +264,14 @@ impl Cluster {
                 Ok(ClaimOutcome::Full { max, .. }) => return Admission::Full { max },
                 Err(e) => {
                     tracing::warn!(slug, "cannot count this viewer cluster-wide: {e:#}");
+                    subscription.notice(&format!(
+                        "this viewer could not be counted across the cluster ({e:#}); it was counted against \
+                         this host's viewers only"
+                    ));
                     Admission::LocalOnly
                 }
             }
         };
-        if admission == Admission::LocalOnly {
-            subscription.notice(&format!(
-                "the cluster link (NATS at {}) is down: you see this host's entries only, and this viewer was \
-                 counted against this host's viewers only",
-                inner.nats_url
-            ));
-        }
         let follower = inner.clone();
         let slug_owned = slug.to_string();
         subscription.attach_once(move || {
@@ -488,6 +490,22 @@ impl Inner {
         self.renew_claims.notify_one();
     }
 
+    /// A connection attempt failed before the first one succeeded: the
+    /// link is down (viewers need not wait for it), not merely starting.
+    fn first_connect_failed(&self, error: &async_nats::ClientError) {
+        let mut link = lock(&self.link);
+        if *link == Link::Connecting {
+            *link = Link::Down {
+                since: Instant::now(),
+            };
+            drop(link);
+            tracing::warn!(
+                nats = %self.nats_url,
+                "cannot reach NATS ({error}); serving without the cluster and retrying"
+            );
+        }
+    }
+
     fn link_down(&self) {
         let mut link = lock(&self.link);
         if *link != Link::Up {
@@ -526,6 +544,7 @@ async fn follow_link(inner: Arc<Inner>, mut events: mpsc::UnboundedReceiver<asyn
         match event {
             Event::Connected => inner.link_up(),
             Event::Disconnected => inner.link_down(),
+            Event::ClientError(error) => inner.first_connect_failed(&error),
             Event::SlowConsumer(_) => tracing::warn!(
                 "this host reads other hosts' entries too slowly; the ones it misses are reported to viewers"
             ),
@@ -636,6 +655,7 @@ async fn follow_slug(inner: Arc<Inner>, slug: String) {
 /// rewritten when a viewer leaves (so the slot frees at once), renewed a
 /// few times per lease, restated when the link comes back.
 async fn keep_claims(inner: Arc<Inner>) {
+    let mut failing = Failing::default();
     let mut renew = tokio::time::interval(inner.lease / 3);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -667,8 +687,35 @@ async fn keep_claims(inner: Arc<Inner>) {
                 Ok(ClaimOutcome::Full { .. }) => {
                     unreachable!("claims without a limit are never refused")
                 }
-                Err(e) => tracing::warn!(slug, "cannot renew this host's viewer claims: {e:#}"),
+                Err(e) => {
+                    failing.report(
+                        &format!("cannot renew this host's viewer claims ({slug})"),
+                        &e,
+                    );
+                    continue;
+                }
             }
+            failing.recovered("renewing viewer claims");
+        }
+    }
+}
+
+/// Logs a repeating failure once (and its end), not at every retry.
+#[derive(Default)]
+struct Failing(bool);
+
+impl Failing {
+    fn report(&mut self, what: &str, error: &anyhow::Error) {
+        if std::mem::replace(&mut self.0, true) {
+            tracing::debug!("{what}: {error:#}");
+        } else {
+            tracing::warn!("{what}: {error:#} (retrying; further failures at debug level)");
+        }
+    }
+
+    fn recovered(&mut self, what: &str) {
+        if std::mem::take(&mut self.0) {
+            tracing::info!("{what} works again");
         }
     }
 }
@@ -678,15 +725,16 @@ async fn keep_claims(inner: Arc<Inner>) {
 /// server that restarted may have lost the watch's consumer.
 async fn watch_interest(inner: Arc<Inner>) {
     let mut connections = inner.connections.subscribe();
+    let mut failing = Failing::default();
     loop {
         if connections.wait_for(|n| *n > 0).await.is_err() {
             return;
         }
         connections.mark_unchanged();
         tokio::select! {
-            result = watch_claims(&inner) => {
+            result = watch_claims(&inner, &mut failing) => {
                 if let Err(e) = result {
-                    tracing::warn!("cannot watch viewer claims: {e:#}");
+                    failing.report("cannot watch viewer claims", &e);
                 }
                 // Retry after a pause, or sooner if the link reconnects.
                 let _ = tokio::time::timeout(Duration::from_secs(1), connections.changed()).await;
@@ -696,12 +744,13 @@ async fn watch_interest(inner: Arc<Inner>) {
     }
 }
 
-async fn watch_claims(inner: &Inner) -> Result<()> {
+async fn watch_claims(inner: &Inner, failing: &mut Failing) -> Result<()> {
     let store = inner.store().await?;
     let mut updates = store
         .watch_with_history(">")
         .await
         .context("watching viewer claims")?;
+    failing.recovered("watching viewer claims");
     while let Some(update) = updates.next().await {
         let update = update.context("watching viewer claims")?;
         let until = match update.operation {

@@ -758,6 +758,7 @@ pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
     store: tempfile::TempDir,
+    jetstream: bool,
 }
 
 impl NatsServer {
@@ -774,6 +775,15 @@ impl NatsServer {
     }
 
     pub fn start() -> Self {
+        Self::start_with(true)
+    }
+
+    /// A server without JetStream: a misconfiguration the hosts must survive.
+    pub fn start_without_jetstream() -> Self {
+        Self::start_with(false)
+    }
+
+    fn start_with(jetstream: bool) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -782,6 +792,7 @@ impl NatsServer {
             child: None,
             port,
             store: tempfile::tempdir().unwrap(),
+            jetstream,
         };
         server.launch();
         server
@@ -793,16 +804,12 @@ impl NatsServer {
 
     /// Starts the server and returns once it says it is ready.
     fn launch(&mut self) {
-        let mut child = Command::new(Self::binary())
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(self.store.path())
+        let mut command = Command::new(Self::binary());
+        command.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        if self.jetstream {
+            command.arg("-js").arg("-sd").arg(self.store.path());
+        }
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
