@@ -223,10 +223,13 @@ fn report(same: &mut [f64], cross: &mut [f64], same_flood: &Flood, cross_flood: 
         "\nThe flood's rate is bounded by the guests producing the lines (every request \
          is a fresh instance writing 5,000 lines) as much as by delivery; the \
          cross-host column adds JSON encoding on A, NATS, and decoding, filtering and \
-         re-encoding on B. The viewer is a client on the same 2 cores as both hosts \
-         and the NATS server: when it falls more than its queue (25,600 entries) \
-         behind, it misses entries and is told how many (`dropped` frames), so \
-         received + missed is always every entry."
+         re-encoding on B. Entries are missed in two places, and every one is \
+         reported (`dropped` frames), so received + missed is always every entry: \
+         the viewer, a client on the same 2 cores as both hosts and the NATS \
+         server, falls more than its queue (25,600 entries) behind; and, cross \
+         host, host A produces faster than it can publish and its outbound queue \
+         (100,000 entries) overflows: the entries it could not send are gaps in its \
+         `seq` that host B counts (the line below)."
     );
     out
 }
