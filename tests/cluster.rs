@@ -6,7 +6,7 @@
 mod support;
 
 use serde_json::Value;
-use support::{HostProcess, NatsServer, Viewer, guest, tenant_toml};
+use support::{HostProcess, NatsServer, Viewer, guest, tenant_toml, watched_elsewhere};
 
 /// A tenants file for a cluster member; `lease` is `[cluster]
 /// viewer_lease_secs` (short in the crash test).
@@ -31,11 +31,14 @@ fn request_id(reply: &support::Reply) -> String {
     reply.header("x-request-id").unwrap().to_string()
 }
 
-/// Whether the host knows that another host watches `slug`.
-fn watched_elsewhere(status: &Value, slug: &str) -> bool {
-    status["watchedElsewhere"]
-        .as_array()
-        .is_some_and(|slugs| slugs.iter().any(|s| s == slug))
+/// The viewer's next frame is a notice containing each of `texts`.
+async fn expect_notice(viewer: &mut Viewer, texts: &[&str]) {
+    let notice = viewer.frame().await;
+    assert_eq!(notice["type"], "notice", "{notice}");
+    let message = notice["message"].as_str().unwrap();
+    for text in texts {
+        assert!(message.contains(text), "{message:?} lacks {text:?}");
+    }
 }
 
 /// Frames until `done` holds for one of them (that one included).
@@ -191,15 +194,7 @@ async fn a_nats_restart_leaves_hosts_serving_and_viewers_told_what_they_missed()
 
     nats.kill();
     for viewer in [&mut on_a, &mut on_b] {
-        let notice = viewer.frame().await;
-        assert_eq!(notice["type"], "notice", "{notice}");
-        assert!(
-            notice["message"]
-                .as_str()
-                .unwrap()
-                .contains("lost the cluster link"),
-            "{notice}"
-        );
+        expect_notice(viewer, &["lost the cluster link"]).await;
     }
     // Both hosts keep serving; each host's viewer keeps seeing its entries.
     let during = request_id(&a.get("hello.localhost", "/during").await);
@@ -209,12 +204,7 @@ async fn a_nats_restart_leaves_hosts_serving_and_viewers_told_what_they_missed()
 
     nats.restart();
     for viewer in [&mut on_a, &mut on_b] {
-        let notice = viewer.frame().await;
-        assert_eq!(notice["type"], "notice", "{notice}");
-        assert!(
-            notice["message"].as_str().unwrap().contains("back"),
-            "{notice}"
-        );
+        expect_notice(viewer, &["is back"]).await;
     }
     a.wait_for_cluster(|s| s["link"] == "up" && watched_elsewhere(s, "hello"))
         .await;
@@ -264,12 +254,7 @@ async fn without_nats_a_host_serves_and_its_viewers_see_its_own_entries() {
         .await;
 
     let mut viewer = host.viewer("hello", "", "alice").await;
-    let notice = viewer.frame().await;
-    assert_eq!(notice["type"], "notice", "{notice}");
-    assert!(
-        notice["message"].as_str().unwrap().contains("is down"),
-        "{notice}"
-    );
+    expect_notice(&mut viewer, &["is down"]).await;
     let id = request_id(&host.get("hello.localhost", "/").await);
     let entries = viewer.request_entries(&id).await;
     assert!(entries.iter().all(|e| e["node"] == "alone"));
@@ -282,14 +267,11 @@ async fn without_jetstream_viewers_are_counted_locally_and_told_why() {
     let host = host(&nats, "a", 15);
     host.wait_for_cluster(|s| s["link"] == "up").await;
     let mut viewer = host.viewer("hello", "", "alice").await;
-    let notice = viewer.frame().await;
-    assert_eq!(notice["type"], "notice", "{notice}");
-    let message = notice["message"].as_str().unwrap();
-    assert!(
-        message.contains("could not be counted across the cluster")
-            && message.contains("JetStream"),
-        "{message}"
-    );
+    expect_notice(
+        &mut viewer,
+        &["could not be counted across the cluster", "JetStream"],
+    )
+    .await;
     let id = request_id(&host.get("hello.localhost", "/").await);
     let entries = viewer.request_entries(&id).await;
     assert!(entries.iter().all(|e| e["node"] == "a"));

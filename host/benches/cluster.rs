@@ -17,7 +17,7 @@ mod support;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use support::{HostProcess, NatsServer, Viewer, guest};
+use support::{HostProcess, NatsServer, Viewer, guest, watched_elsewhere};
 
 const LATENCY_ROUNDS: usize = 500;
 const FLOOD_REQUESTS: usize = 200;
@@ -47,12 +47,7 @@ async fn run() {
     let b = HostProcess::multi(&config(&nats), &["--node", "b"]);
     let mut same = a.viewer("bad", "type=log", "alice").await;
     let mut cross = b.viewer("bad", "type=log", "alice").await;
-    a.wait_for_cluster(|s| {
-        s["watchedElsewhere"]
-            .as_array()
-            .is_some_and(|w| w.iter().any(|slug| slug == "bad"))
-    })
-    .await;
+    a.wait_for_cluster(|s| watched_elsewhere(s, "bad")).await;
 
     // Latency: both viewers watch; each round times one of them.
     let mut same_ms = Vec::new();
@@ -84,12 +79,7 @@ async fn run() {
     viewer.close().await;
     drop(viewer);
     let mut viewer = b.viewer("bad", "", "alice").await;
-    a.wait_for_cluster(|s| {
-        s["watchedElsewhere"]
-            .as_array()
-            .is_some_and(|w| w.iter().any(|slug| slug == "bad"))
-    })
-    .await;
+    a.wait_for_cluster(|s| watched_elsewhere(s, "bad")).await;
     let cross_flood = flood(&a, &mut viewer).await;
     let (sender, receiver) = (a.cluster_status().await, b.cluster_status().await);
     let link = format!(

@@ -845,6 +845,13 @@ impl Drop for NatsServer {
     }
 }
 
+/// Whether a host's cluster status says another host watches `slug`.
+pub fn watched_elsewhere(status: &serde_json::Value, slug: &str) -> bool {
+    status["watchedElsewhere"]
+        .as_array()
+        .is_some_and(|slugs| slugs.iter().any(|s| s == slug))
+}
+
 impl HostProcess {
     /// The `cluster` part of the host's `/healthz`.
     pub async fn cluster_status(&self) -> serde_json::Value {
