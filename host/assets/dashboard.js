@@ -65,6 +65,8 @@
     } else {
       message.textContent = entry.message;
     }
+    // On a cluster, which host served the request (hover to see).
+    if (entry.node) li.title = `served by ${entry.node}`;
     li.append(time, badge, message);
     return li;
   }
