@@ -12,7 +12,7 @@
 //!
 //! - **Who sends.** A host publishes a slug's entries only while another
 //!   host has viewers of it: it learns that from the viewer-claims bucket
-//!   ([`leases`]), which it watches. No viewer anywhere, no cost anywhere.
+//!   (`bucket.rs`), which it watches. No viewer anywhere, no cost anywhere.
 //! - **Who receives.** A host subscribes to `mctx.logs.{slug}` while it has
 //!   viewers of the slug (the subscription is attached to the slug's hub and
 //!   goes with its last viewer).
@@ -21,14 +21,20 @@
 //!   `seq` for gaps (entries dropped while the link was down, a slow
 //!   consumer) and reports them to its viewers as `dropped` frames.
 //! - **The viewer limit** is counted over all hosts by compare-and-set on a
-//!   JetStream key-value entry per slug, with leases ([`leases`]).
+//!   JetStream key-value entry per slug (`bucket.rs`), with leases
+//!   ([`leases`]).
+//!
+//! This module owns the link (connection state, notices) and the public
+//! face ([`Cluster`]); `transport.rs` moves entries, `bucket.rs` moves claims.
 //! - **When NATS is unreachable** the host keeps serving and its viewers
 //!   keep getting its own entries; they get a `notice` saying the link is
 //!   down (and again when it is back), viewers arriving meanwhile are
 //!   admitted against this host's count only and told so. The client
 //!   reconnects with backoff (0.1 s doubling to 5 s) forever.
 
+mod bucket;
 pub mod leases;
+mod transport;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,15 +43,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow};
 use async_nats::jetstream::kv;
-use futures_util::StreamExt as _;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::capture::LogSink;
 use crate::config::ClusterSettings;
 use crate::entry::{LogEntry, now_ms};
-use crate::hub::{LogHub, MAX_BATCH, Subscription};
-use leases::{ClaimOutcome, Claims};
+use crate::hub::{LogHub, Subscription};
+use bucket::{keep_claims, watch_interest};
+use leases::ClaimOutcome;
+use transport::{follow_slug, send_outbound};
 
 /// Entries of slug `s` travel on `mctx.logs.s`.
 pub const SUBJECT_PREFIX: &str = "mctx.logs";
@@ -57,18 +63,6 @@ const KV_TIMEOUT: Duration = Duration::from_secs(2);
 /// Entries waiting to go to NATS; past this the newest are dropped (their
 /// `seq` numbers are skipped, so the receivers report them).
 const MAX_OUTBOUND_ENTRIES: usize = 100_000;
-/// A message stays well under NATS's default 1 MiB payload limit.
-const MAX_MESSAGE_BYTES: usize = 512 * 1024;
-
-/// What travels on `mctx.logs.{slug}`: a producer's entries in `seq`
-/// order, and the `seq` its next entry will have. An empty batch is a
-/// marker: it lets receivers see a gap at the end of a stream.
-#[derive(Serialize, Deserialize)]
-struct Batch<E> {
-    node: String,
-    next: u64,
-    entries: E,
-}
 
 /// This host's link to the cluster. Cheap to clone.
 #[derive(Clone)]
@@ -380,94 +374,6 @@ impl Inner {
         !interest.is_empty() && interest.get(slug).is_some_and(|until| *until > now_ms())
     }
 
-    async fn store(&self) -> Result<kv::Store> {
-        let mut store = self.store.lock().await;
-        if let Some(store) = &*store {
-            return Ok(store.clone());
-        }
-        let jetstream = async_nats::jetstream::new(self.client.clone());
-        let found = match jetstream.get_key_value(BUCKET).await {
-            Ok(found) => found,
-            Err(_) => {
-                let config = kv::Config {
-                    bucket: BUCKET.to_string(),
-                    description: "mctx-host: log viewers per slug, per host (leases)".to_string(),
-                    history: 1,
-                    // Claims are rewritten while they matter; a key nobody
-                    // wrote for a while is only clutter.
-                    max_age: (self.lease * 4).max(Duration::from_secs(60)),
-                    ..Default::default()
-                };
-                match jetstream.create_key_value(config).await {
-                    Ok(created) => created,
-                    // Another host may have created it meanwhile.
-                    Err(create) => jetstream.get_key_value(BUCKET).await.map_err(|_| {
-                        anyhow!(
-                            "cannot create the key-value bucket {BUCKET:?} (is JetStream enabled: nats-server -js?): {create}"
-                        )
-                    })?,
-                }
-            }
-        };
-        *store = Some(found.clone());
-        Ok(found)
-    }
-
-    /// Writes this host's claim on `slug` (its local viewer count) by
-    /// compare-and-set; with a `limit`, only if every host's viewers fit.
-    async fn write_claim(&self, slug: &str, limit: Option<usize>) -> Result<ClaimOutcome> {
-        let result = tokio::time::timeout(KV_TIMEOUT, self.try_write_claim(slug, limit)).await;
-        let result =
-            result.unwrap_or_else(|_| Err(anyhow!("no answer from NATS within {KV_TIMEOUT:?}")));
-        if result.is_err() {
-            // The bucket may be gone (a NATS server that lost its storage):
-            // look it up again next time.
-            *self.store.lock().await = None;
-        }
-        result
-    }
-
-    async fn try_write_claim(&self, slug: &str, limit: Option<usize>) -> Result<ClaimOutcome> {
-        let lease_ms = self.lease.as_millis() as u64;
-        loop {
-            let store = self.store().await?;
-            let current = store.entry(slug).await.context("reading viewer claims")?;
-            let (claims, revision) = match &current {
-                Some(entry) if entry.operation == kv::Operation::Put => {
-                    (Claims::parse(&entry.value), Some(entry.revision))
-                }
-                Some(entry) => (Claims::default(), Some(entry.revision)),
-                None => (Claims::default(), None),
-            };
-            let viewers = self.hub.viewer_count(slug);
-            if viewers == 0 && claims.get(&self.node).is_none() {
-                return Ok(ClaimOutcome::Held { viewers });
-            }
-            let claims =
-                match leases::decide(claims, &self.node, viewers, limit, now_ms(), lease_ms) {
-                    Ok(claims) => claims,
-                    Err(full) => return Ok(full),
-                };
-            let value = claims.to_bytes().into();
-            let conflict = match revision {
-                Some(revision) => match store.update(slug, value, revision).await {
-                    Ok(_) => false,
-                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => true,
-                    Err(e) => return Err(e).context("writing viewer claims"),
-                },
-                None => match store.create(slug, value).await {
-                    Ok(_) => false,
-                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => true,
-                    Err(e) => return Err(e).context("writing viewer claims"),
-                },
-            };
-            if !conflict {
-                return Ok(ClaimOutcome::Held { viewers });
-            }
-            // Another host wrote first: read again and decide again.
-        }
-    }
-
     fn link_up(&self) {
         let before = std::mem::replace(&mut *lock(&self.link), Link::Up);
         match before {
@@ -521,20 +427,6 @@ impl Inner {
             self.nats_url
         ));
     }
-
-    async fn send(&self, slug: &str, next: u64, entries: &[LogEntry]) -> bool {
-        let batch = Batch {
-            node: self.node.to_string(),
-            next,
-            entries,
-        };
-        let payload = serde_json::to_vec(&batch).expect("entries serialize");
-        let subject = format!("{SUBJECT_PREFIX}.{slug}");
-        matches!(
-            tokio::time::timeout(KV_TIMEOUT, self.client.publish(subject, payload.into())).await,
-            Ok(Ok(()))
-        )
-    }
 }
 
 /// Turns the client's connection events into the link state (and notices).
@@ -553,221 +445,6 @@ async fn follow_link(inner: Arc<Inner>, mut events: mpsc::UnboundedReceiver<asyn
     }
 }
 
-/// Sends queued entries to NATS in batches of at most [`MAX_BATCH`].
-async fn send_outbound(inner: Arc<Inner>) {
-    loop {
-        inner.outbound_ready.notified().await;
-        let (pending, markers) = {
-            let mut outbound = lock(&inner.outbound);
-            outbound.pending_entries = 0;
-            let markers = std::mem::take(&mut outbound.markers).then(|| {
-                outbound
-                    .next_seq
-                    .iter()
-                    .map(|(slug, next)| (slug.clone(), *next))
-                    .collect::<Vec<_>>()
-            });
-            (std::mem::take(&mut outbound.pending), markers)
-        };
-        for (slug, entries) in pending {
-            for chunk in chunks(&entries) {
-                let next = chunk.last().map_or(0, |e| e.seq + 1);
-                let count = chunk.len() as u64;
-                let counter = if inner.link_is_up() && inner.send(&slug, next, chunk).await {
-                    &inner.stats.sent_entries
-                } else {
-                    &inner.stats.unsent_entries
-                };
-                counter.fetch_add(count, Ordering::Relaxed);
-            }
-        }
-        for (slug, next) in markers.into_iter().flatten() {
-            if inner.watched_elsewhere(&slug) {
-                inner.send(&slug, next, &[]).await;
-            }
-        }
-    }
-}
-
-/// Splits entries into messages of at most [`MAX_BATCH`] entries and about
-/// [`MAX_MESSAGE_BYTES`].
-fn chunks(entries: &[LogEntry]) -> impl Iterator<Item = &[LogEntry]> {
-    let mut rest = entries;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let mut bytes = 0;
-        let mut len = 0;
-        for entry in rest.iter().take(MAX_BATCH) {
-            bytes += entry.message.len() + 256;
-            if len > 0 && bytes > MAX_MESSAGE_BYTES {
-                break;
-            }
-            len += 1;
-        }
-        let (chunk, tail) = rest.split_at(len);
-        rest = tail;
-        Some(chunk)
-    })
-}
-
-/// Receives other hosts' entries of `slug` for this host's viewers, while
-/// it has any (the task is attached to the slug's hub).
-async fn follow_slug(inner: Arc<Inner>, slug: String) {
-    let subject = format!("{SUBJECT_PREFIX}.{slug}");
-    let mut subscriber = match inner.client.subscribe(subject).await {
-        Ok(subscriber) => subscriber,
-        Err(e) => {
-            tracing::warn!(slug, "cannot follow other hosts' entries: {e}");
-            return;
-        }
-    };
-    // Per producer, the `seq` its next entry should have.
-    let mut expected: HashMap<String, u64> = HashMap::new();
-    while let Some(message) = subscriber.next().await {
-        let batch: Batch<Vec<LogEntry>> = match serde_json::from_slice(&message.payload) {
-            Ok(batch) => batch,
-            Err(e) => {
-                tracing::warn!(slug, "unreadable entries from the cluster: {e}");
-                continue;
-            }
-        };
-        if *batch.node == *inner.node {
-            continue;
-        }
-        let first = batch.entries.first().map_or(batch.next, |e| e.seq);
-        let missed = match expected.insert(batch.node, batch.next) {
-            Some(expected) if first > expected => first - expected,
-            // First news of this producer, or it restarted (seq from 1).
-            _ => 0,
-        };
-        let stats = &inner.stats;
-        stats
-            .received_entries
-            .fetch_add(batch.entries.len() as u64, Ordering::Relaxed);
-        stats.missed_entries.fetch_add(missed, Ordering::Relaxed);
-        inner.hub.deliver_remote(&slug, batch.entries, missed);
-    }
-}
-
-/// Keeps this host's claims in the bucket equal to its viewer counts:
-/// rewritten when a viewer leaves (so the slot frees at once), renewed a
-/// few times per lease, restated when the link comes back.
-async fn keep_claims(inner: Arc<Inner>) {
-    let mut failing = Failing::default();
-    let mut renew = tokio::time::interval(inner.lease / 3);
-    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let renew_all = tokio::select! {
-            () = inner.hub.viewers_changed() => false,
-            _ = renew.tick() => true,
-            () = inner.renew_claims.notified() => true,
-        };
-        if !inner.link_is_up() {
-            continue;
-        }
-        let mut counts: HashMap<String, usize> = inner.hub.viewer_counts().into_iter().collect();
-        let claimed = lock(&inner.claimed).clone();
-        for slug in claimed.keys() {
-            counts.entry(slug.clone()).or_insert(0);
-        }
-        for (slug, viewers) in counts {
-            let changed = claimed.get(&slug).copied().unwrap_or(0) != viewers;
-            if !(changed || renew_all && viewers > 0) {
-                continue;
-            }
-            match inner.write_claim(&slug, None).await {
-                Ok(ClaimOutcome::Held { viewers: 0 }) => {
-                    lock(&inner.claimed).remove(&slug);
-                }
-                Ok(ClaimOutcome::Held { viewers }) => {
-                    lock(&inner.claimed).insert(slug, viewers);
-                }
-                Ok(ClaimOutcome::Full { .. }) => {
-                    unreachable!("claims without a limit are never refused")
-                }
-                Err(e) => {
-                    failing.report(
-                        &format!("cannot renew this host's viewer claims ({slug})"),
-                        &e,
-                    );
-                    continue;
-                }
-            }
-            failing.recovered("renewing viewer claims");
-        }
-    }
-}
-
-/// Logs a repeating failure once (and its end), not at every retry.
-#[derive(Default)]
-struct Failing(bool);
-
-impl Failing {
-    fn report(&mut self, what: &str, error: &anyhow::Error) {
-        if std::mem::replace(&mut self.0, true) {
-            tracing::debug!("{what}: {error:#}");
-        } else {
-            tracing::warn!("{what}: {error:#} (retrying; further failures at debug level)");
-        }
-    }
-
-    fn recovered(&mut self, what: &str) {
-        if std::mem::take(&mut self.0) {
-            tracing::info!("{what} works again");
-        }
-    }
-}
-
-/// Follows the claims bucket to know which slugs other hosts watch (so
-/// this host sends their entries). Restarted with each connection: a NATS
-/// server that restarted may have lost the watch's consumer.
-async fn watch_interest(inner: Arc<Inner>) {
-    let mut connections = inner.connections.subscribe();
-    let mut failing = Failing::default();
-    loop {
-        if connections.wait_for(|n| *n > 0).await.is_err() {
-            return;
-        }
-        connections.mark_unchanged();
-        tokio::select! {
-            result = watch_claims(&inner, &mut failing) => {
-                if let Err(e) = result {
-                    failing.report("cannot watch viewer claims", &e);
-                }
-                // Retry after a pause, or sooner if the link reconnects.
-                let _ = tokio::time::timeout(Duration::from_secs(1), connections.changed()).await;
-            }
-            changed = connections.changed() => if changed.is_err() { return },
-        }
-    }
-}
-
-async fn watch_claims(inner: &Inner, failing: &mut Failing) -> Result<()> {
-    let store = inner.store().await?;
-    let mut updates = store
-        .watch_with_history(">")
-        .await
-        .context("watching viewer claims")?;
-    failing.recovered("watching viewer claims");
-    while let Some(update) = updates.next().await {
-        let update = update.context("watching viewer claims")?;
-        let until = match update.operation {
-            kv::Operation::Put => {
-                Claims::parse(&update.value).interest_until(&inner.node, now_ms())
-            }
-            kv::Operation::Delete | kv::Operation::Purge => None,
-        };
-        let mut interest = lock(&inner.interest);
-        match until {
-            Some(until) => interest.insert(update.key, until),
-            None => interest.remove(&update.key),
-        };
-    }
-    Err(anyhow!("the watch ended"))
-}
-
 /// A task that stops when this is dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -780,27 +457,6 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entry::{RequestMeta, Stream};
-
-    #[test]
-    fn messages_hold_at_most_100_entries_and_about_half_a_megabyte() {
-        let meta = Arc::new(RequestMeta {
-            slug: "s".into(),
-            version: "1".into(),
-            request_id: "r".into(),
-        });
-        let small: Vec<LogEntry> = (0..250)
-            .map(|_| LogEntry::from_line(meta.clone(), Stream::Stdout, 1, "x".into()))
-            .collect();
-        let sizes: Vec<usize> = chunks(&small).map(<[_]>::len).collect();
-        assert_eq!(sizes, [100, 100, 50]);
-        let big: Vec<LogEntry> = (0..100)
-            .map(|_| LogEntry::from_line(meta.clone(), Stream::Stdout, 1, "x".repeat(10_240)))
-            .collect();
-        let sizes: Vec<usize> = chunks(&big).map(<[_]>::len).collect();
-        assert_eq!(sizes.iter().sum::<usize>(), 100);
-        assert!(sizes.len() >= 2 && sizes.iter().all(|&n| n * 10_496 <= MAX_MESSAGE_BYTES));
-    }
 
     #[test]
     fn reconnects_back_off_to_five_seconds() {

@@ -2,7 +2,7 @@
 //!
 //! Parsing is two steps on purpose. serde reads the file into plain structs
 //! (rejecting unknown keys and wrong types, with line numbers), then
-//! [`Config::from_raw`] checks what serde cannot — slug syntax, duplicate
+//! `Config::from_raw` checks what serde cannot — slug syntax, duplicate
 //! slugs, semver keys — and reports *every* problem at once, each naming the
 //! file and the tenant, so a user fixes a config in one round trip.
 
