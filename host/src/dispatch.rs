@@ -57,6 +57,15 @@ impl Dispatcher {
         }
     }
 
+    /// Resolves once no guest is running (shutdown). A guest can outlive its
+    /// HTTP exchange by a little (the response body is complete before the
+    /// guest's task has published its request event), so draining
+    /// connections alone would lose the last entries.
+    pub async fn wait_idle(&self) {
+        let all = self.runtime.settings().max_concurrent_requests;
+        let _ = self.slots.acquire_many(all).await;
+    }
+
     /// Runs `request` in a fresh instance of `deployment`. Never fails: every
     /// error becomes a response (and, for the tenant's owner, a log entry).
     pub async fn dispatch(

@@ -207,6 +207,8 @@ struct Queue {
     overflow: u64,
     /// Entries other hosts produced that never arrived (gaps in their `seq`).
     remote_missed: u64,
+    /// The host is shutting down: after what is queued, close the viewers.
+    closing: bool,
     closed: bool,
 }
 
@@ -217,6 +219,7 @@ impl Default for Queue {
             next_seq: 1,
             overflow: 0,
             remote_missed: 0,
+            closing: false,
             closed: false,
         }
     }
@@ -316,13 +319,14 @@ impl LogHub {
     }
 
     /// Closes every viewer of every slug (host shutdown): each gets what is
-    /// already queued for it, then a `closing` frame.
+    /// already published, then a `closing` frame. The batcher does the
+    /// closing, after delivering what it has, so nothing published before
+    /// this call is lost to the race.
     pub fn close_all(&self) {
         let hubs: Vec<Arc<SlugHub>> = lock(&self.inner.slugs).values().cloned().collect();
         for hub in hubs {
-            for viewer in lock(&hub.viewers).iter() {
-                viewer.close(Closed::ShuttingDown);
-            }
+            lock(&hub.queue).closing = true;
+            hub.wake.notify_one();
         }
     }
 
@@ -385,7 +389,7 @@ async fn run_batcher(hub: Arc<SlugHub>) {
         // Let producers that are running right now finish their writes, so
         // that a busy slug's frames fill up; an idle slug loses microseconds.
         tokio::task::yield_now().await;
-        let (overflow, remote_missed) = {
+        let (overflow, remote_missed, closing) = {
             let mut queue = lock(&hub.queue);
             if queue.closed {
                 return;
@@ -394,6 +398,7 @@ async fn run_batcher(hub: Arc<SlugHub>) {
             (
                 std::mem::take(&mut queue.overflow),
                 std::mem::take(&mut queue.remote_missed),
+                queue.closing,
             )
         };
         let viewers = lock(&hub.viewers).clone();
@@ -415,6 +420,11 @@ async fn run_batcher(hub: Arc<SlugHub>) {
         if overflow > 0 {
             for viewer in &viewers {
                 viewer.push_dropped(overflow);
+            }
+        }
+        if closing {
+            for viewer in &viewers {
+                viewer.close(Closed::ShuttingDown);
             }
         }
         batch.clear();
@@ -744,10 +754,12 @@ mod tests {
     async fn closing_all_viewers_delivers_what_was_queued_first() {
         let hub = LogHub::new(limits(1000, Duration::from_secs(1)));
         let viewer = hub.subscribe("s", Filter::default()).unwrap();
+        // Published and closed before the batcher has run: the entry must
+        // still come first.
         hub.publish("s", vec![entry("r", Stream::Stdout, "last words")]);
+        hub.close_all();
         let first = viewer.recv().await;
         assert_eq!(entries_of(&first)[0]["message"], "last words");
-        hub.close_all();
         assert_eq!(viewer.recv().await, Frame::Closed(Closed::ShuttingDown));
     }
 

@@ -157,10 +157,11 @@ pub async fn serve(
     // Requests first, so that viewers still see the last requests' entries;
     // then the viewers, with what is left of the grace period.
     let deadline = tokio::time::Instant::now() + grace;
-    if tokio::time::timeout_at(deadline, connections.wait())
-        .await
-        .is_err()
-    {
+    let drained = async {
+        connections.wait().await;
+        host.dispatcher.wait_idle().await;
+    };
+    if tokio::time::timeout_at(deadline, drained).await.is_err() {
         tracing::warn!(
             left = connections.len(),
             "grace period over with requests still in flight"
