@@ -339,8 +339,16 @@ impl LogSink for Cluster {
         }
         if remote {
             let room = MAX_OUTBOUND_ENTRIES.saturating_sub(outbound.pending_entries);
-            let sent: Vec<LogEntry> = entries.iter().take(room).cloned().collect();
-            let unsent = entries.len() - sent.len();
+            let total = entries.len();
+            // Copied only when this host's viewers need them too.
+            let sent: Vec<LogEntry> = if local {
+                entries.iter().take(room).cloned().collect()
+            } else {
+                let mut sent = std::mem::take(&mut entries);
+                sent.truncate(room);
+                sent
+            };
+            let unsent = total - sent.len();
             if unsent > 0 {
                 inner
                     .stats
