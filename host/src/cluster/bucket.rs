@@ -15,6 +15,8 @@ use super::{BUCKET, Inner, KV_TIMEOUT, lock};
 use crate::entry::now_ms;
 
 impl Inner {
+    /// The claims bucket: found, or created by the first host that needs
+    /// it (hosts racing to create it both end up with the same bucket).
     async fn store(&self) -> Result<kv::Store> {
         let mut store = self.store.lock().await;
         if let Some(store) = &*store {
