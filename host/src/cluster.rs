@@ -57,9 +57,9 @@ use transport::{follow_slug, send_outbound};
 pub const SUBJECT_PREFIX: &str = "mctx.logs";
 /// The key-value bucket of viewer claims (one key per slug).
 pub const BUCKET: &str = "mctx-log-viewers";
-/// How long one key-value operation (a claim) may take before the host
-/// gives up on it and treats the cluster as unreachable.
-const KV_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one NATS operation (a claim, a publish) may take before the
+/// host gives up on it (the claim fails, the entries count as unsent).
+const NATS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Entries waiting to go to NATS; past this the newest are dropped (their
 /// `seq` numbers are skipped, so the receivers report them).
 const MAX_OUTBOUND_ENTRIES: usize = 100_000;
@@ -240,7 +240,7 @@ impl Cluster {
             // The host has just started: give the first connection a moment
             // rather than admit a viewer that could have been counted.
             let mut connections = inner.connections.subscribe();
-            let _ = tokio::time::timeout(KV_TIMEOUT, connections.wait_for(|n| *n > 0)).await;
+            let _ = tokio::time::timeout(NATS_TIMEOUT, connections.wait_for(|n| *n > 0)).await;
         }
         let admission = if !inner.link_is_up() {
             subscription.notice(&format!(
@@ -286,7 +286,7 @@ impl Cluster {
             // The viewers are gone by now, so this removes the claim.
             let _ = inner.write_claim(&slug, None).await;
         }
-        let _ = tokio::time::timeout(KV_TIMEOUT, inner.client.flush()).await;
+        let _ = tokio::time::timeout(NATS_TIMEOUT, inner.client.flush()).await;
     }
 
     /// The link's state for `/healthz`.
@@ -378,8 +378,9 @@ impl Inner {
     }
 
     fn watched_elsewhere(&self, slug: &str) -> bool {
-        let interest = lock(&self.interest);
-        !interest.is_empty() && interest.get(slug).is_some_and(|until| *until > now_ms())
+        lock(&self.interest)
+            .get(slug)
+            .is_some_and(|until| *until > now_ms())
     }
 
     fn link_up(&self) {

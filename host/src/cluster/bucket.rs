@@ -11,7 +11,7 @@ use async_nats::jetstream::kv;
 use futures_util::StreamExt as _;
 
 use super::leases::{self, ClaimOutcome, Claims};
-use super::{BUCKET, Inner, KV_TIMEOUT, lock};
+use super::{BUCKET, Inner, NATS_TIMEOUT, lock};
 use crate::entry::now_ms;
 
 impl Inner {
@@ -57,9 +57,9 @@ impl Inner {
         slug: &str,
         limit: Option<usize>,
     ) -> Result<ClaimOutcome> {
-        let result = tokio::time::timeout(KV_TIMEOUT, self.try_write_claim(slug, limit)).await;
+        let result = tokio::time::timeout(NATS_TIMEOUT, self.try_write_claim(slug, limit)).await;
         let result =
-            result.unwrap_or_else(|_| Err(anyhow!("no answer from NATS within {KV_TIMEOUT:?}")));
+            result.unwrap_or_else(|_| Err(anyhow!("no answer from NATS within {NATS_TIMEOUT:?}")));
         if result.is_err() {
             // The bucket may be gone (a NATS server that lost its storage):
             // look it up again next time.

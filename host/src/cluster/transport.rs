@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
-use super::{Inner, KV_TIMEOUT, SUBJECT_PREFIX, lock};
+use super::{Inner, NATS_TIMEOUT, SUBJECT_PREFIX, lock};
 use crate::entry::LogEntry;
 use crate::hub::MAX_BATCH;
 
@@ -35,7 +35,7 @@ impl Inner {
         let payload = serde_json::to_vec(&batch).expect("entries serialize");
         let subject = format!("{SUBJECT_PREFIX}.{slug}");
         matches!(
-            tokio::time::timeout(KV_TIMEOUT, self.client.publish(subject, payload.into())).await,
+            tokio::time::timeout(NATS_TIMEOUT, self.client.publish(subject, payload.into())).await,
             Ok(Ok(()))
         )
     }
