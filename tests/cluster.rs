@@ -1,7 +1,8 @@
 //! Several hosts sharing log hubs over a real `nats-server` (JetStream on):
 //! entries cross hosts in each producer's order, the viewer limit holds
 //! across hosts (and a crashed host's slots come back), and a NATS restart
-//! mid-stream leaves every host serving and every viewer told what it missed.
+//! mid-stream leaves every host serving and every viewer told what it missed;
+//! two hosts given one node name are told so.
 
 mod support;
 
@@ -113,6 +114,37 @@ async fn a_viewer_on_one_host_sees_requests_served_by_another_in_order() {
     // The last viewer leaves: host A stops sending.
     viewer.close().await;
     a.wait_for_cluster(|s| !watched_elsewhere(s, "hello")).await;
+    for host in [&a, &b] {
+        let status = host.cluster_status().await;
+        assert_eq!(status["nodeNameSharedWith"], Value::Null, "{status}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_given_one_node_name_find_each_other_and_say_so() {
+    let nats = NatsServer::start();
+    let first = host(&nats, "twin", 15);
+    first.wait_for_cluster(|s| s["link"] == "up").await;
+    let mut viewer = first.viewer("hello", "", "alice").await;
+
+    let second = host(&nats, "twin", 15);
+    for (host, other) in [(&first, &second), (&second, &first)] {
+        let other_pid = format!(" pid {}", other.pid());
+        host.wait_for_cluster(|s| {
+            s["nodeNameSharedWith"]
+                .as_str()
+                .is_some_and(|o| o.ends_with(&other_pid))
+        })
+        .await;
+    }
+    expect_notice(
+        &mut viewer,
+        &[
+            "two hosts use the node name \"twin\"",
+            "reported as dropped",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

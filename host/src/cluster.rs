@@ -24,16 +24,21 @@
 //!   JetStream key-value entry per slug (`bucket.rs`), with leases
 //!   ([`leases`]).
 //!
-//! This module owns the link (connection state, notices) and the public
-//! face ([`Cluster`]); `transport.rs` moves entries, `bucket.rs` moves claims.
 //! - **When NATS is unreachable** the host keeps serving and its viewers
 //!   keep getting its own entries; they get a `notice` saying the link is
 //!   down (and again when it is back), viewers arriving meanwhile are
 //!   admitted against this host's count only and told so. The client
 //!   reconnects with backoff (0.1 s doubling to 5 s) forever.
+//! - **Node names** must differ between hosts; two hosts sharing one find
+//!   each other and say so (`node_name.rs`).
+//!
+//! This module owns the link (connection state, notices) and the public
+//! face ([`Cluster`]); `transport.rs` moves entries, `bucket.rs` moves
+//! claims, `node_name.rs` checks that this host's name is its own.
 
 mod bucket;
 pub mod leases;
+mod node_name;
 mod transport;
 
 use std::collections::HashMap;
@@ -72,6 +77,12 @@ pub struct Cluster {
 
 struct Inner {
     node: Arc<str>,
+    /// Random per process: tells this host from another with its node name.
+    instance: u64,
+    /// `{hostname} pid {pid}`, for messages about this host.
+    process: String,
+    /// Another process found using this host's node name (`node_name.rs`).
+    node_name_shared_with: Mutex<Option<String>>,
     nats_url: String,
     lease: Duration,
     client: async_nats::Client,
@@ -145,27 +156,30 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// This host's default node name: `{hostname}-{pid}`, unique per process.
 pub fn default_node_name() -> String {
+    format!("{}-{}", hostname(), std::process::id())
+}
+
+/// The machine's name, cut to 48 of the characters a node name may hold.
+fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname
     // NUL-terminates within it (or truncates, which we handle below).
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let host = if rc == 0 {
-        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-        String::from_utf8_lossy(&buf[..end])
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .take(48)
-            .collect()
-    } else {
-        "host".to_string()
-    };
-    format!("{host}-{}", std::process::id())
+    if rc != 0 {
+        return "host".to_string();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end])
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(48)
+        .collect()
 }
 
 /// Reconnect delays: 0.1 s doubling to 5 s, with up to 20 % jitter so that
@@ -203,6 +217,9 @@ impl Cluster {
         let cluster = Cluster {
             inner: Arc::new(Inner {
                 node: node.into(),
+                instance: fastrand::u64(..),
+                process: format!("{} pid {}", hostname(), std::process::id()),
+                node_name_shared_with: Mutex::default(),
                 nats_url: settings.nats_url.clone(),
                 lease: Duration::from_secs(settings.viewer_lease_secs),
                 client,
@@ -219,6 +236,10 @@ impl Cluster {
             }),
         };
         let inner = &cluster.inner;
+        let questions = node_name::listen(inner)
+            .await
+            .context("subscribing to this host's node name")?;
+        tokio::spawn(node_name::answer(inner.clone(), questions));
         tokio::spawn(follow_link(inner.clone(), events_rx));
         tokio::spawn(send_outbound(inner.clone()));
         tokio::spawn(keep_claims(inner.clone()));
@@ -314,6 +335,7 @@ impl Cluster {
             "unsentEntries": stats.unsent_entries.load(Ordering::Relaxed),
             "receivedEntries": stats.received_entries.load(Ordering::Relaxed),
             "missedEntries": stats.missed_entries.load(Ordering::Relaxed),
+            "nodeNameSharedWith": lock(&inner.node_name_shared_with).clone(),
         })
     }
 }
@@ -443,7 +465,10 @@ async fn follow_link(inner: Arc<Inner>, mut events: mpsc::UnboundedReceiver<asyn
     use async_nats::Event;
     while let Some(event) = events.recv().await {
         match event {
-            Event::Connected => inner.link_up(),
+            Event::Connected => {
+                inner.link_up();
+                tokio::spawn(node_name::ask(inner.clone()));
+            }
             Event::Disconnected => inner.link_down(),
             Event::ClientError(error) => inner.first_connect_failed(&error),
             Event::SlowConsumer(_) => tracing::warn!(
