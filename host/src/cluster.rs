@@ -81,7 +81,8 @@ struct Inner {
     instance: u64,
     /// `{hostname} pid {pid}`, for messages about this host.
     process: String,
-    /// Another process found using this host's node name (`node_name.rs`).
+    /// Another process found using this host's node name (`node_name.rs`);
+    /// kept after that process leaves, since entries may be mislabelled by then.
     node_name_shared_with: Mutex<Option<String>>,
     nats_url: String,
     lease: Duration,
