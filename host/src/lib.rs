@@ -1,46 +1,49 @@
 //! mctx-host: a multi-tenant host for `wasi:http/proxy` WebAssembly
 //! components that streams each tenant's console output, live, to its owners.
 //!
-//! Every module below owns one idea, named in the comment above it here
-//! and explained in its own documentation.
+//! # Layout
+//!
+//! Four layers, each using only the ones below it, and a composition root
+//! on top:
+//!
+//! | layer | modules | what it owns |
+//! |---|---|---|
+//! | root | [`app`], [`cli`] | `App::build` wires every part from an [`AppConfig`]; `App::serve` runs and shuts down in order. The CLI only turns flags and files into that config (and holds the `tail` client). |
+//! | edge | `edge::{server, routing, control, dashboard, log_stream}` | the network: accept loop, `Host` + path → tenant or control plane, `/healthz`, the dashboard, the log-stream WebSocket. |
+//! | run | `run::{dispatch, runtime, state, limits, tenants, artifacts, guest_logging}` | WebAssembly: one engine and linker, tenants' components compiled once, each request in a fresh instance with its CPU and memory limits. |
+//! | logs | `logs::{capture, entry, publish, hub, wire, cluster, console}` | what guests write becoming entries, numbered once, fanned out to viewers here and on other hosts. |
+//! | base | `base::{config, auth, responses}` | the tenants file (one struct per table), session tokens, the host's own responses. |
+//!
+//! **How a request travels.** `edge::server` accepts the connection and
+//! hands each request to its `FrontDoor`; `edge::routing` picks the tenant
+//! and version from `Host` and path (or the control plane); `run::dispatch`
+//! adds `X-Tenant-Slug`, gives the request a [`RequestState`] store (WASI
+//! context, capture, CPU meter, memory limiter) and runs the tenant's
+//! pre-instantiated component on a task of its own; the guest's response
+//! streams back through hyper, and a `type:"request"` entry records how
+//! it ended.
+//!
+//! **How a log line travels.** The guest writes to stdout or stderr (or
+//! calls `wasi:logging`); `logs::capture` cuts the bytes into lines, applies
+//! the 10 KB and 256 KiB limits and makes [`entry::LogEntry`]s at once;
+//! `logs::publish` gives each its `seq` (the only place that does) and
+//! hands it to `logs::hub`, whose per-slug batcher serializes frames of at
+//! most 100 entries (`logs::wire` is the protocol) into each viewer's
+//! bounded queue; `edge::log_stream` writes them to the WebSocket. On a
+//! cluster, `publish` also hands the entries to `logs::cluster`, which
+//! sends them over NATS to hosts whose viewers watch the slug.
+//!
+//! [`RequestState`]: run::state::RequestState
 
-// On-disk cache of compiled components.
-pub mod artifacts;
-// Session tokens (HS256 JWT) from the cookie or a bearer header.
-pub mod auth;
-// Guest stdout/stderr → log entries, per request.
-pub mod capture;
-// Command line: `serve`, and how a configuration becomes a running host.
+pub mod app;
+mod base;
 pub mod cli;
-// Log hubs across hosts on NATS: entries between hosts, the cluster-wide viewer limit.
-pub mod cluster;
-// `tenants.toml`: tenants, versions, host settings; validation.
-pub mod config;
-// Printing entries on the host's terminal.
-pub mod console;
-// The host's own endpoints (`/healthz`, `/log-stream/{slug}`).
-pub mod control;
-// The dashboard: sign-in, servers, the live log modal.
-pub mod dashboard;
-// One request in a fresh instance, with limits; outcome → response.
-pub mod dispatch;
-// Log entries: levels, prefixes, truncation, wire shape.
-pub mod entry;
-// The host side of `wasi:logging`: structured entries with exact levels.
-pub mod guest_logging;
-// Per-slug broadcast hubs: batching, seq, bounded viewer queues.
-pub mod hub;
-// CPU-time metering and the memory limiter.
-pub mod limits;
-// The `/log-stream/{slug}` WebSocket: checks, upgrade, viewer loop.
-pub mod log_stream;
-// `Host` header and path → tenant, version and the path the guest sees.
-pub mod routing;
-// Engine, linker, per-request store state, loading components.
-pub mod runtime;
-// The HTTP front door: accept loop, routing a request to a tenant or the control plane.
-pub mod server;
-// `mctx-host tail`: the log stream in a terminal.
-pub mod tail;
-// Slug → versions → pre-instantiated components.
-pub mod tenants;
+mod edge;
+mod logs;
+mod run;
+
+pub use app::{App, AppConfig};
+pub use base::{auth, config};
+pub use edge::routing::RoutingMode;
+pub use logs::console::GuestLogFormat;
+pub use logs::{capture, entry, sink};

@@ -6,6 +6,10 @@
     dead_code,
     reason = "each test binary uses a different part of the harness"
 )]
+#![allow(
+    unreachable_pub,
+    reason = "the harness is a module of every test binary, its items shared across them"
+)]
 
 use std::ffi::OsString;
 use std::io::{BufRead as _, BufReader};

@@ -6,8 +6,9 @@
 use std::sync::{Arc, Mutex};
 
 use libfuzzer_sys::fuzz_target;
-use mctx_host::capture::{LogSink, RequestCapture};
+use mctx_host::capture::RequestCapture;
 use mctx_host::entry::{LogEntry, MAX_MESSAGE_BYTES, RequestMeta, Stream};
+use mctx_host::sink::LogSink;
 use wasmtime_wasi::cli::StdoutStream as _;
 
 #[derive(Default)]

@@ -1,0 +1,174 @@
+//! The composition root: [`App::build`] wires a host from its
+//! configuration — runtime, tenants, log hubs, cluster, log streams,
+//! control plane, front door — and [`App::serve`] runs it on a listener
+//! until told to stop, then shuts it down in order.
+//!
+//! The command line (`cli`) only turns flags and the tenants file into an
+//! [`AppConfig`]; tests and benchmarks can build and serve a host
+//! in-process the same way.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+use crate::base::auth::Sessions;
+use crate::base::config::Config;
+use crate::edge::control::ControlPlane;
+use crate::edge::log_stream::LogStreams;
+use crate::edge::routing::RoutingMode;
+use crate::edge::server::{self, FrontDoor};
+use crate::logs::cluster::Cluster;
+use crate::logs::console::{ConsoleLog, GuestLogFormat};
+use crate::logs::hub::LogHub;
+use crate::logs::publish::Publisher;
+use crate::logs::sink::{LogSink, Tee};
+use crate::run::dispatch::Dispatcher;
+use crate::run::limits::Limits;
+use crate::run::runtime::{Runtime, RuntimeSettings};
+use crate::run::tenants::TenantRegistry;
+
+/// Everything a host is built from.
+pub struct AppConfig {
+    /// The tenants and the settings tables (from a tenants file, or the
+    /// one-component equivalent the command line makes).
+    pub config: Config,
+    /// How a request finds its tenant.
+    pub routing: RoutingMode,
+    /// Where compiled components are cached; `None` compiles at start.
+    pub cache_dir: Option<PathBuf>,
+    /// Instances from a preallocated pool (fast) rather than on demand.
+    pub pooling: bool,
+    /// Guest output printed on this process's stdout, or not.
+    pub guest_logs: GuestLogFormat,
+}
+
+/// A host, built and ready to serve.
+pub struct App {
+    door: Arc<FrontDoor>,
+    cluster: Option<Cluster>,
+    grace: Duration,
+}
+
+impl App {
+    /// Compiles (or loads from the cache) every tenant's components, checks
+    /// the session secret (`[auth] session_secret`) and joins the cluster if
+    /// one is configured. Errors name the file, the tenant and the problem.
+    pub async fn build(app: AppConfig) -> Result<App> {
+        let AppConfig {
+            config,
+            routing,
+            cache_dir,
+            pooling,
+            guest_logs,
+        } = app;
+        let host = &config.host;
+        let runtime = Arc::new(Runtime::new(RuntimeSettings {
+            max_concurrent_requests: host.max_concurrent_requests,
+            memory_limit_bytes: host.memory_limit_bytes(),
+            cache_dir,
+            pooling,
+        })?);
+        let started = Instant::now();
+        let (tenants, stats) = TenantRegistry::load(&runtime, &config.tenants, &config.source)?;
+        tracing::info!(
+            tenants = tenants.len(),
+            components = stats.components,
+            compiled = stats.compiled,
+            cache_hits = stats.cache_hits,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "tenants loaded"
+        );
+
+        // After the tenants, so that every problem with them is reported
+        // even when this one is there too.
+        let Some(secret) = &config.auth.session_secret else {
+            anyhow::bail!(
+                "{}: no session secret for log streams: set MCTX_SESSION_SECRET or [auth] session_secret \
+                 (at least 32 bytes), or run with --dev to generate one",
+                config.source
+            );
+        };
+        let sessions = Sessions::new(secret.as_bytes())?;
+
+        let hub = LogHub::new(config.logs.clone());
+        let cluster = match &config.cluster {
+            Some(settings) => Some(Cluster::start(settings, hub.clone()).await?),
+            None => None,
+        };
+        let publisher: Arc<dyn LogSink> = Arc::new(Publisher::new(hub.clone(), cluster.clone()));
+        let sink: Arc<dyn LogSink> = match guest_logs {
+            GuestLogFormat::Off => publisher,
+            format => Arc::new(Tee(publisher, Arc::new(ConsoleLog::new(format)))),
+        };
+        let streams = LogStreams {
+            hub,
+            cluster: cluster.clone(),
+            sessions,
+            allowed_origins: config.auth.allowed_origins.clone(),
+            viewers: TaskTracker::new(),
+        };
+        let limits = Limits {
+            cpu: host.cpu_limit(),
+            memory_bytes: host.memory_limit_bytes(),
+        };
+        let door = FrontDoor {
+            control: ControlPlane::new(streams, routing.control_base()),
+            mode: routing,
+            tenants: Arc::new(tenants),
+            dispatcher: Dispatcher::new(runtime, sink, limits),
+        };
+        Ok(App {
+            door: Arc::new(door),
+            cluster,
+            grace: host.shutdown_grace(),
+        })
+    }
+
+    /// This host's node name, on a cluster.
+    pub fn cluster_node(&self) -> Option<&str> {
+        self.cluster.as_ref().map(Cluster::node)
+    }
+
+    /// Serves `listener` until `shutdown` resolves, then shuts down in
+    /// order, within the grace period (`[host] shutdown_grace_secs`):
+    /// 1. stop accepting; each connection closes after its current response;
+    /// 2. wait for the guests still running (a guest can outlive its HTTP
+    ///    exchange by a little, and its last entries with it);
+    /// 3. send every log viewer what is left, a `closing` frame and close
+    ///    code 1001;
+    /// 4. give this host's viewer slots on the cluster back.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
+        let connections = server::accept_until(listener, self.door.clone(), shutdown).await;
+        let deadline = tokio::time::Instant::now() + self.grace;
+        let drained = async {
+            connections.wait().await;
+            self.door.dispatcher.wait_idle().await;
+        };
+        if tokio::time::timeout_at(deadline, drained).await.is_err() {
+            tracing::warn!(
+                left = connections.len(),
+                "grace period over with requests still in flight"
+            );
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.door
+            .control
+            .streams
+            .close_all(left.max(Duration::from_millis(500)))
+            .await;
+        if let Some(cluster) = &self.cluster {
+            cluster.leave().await;
+        }
+        tracing::info!("shut down");
+        Ok(())
+    }
+}

@@ -1,0 +1,236 @@
+//! The settings tables of the tenants file, one struct each, read straight
+//! from TOML (`#[serde(default, deny_unknown_fields)]`: a missing key takes
+//! its default, an unknown one is refused with its name and line) and then
+//! checked by [`check`](HostSettings::check) for what serde cannot see.
+//! Each struct is handed whole to the part of the host that uses it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The contract's CPU limit per request.
+pub const DEFAULT_CPU_LIMIT_MS: u64 = 10_000;
+pub const DEFAULT_MEMORY_LIMIT_MB: u64 = 128;
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
+pub const DEFAULT_BASE_DOMAIN: &str = "localhost";
+
+/// The `[host]` table: where the host listens and what a request may use.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostSettings {
+    pub addr: SocketAddr,
+    /// Tenants live at `{slug}.{base_domain}` (lower case once checked).
+    pub base_domain: String,
+    /// CPU time a request may use.
+    pub cpu_limit_ms: u64,
+    /// Linear memory a request may use.
+    pub memory_limit_mb: u64,
+    /// Requests running at once; more wait for a slot. Also sizes the
+    /// instance pool.
+    pub max_concurrent_requests: u32,
+    /// On SIGTERM or Ctrl-C, how long requests in flight and log viewers get
+    /// to finish before the host exits.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for HostSettings {
+    fn default() -> Self {
+        HostSettings {
+            addr: DEFAULT_ADDR.parse().expect("valid default address"),
+            base_domain: DEFAULT_BASE_DOMAIN.to_string(),
+            cpu_limit_ms: DEFAULT_CPU_LIMIT_MS,
+            memory_limit_mb: DEFAULT_MEMORY_LIMIT_MB,
+            max_concurrent_requests: 1000,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+impl HostSettings {
+    /// Normalises what has one spelling and reports what cannot work.
+    pub(super) fn check(&mut self, problems: &mut Vec<String>) {
+        self.base_domain = self.base_domain.to_ascii_lowercase();
+        if self.base_domain.is_empty() || self.base_domain.starts_with('.') {
+            problems.push(format!(
+                "[host] base_domain {:?} is not a domain name",
+                self.base_domain
+            ));
+        }
+        if self.cpu_limit_ms == 0 {
+            problems.push("[host] cpu_limit_ms must be at least 1".to_string());
+        }
+        if self.memory_limit_mb == 0 {
+            problems.push("[host] memory_limit_mb must be at least 1".to_string());
+        }
+        if self.max_concurrent_requests == 0 {
+            problems.push("[host] max_concurrent_requests must be at least 1".to_string());
+        }
+    }
+
+    pub fn cpu_limit(&self) -> Duration {
+        Duration::from_millis(self.cpu_limit_ms)
+    }
+
+    pub fn memory_limit_bytes(&self) -> usize {
+        usize::try_from(self.memory_limit_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// The `[auth]` table: who may watch logs.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Signs session tokens; `MCTX_SESSION_SECRET` takes precedence.
+    pub session_secret: Option<String>,
+    /// Browser origins (besides the control plane's own) allowed to open
+    /// log streams, e.g. `https://dashboard.example.com`.
+    pub allowed_origins: Vec<String>,
+}
+
+impl AuthSettings {
+    pub(super) fn check(&mut self) {
+        for origin in &mut self.allowed_origins {
+            *origin = origin.trim_end_matches('/').to_string();
+        }
+    }
+}
+
+/// Never prints the secret: configurations end up in debug logs.
+impl fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field(
+                "session_secret",
+                &self.session_secret.as_ref().map(|_| "[REDACTED]"),
+            )
+            .field("allowed_origins", &self.allowed_origins)
+            .finish()
+    }
+}
+
+/// The `[logs]` table: log streaming limits, read by the hubs (viewers,
+/// queues) and by the log-stream endpoint (timers).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// Viewers per slug (the contract's 10).
+    pub max_viewers_per_slug: usize,
+    /// A viewer with no client traffic (pongs count) this long is closed.
+    pub idle_timeout_secs: u64,
+    /// How often viewers are pinged.
+    pub ping_interval_secs: u64,
+    /// Entries a viewer may have waiting before it starts missing some.
+    /// Counted in entries, not frames: a filtered viewer's frames can be
+    /// small, and it should get as much slack as any other.
+    pub viewer_queue_entries: usize,
+    /// A viewer still missing entries after this long is closed.
+    pub slow_viewer_grace_secs: u64,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            max_viewers_per_slug: 10,
+            idle_timeout_secs: 300,
+            ping_interval_secs: 30,
+            viewer_queue_entries: 25_600,
+            slow_viewer_grace_secs: 10,
+        }
+    }
+}
+
+impl LogSettings {
+    pub(super) fn check(&mut self, problems: &mut Vec<String>) {
+        // A queue of 0 could never hold a frame; 1 already means "one frame".
+        self.viewer_queue_entries = self.viewer_queue_entries.max(1);
+        if self.idle_timeout_secs == 0 || self.ping_interval_secs == 0 {
+            problems.push(
+                "[logs] idle_timeout_secs and ping_interval_secs must be at least 1".to_string(),
+            );
+        }
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_secs)
+    }
+
+    pub fn slow_viewer_grace(&self) -> Duration {
+        Duration::from_secs(self.slow_viewer_grace_secs)
+    }
+}
+
+/// The `[cluster]` table: several hosts sharing log hubs over NATS.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// `nats://host:port` of the NATS server (with JetStream) the hosts share.
+    pub nats_url: String,
+    /// This host's name in entries (`node`) and viewer leases; unique per
+    /// host. `None`: `{hostname}-{pid}`.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// How long a host's claim on viewer slots lasts without renewal: a
+    /// crashed host's viewers stop counting after this long.
+    #[serde(default = "ClusterSettings::default_viewer_lease_secs")]
+    pub viewer_lease_secs: u64,
+}
+
+impl ClusterSettings {
+    pub const DEFAULT_VIEWER_LEASE_SECS: u64 = 15;
+
+    fn default_viewer_lease_secs() -> u64 {
+        Self::DEFAULT_VIEWER_LEASE_SECS
+    }
+
+    /// Settings for `nats_url` with every other value defaulted.
+    pub fn new(nats_url: String) -> Self {
+        ClusterSettings {
+            nats_url,
+            node: None,
+            viewer_lease_secs: Self::DEFAULT_VIEWER_LEASE_SECS,
+        }
+    }
+
+    pub(super) fn check(&self, problems: &mut Vec<String>) {
+        if self.nats_url.trim().is_empty() {
+            problems.push("[cluster] nats_url cannot be empty".to_string());
+        }
+        if let Some(Err(e)) = self.node.as_deref().map(Self::check_node) {
+            problems.push(format!("[cluster] {e}"));
+        }
+        if self.viewer_lease_secs < 3 {
+            problems.push("[cluster] viewer_lease_secs must be at least 3".to_string());
+        }
+    }
+
+    /// Problems with a node name, if any (it goes into JSON and log lines,
+    /// so it is kept to a readable, unambiguous alphabet).
+    pub fn check_node(node: &str) -> Result<(), String> {
+        let valid = !node.is_empty()
+            && node.len() <= 64
+            && node
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if valid {
+            Ok(())
+        } else {
+            Err(format!(
+                "node name {node:?} must be 1-64 characters of a-z, A-Z, 0-9, '-', '_' or '.'"
+            ))
+        }
+    }
+
+    pub fn viewer_lease(&self) -> Duration {
+        Duration::from_secs(self.viewer_lease_secs)
+    }
+}

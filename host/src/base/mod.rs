@@ -1,0 +1,6 @@
+//! The base layer: what every other layer reads and nothing above it
+//! changes — the tenants file, session tokens and the host's own responses.
+
+pub mod auth;
+pub mod config;
+pub(crate) mod responses;

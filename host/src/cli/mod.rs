@@ -1,0 +1,382 @@
+//! The command line, and how a configuration becomes a running host.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use semver::Version;
+use tokio::net::TcpListener;
+
+use crate::app::{App, AppConfig};
+use crate::base::auth::Sessions;
+use crate::base::config::{ClusterSettings, Config, HostSettings, Slug, Status, TenantSpec};
+use crate::edge::routing::{RoutingMode, SINGLE_MODE_CONTROL_PREFIX};
+use crate::logs::console::GuestLogFormat;
+use crate::run::artifacts::ArtifactCache;
+
+mod tail;
+
+/// A multi-tenant host for wasi:http WebAssembly components, with live logs.
+#[derive(Parser, Debug)]
+#[command(name = "mctx-host", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve one component (like `wasmtime serve`) or many tenants from a config file.
+    ///
+    /// Single-component mode: `mctx-host serve app.wasm` sends every request to
+    /// the component; the host's own endpoints live under `/.mctx/`.
+    ///
+    /// Multi-tenant mode: `mctx-host serve --config tenants.toml` routes
+    /// `{slug}.{base_domain}` (or `/t/{slug}/` on the base domain) to tenant
+    /// `slug`; `/v1/...` picks a version.
+    Serve(ServeArgs),
+    /// Mint a session token for a user (to watch their servers' logs).
+    ///
+    /// The secret comes from MCTX_SESSION_SECRET, else from the config
+    /// file's `[auth] session_secret`. Use the token as the `session` cookie
+    /// or as `Authorization: Bearer <token>`.
+    Token(TokenArgs),
+    /// Follow a server's live logs in this terminal.
+    ///
+    /// Connects to `/log-stream/{slug}` with a bearer token, prints entries
+    /// as they arrive and reconnects (1 s, 2 s, 4 s … 16 s) when the
+    /// connection drops. Exits non-zero on 401/403/404/429.
+    Tail(tail::TailArgs),
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// The user id (a tenant's `owner`).
+    #[arg(long)]
+    user: String,
+    /// How long the token is valid: 90s, 15m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = crate::base::auth::parse_ttl)]
+    ttl: Duration,
+    /// A tenants file whose `[auth] session_secret` to use.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    fn run(self) -> Result<()> {
+        let configured = match &self.config {
+            Some(path) => Config::load(path)?.auth.session_secret,
+            None => None,
+        };
+        let Some(secret) = session_secret_from_env().or(configured) else {
+            anyhow::bail!(
+                "no session secret: set MCTX_SESSION_SECRET or pass --config with an [auth] session_secret"
+            );
+        };
+        let sessions = Sessions::new(secret.as_bytes())?;
+        println!("{}", sessions.mint(&self.user, self.ttl));
+        Ok(())
+    }
+}
+
+fn session_secret_from_env() -> Option<String> {
+    std::env::var("MCTX_SESSION_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// A wasi:http/proxy component (built for wasm32-wasip2) to serve alone.
+    #[arg(required_unless_present = "config", conflicts_with = "config")]
+    component: Option<PathBuf>,
+
+    /// A tenants file (TOML) describing many tenants; see examples/tenants.toml.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+
+    /// Address to listen on [default: the config's `[host] addr`, else 127.0.0.1:8080].
+    /// Port 0 picks a free port (printed at start).
+    #[arg(long)]
+    addr: Option<SocketAddr>,
+
+    /// The tenant name of the component in single-component mode (logs, X-Tenant-Slug).
+    #[arg(long, default_value = "default")]
+    slug: String,
+
+    /// CPU time a request may use, in ms [default: config, else 10000].
+    #[arg(long)]
+    cpu_limit_ms: Option<u64>,
+
+    /// Linear memory a request may use, in MiB [default: config, else 128].
+    #[arg(long)]
+    memory_limit_mb: Option<u64>,
+
+    /// Requests run at once; more wait for a slot. Also sizes the instance
+    /// pool [default: config, else 1000].
+    #[arg(long)]
+    max_concurrent_requests: Option<u32>,
+
+    /// Where compiled components are cached [default: $XDG_CACHE_HOME/mctx-host or ~/.cache/mctx-host].
+    #[arg(long, env = "MCTX_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Compile every component at start instead of using the cache.
+    #[arg(long)]
+    no_cache: bool,
+
+    /// Allocate instances on demand instead of from a preallocated pool.
+    #[arg(long)]
+    no_pooling: bool,
+
+    /// Show guest output on this terminal [default: pretty with one component, off with a config].
+    #[arg(long, value_enum)]
+    guest_logs: Option<GuestLogFormat>,
+
+    /// On SIGTERM or Ctrl-C, how long requests in flight and log viewers get
+    /// to finish before the host exits, in s [default: config, else 10].
+    #[arg(long)]
+    shutdown_grace_secs: Option<u64>,
+
+    /// Share log hubs with other hosts through this NATS server (JetStream
+    /// enabled: `nats-server -js`), e.g. nats://127.0.0.1:4222
+    /// [default: the config's `[cluster] nats_url`; none: hubs stay in this process].
+    #[arg(long, env = "MCTX_NATS_URL", value_name = "URL")]
+    nats_url: Option<String>,
+
+    /// This host's name on the cluster (`node` in entries) [default: the
+    /// config's `[cluster] node`, else {hostname}-{pid}].
+    #[arg(long, env = "MCTX_NODE", value_name = "NAME")]
+    node: Option<String>,
+
+    /// Development mode: without a configured session secret, generate one
+    /// and print a token for each owner (single-component mode always does).
+    #[arg(long)]
+    dev: bool,
+}
+
+impl Cli {
+    pub fn run(self) -> Result<()> {
+        init_tracing();
+        match self.command {
+            Command::Serve(args) => {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(args.run())
+            }
+            Command::Token(args) => args.run(),
+            Command::Tail(args) => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(args.run())
+            }
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("mctx_host=info,warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+impl ServeArgs {
+    /// The configuration this invocation describes: the config file, or a
+    /// one-tenant configuration around the component.
+    fn config(&self) -> Result<(Config, RoutingMode)> {
+        let mut config = match (&self.config, &self.component) {
+            (Some(path), _) => Config::load(path)?,
+            (None, Some(component)) => {
+                let slug = Slug::parse(&self.slug)
+                    .map_err(|e| anyhow::anyhow!("--slug {:?}: {e}", self.slug))?;
+                let spec = TenantSpec {
+                    slug,
+                    owner: "local".to_string(),
+                    status: Status::Active,
+                    versions: [(Version::new(0, 0, 0), component.clone())].into(),
+                };
+                Config {
+                    source: "command line".into(),
+                    host: HostSettings::default(),
+                    auth: Default::default(),
+                    logs: Default::default(),
+                    cluster: None,
+                    tenants: vec![spec],
+                }
+            }
+            (None, None) => unreachable!("clap requires a component or --config"),
+        };
+        if let Some(addr) = self.addr {
+            config.host.addr = addr;
+        }
+        if let Some(ms) = self.cpu_limit_ms {
+            config.host.cpu_limit_ms = ms;
+        }
+        if let Some(mb) = self.memory_limit_mb {
+            config.host.memory_limit_mb = mb;
+        }
+        if let Some(n) = self.max_concurrent_requests {
+            if n == 0 {
+                anyhow::bail!("--max-concurrent-requests must be at least 1");
+            }
+            config.host.max_concurrent_requests = n;
+        }
+        if let Some(secs) = self.shutdown_grace_secs {
+            config.host.shutdown_grace_secs = secs;
+        }
+        if let Some(url) = &self.nats_url {
+            let cluster = config
+                .cluster
+                .get_or_insert_with(|| ClusterSettings::new(url.clone()));
+            cluster.nats_url = url.clone();
+        }
+        if let Some(node) = &self.node {
+            ClusterSettings::check_node(node).map_err(|e| anyhow::anyhow!("--node: {e}"))?;
+            let Some(cluster) = &mut config.cluster else {
+                anyhow::bail!(
+                    "--node names this host on a cluster: add --nats-url or a [cluster] table"
+                );
+            };
+            cluster.node = Some(node.clone());
+        }
+        let mode = match &self.config {
+            Some(_) => RoutingMode::Multi {
+                base_domain: config.host.base_domain.clone(),
+            },
+            None => RoutingMode::Single {
+                slug: self.slug.clone(),
+            },
+        };
+        Ok((config, mode))
+    }
+
+    async fn run(self) -> Result<()> {
+        let (mut config, routing) = self.config()?;
+        let dev_tokens = self.session_secret(&mut config, &routing);
+        let cache_dir = if self.no_cache {
+            None
+        } else {
+            self.cache_dir.clone().or_else(ArtifactCache::default_dir)
+        };
+        let guest_logs = self.guest_logs.unwrap_or(match routing {
+            RoutingMode::Single { .. } => GuestLogFormat::Pretty,
+            RoutingMode::Multi { .. } => GuestLogFormat::Off,
+        });
+        let addr = config.host.addr;
+        let app = App::build(AppConfig {
+            config,
+            routing: routing.clone(),
+            cache_dir,
+            pooling: !self.no_pooling,
+            guest_logs,
+        })
+        .await?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        announce(
+            listener.local_addr()?,
+            &routing,
+            &dev_tokens,
+            app.cluster_node(),
+        );
+        app.serve(listener, shutdown_signal()).await
+    }
+}
+
+impl ServeArgs {
+    /// Puts the session secret where the app reads it (`[auth]
+    /// session_secret`): MCTX_SESSION_SECRET wins over the file; without
+    /// either, development mode (and single-component mode) generates one
+    /// and returns a token to print for each owner. Without any, the app
+    /// refuses to start, after reporting any other problem.
+    fn session_secret(&self, config: &mut Config, mode: &RoutingMode) -> Vec<(String, String)> {
+        if let Some(secret) = session_secret_from_env() {
+            config.auth.session_secret = Some(secret);
+        }
+        let development = self.dev || matches!(mode, RoutingMode::Single { .. });
+        if config.auth.session_secret.is_some() || !development {
+            return Vec::new();
+        }
+        let secret = Sessions::generate_secret();
+        let Ok(sessions) = Sessions::new(secret.as_bytes()) else {
+            return Vec::new();
+        };
+        config.auth.session_secret = Some(secret);
+        let mut owners: Vec<&str> = config.tenants.iter().map(|t| t.owner.as_str()).collect();
+        owners.sort_unstable();
+        owners.dedup();
+        owners
+            .into_iter()
+            .map(|owner| (owner.to_string(), sessions.mint(owner, DEV_TOKEN_TTL)))
+            .collect()
+    }
+}
+
+/// How long the tokens printed in development mode last.
+const DEV_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Prints where to reach the host. The first line is stable (`listening on
+/// http://ADDR`): scripts and tests read the port from it.
+fn announce(
+    addr: SocketAddr,
+    mode: &RoutingMode,
+    dev_tokens: &[(String, String)],
+    cluster_node: Option<&str>,
+) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "mctx-host listening on http://{addr}");
+    let _ = match mode {
+        RoutingMode::Single { slug } => writeln!(
+            out,
+            "  serving one component as tenant {slug:?}; host endpoints under http://{addr}{SINGLE_MODE_CONTROL_PREFIX}/"
+        ),
+        RoutingMode::Multi { base_domain } => writeln!(
+            out,
+            "  tenants at http://{{slug}}.{base_domain}:{port}/ or http://{addr}/t/{{slug}}/",
+            port = addr.port()
+        ),
+    };
+    let base = mode.control_base();
+    let _ = writeln!(out, "  dashboard at http://{addr}{base}/dev/servers");
+    let _ = writeln!(
+        out,
+        "  log streams at ws://{addr}{base}/log-stream/{{slug}}"
+    );
+    if let Some(node) = cluster_node {
+        let _ = writeln!(out, "  cluster node {node:?}: log hubs shared over NATS");
+    }
+    for (owner, token) in dev_tokens {
+        let _ = writeln!(out, "  dev session token for {owner:?} (24 h): {token}");
+        let _ = writeln!(
+            out,
+            "  sign in as {owner:?}: http://{addr}{base}/login?token={token}"
+        );
+    }
+    let _ = out.flush();
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,263 @@
+//! `mctx-host tail`: a tenant's live logs in the terminal, like `wrangler
+//! tail`. A client of the same `/log-stream/{slug}` WebSocket the dashboard
+//! uses, authenticated with a bearer token.
+//!
+//! A dropped connection is retried with backoff (1 s, 2 s, 4 s … 16 s) and
+//! said on stderr; a refusal (401/403/404/429) is final: the reason is
+//! printed and the exit code is non-zero. Entries go to stdout, everything
+//! else to stderr, so `--format json | jq` sees only entries.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, ValueEnum};
+use futures_util::StreamExt as _;
+use http::{HeaderValue, Uri};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+use crate::logs::console::pretty_line;
+use crate::logs::entry::{EntryKind, LogEntry};
+use crate::logs::wire::{Filter, Frame};
+
+/// The longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(16);
+
+/// How entries are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum TailFormat {
+    /// `HH:MM:SS.mmm LEVEL [slug@version] message`, coloured on a terminal.
+    Pretty,
+    /// One JSON entry per line (pipe into `jq`).
+    Json,
+}
+
+/// `mctx-host tail <slug>`.
+#[derive(Args, Debug)]
+pub(crate) struct TailArgs {
+    /// The server (tenant) whose logs to follow.
+    slug: String,
+
+    /// The host's control plane (add `/.mctx` for a single-component host).
+    #[arg(long, default_value = "http://localhost:8080")]
+    url: String,
+
+    /// A session token (`mctx-host token --user YOU` prints one).
+    #[arg(long, env = "MCTX_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    #[arg(long, value_enum, default_value = "pretty")]
+    format: TailFormat,
+
+    /// Only these levels, e.g. `warn,error`.
+    #[arg(long)]
+    level: Option<String>,
+
+    /// Only messages containing this text (case-insensitive).
+    #[arg(long)]
+    search: Option<String>,
+
+    /// Only this request's entries.
+    #[arg(long)]
+    request_id: Option<String>,
+
+    /// Only `log` entries or only `request` events.
+    #[arg(long = "type", value_parser = ["log", "request"])]
+    kind: Option<String>,
+}
+
+/// Why the stream ended.
+enum Ended {
+    /// Connection lost or closed by the host: try again.
+    Retry(String),
+    /// The host refused us: stop.
+    Refused(String),
+}
+
+impl TailArgs {
+    pub(crate) async fn run(self) -> Result<()> {
+        let Some(token) = self.token.clone() else {
+            bail!(
+                "no session token: pass --token or set MCTX_TOKEN (`mctx-host token --user YOU` prints one)"
+            );
+        };
+        let url = self.stream_url()?;
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let ended = tokio::select! {
+                ended = self.stream_once(&url, &token, &mut backoff) => ended,
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            };
+            match ended {
+                Ended::Refused(reason) => bail!("{reason}"),
+                Ended::Retry(reason) => {
+                    eprintln!(
+                        "mctx-host tail: {reason}; reconnecting in {} s",
+                        backoff.as_secs()
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = tokio::signal::ctrl_c() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// `ws[s]://host[:port][/base]/log-stream/{slug}?filters`.
+    fn stream_url(&self) -> Result<String> {
+        let uri: Uri = self
+            .url
+            .parse()
+            .with_context(|| format!("--url {:?} is not a URL", self.url))?;
+        let scheme = match uri.scheme_str() {
+            Some("http") | Some("ws") => "ws",
+            Some("https") | Some("wss") => "wss",
+            _ => bail!("--url {:?} must start with http:// or https://", self.url),
+        };
+        let authority = uri
+            .authority()
+            .with_context(|| format!("--url {:?} has no host", self.url))?;
+        let base = uri.path().trim_end_matches('/');
+        let query = self.filter()?.to_query();
+        let slug = form_urlencoded::byte_serialize(self.slug.as_bytes()).collect::<String>();
+        let mut url = format!("{scheme}://{authority}{base}/log-stream/{slug}");
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(&query);
+        }
+        Ok(url)
+    }
+
+    /// The filters the host applies for this client.
+    fn filter(&self) -> Result<Filter> {
+        let levels = match &self.level {
+            Some(list) => {
+                Filter::parse_levels(list).map_err(|e| anyhow::anyhow!("--level: {e}"))?
+            }
+            None => Vec::new(),
+        };
+        Ok(Filter {
+            levels,
+            search: self.search.as_ref().map(|s| s.to_lowercase()),
+            request_id: self.request_id.clone(),
+            kind: self.kind.as_deref().and_then(EntryKind::parse),
+        })
+    }
+
+    async fn stream_once(&self, url: &str, token: &str, backoff: &mut Duration) -> Ended {
+        let mut request = match url.into_client_request() {
+            Ok(request) => request,
+            Err(e) => return Ended::Refused(format!("invalid stream URL {url}: {e}")),
+        };
+        let Ok(bearer) = HeaderValue::from_str(&format!("Bearer {token}")) else {
+            return Ended::Refused("the token has characters a header cannot hold".into());
+        };
+        request
+            .headers_mut()
+            .insert(http::header::AUTHORIZATION, bearer);
+        let mut socket = match tokio_tungstenite::connect_async(request).await {
+            Ok((socket, _)) => socket,
+            Err(WsError::Http(response)) => {
+                let status = response.status();
+                let body = response.body().as_deref().unwrap_or_default();
+                let reason = serde_json::from_slice::<Value>(body)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+                let message = format!(
+                    "{} {}: {reason}",
+                    status.as_u16(),
+                    status.canonical_reason().unwrap_or("")
+                );
+                return match status.as_u16() {
+                    401 | 403 | 404 | 429 => Ended::Refused(message),
+                    _ => Ended::Retry(message),
+                };
+            }
+            Err(e) => return Ended::Retry(format!("cannot connect to {url}: {e}")),
+        };
+        eprintln!("mctx-host tail: connected to {url}");
+        *backoff = Duration::from_secs(1);
+        let color = self.format == TailFormat::Pretty && std::io::stdout().is_terminal();
+        let mut closing = None;
+        while let Some(message) = socket.next().await {
+            let text = match message {
+                Ok(Message::Text(text)) => text,
+                Ok(Message::Close(_)) => break,
+                Ok(_) => continue,
+                Err(e) => return Ended::Retry(format!("connection lost: {e}")),
+            };
+            // A frame this version does not know is skipped, not fatal.
+            let Ok(frame) = serde_json::from_str::<Frame>(&text) else {
+                continue;
+            };
+            match frame {
+                Frame::Logs { entries } => self.print_entries(&entries, color),
+                Frame::Dropped { count } => eprintln!(
+                    "mctx-host tail: {count} entries missed (this client fell behind, or the cluster link was down)"
+                ),
+                Frame::Notice { message } => eprintln!("mctx-host tail: {message}"),
+                Frame::Closing { reason } => closing = Some(reason),
+            }
+        }
+        Ended::Retry(match closing {
+            Some(reason) => format!("the host closed the stream: {reason}"),
+            None => "the host closed the stream".into(),
+        })
+    }
+
+    fn print_entries(&self, entries: &[LogEntry], color: bool) {
+        let mut out = std::io::stdout().lock();
+        for entry in entries {
+            let line = match self.format {
+                TailFormat::Json => serde_json::to_string(entry).expect("entries serialize"),
+                TailFormat::Pretty => pretty_line(entry, color),
+            };
+            if writeln!(out, "{line}").is_err() {
+                std::process::exit(0); // stdout closed (`| head`): done
+            }
+        }
+        let _ = out.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(url: &str) -> TailArgs {
+        TailArgs {
+            slug: "my-app".into(),
+            url: url.into(),
+            token: None,
+            format: TailFormat::Pretty,
+            level: Some("warn,error".into()),
+            search: Some("tool called".into()),
+            request_id: Some("abc".into()),
+            kind: Some("log".into()),
+        }
+    }
+
+    #[test]
+    fn the_stream_url_carries_base_path_and_filters() {
+        assert_eq!(
+            args("http://localhost:8080").stream_url().unwrap(),
+            "ws://localhost:8080/log-stream/my-app?level=warn%2Cerror&search=tool+called&requestId=abc&type=log"
+        );
+        assert!(
+            args("https://h.example/.mctx/")
+                .stream_url()
+                .unwrap()
+                .starts_with("wss://h.example/.mctx/log-stream/my-app?")
+        );
+        assert!(args("ftp://x").stream_url().is_err());
+        let mut bad = args("http://x");
+        bad.level = Some("loud".into());
+        assert!(bad.stream_url().unwrap_err().to_string().contains("loud"));
+    }
+}

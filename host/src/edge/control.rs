@@ -1,0 +1,77 @@
+//! The host's own endpoints (the "control plane"), served on the bare base
+//! domain (or under `/.mctx/` in single-component mode).
+
+use std::time::Instant;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use crate::base::responses::{Body, error_response, json_response};
+use crate::edge::dashboard::Dashboard;
+use crate::edge::log_stream::LogStreams;
+use crate::run::tenants::TenantRegistry;
+
+/// State of the control plane.
+pub(crate) struct ControlPlane {
+    started: Instant,
+    /// Where the control plane is mounted: `""`, or `/.mctx` in
+    /// single-component mode. Links in the dashboard start with it.
+    base: String,
+    pub(crate) streams: LogStreams,
+}
+
+impl ControlPlane {
+    pub(crate) fn new(streams: LogStreams, base: &str) -> Self {
+        ControlPlane {
+            started: Instant::now(),
+            base: base.to_string(),
+            streams,
+        }
+    }
+
+    /// Answers a control-plane request; `path` is relative to its root.
+    pub(crate) async fn handle(
+        &self,
+        tenants: &TenantRegistry,
+        request: Request<Incoming>,
+        path: &str,
+    ) -> Response<Body> {
+        let (route, query) = path.split_once('?').unwrap_or((path, ""));
+        if let Some(slug) = route.strip_prefix("/log-stream/") {
+            if request.method() != Method::GET {
+                return error_response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "use GET (a WebSocket upgrade)",
+                );
+            }
+            return self.streams.handle(tenants, request, slug, query).await;
+        }
+        match (request.method(), route) {
+            (&Method::GET, "/healthz") => json_response(
+                StatusCode::OK,
+                &json!({
+                    "status": "ok",
+                    "tenants": tenants.len(),
+                    "logHubs": self.streams.hub.active_slugs(),
+                    "uptimeSeconds": self.started.elapsed().as_secs(),
+                    "cluster": self.streams.cluster.as_ref().map(|c| c.status()),
+                }),
+            ),
+            (_, "/healthz") => error_response(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
+            _ => {
+                let dashboard = Dashboard {
+                    base: &self.base,
+                    sessions: &self.streams.sessions,
+                    tenants,
+                };
+                match dashboard.handle(request, route, query).await {
+                    Some(response) => response,
+                    None => {
+                        error_response(StatusCode::NOT_FOUND, &format!("no such endpoint: {route}"))
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! The edge layer: what faces the network — the accept loop, routing a
+//! request to a tenant or to the host's own endpoints, the dashboard and
+//! the log-stream WebSocket.
+//!
+//! ```text
+//!  TCP ─► server (hyper, one task per connection) ─► routing ─┬─► run::dispatch (a tenant)
+//!                                                              └─► control ─┬─► /healthz
+//!                                                                           ├─► log_stream (WebSocket viewers)
+//!                                                                           └─► dashboard
+//! ```
+
+pub(crate) mod control;
+pub(crate) mod dashboard;
+pub(crate) mod log_stream;
+pub(crate) mod routing;
+pub(crate) mod server;

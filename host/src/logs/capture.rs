@@ -1,0 +1,432 @@
+//! Per-request capture of guest stdout and stderr.
+//!
+//! Each request gets one [`RequestCapture`]; the guest's stdout and stderr are
+//! [`CaptureStream`]s writing into it. Bytes are split into lines as they
+//! arrive and each complete line becomes a [`LogEntry`] handed to a
+//! [`LogSink`] at once, so a viewer sees a line while the request is still
+//! running. Nothing goes to the host's own stdout.
+//!
+//! Limits live here because this is the one place that sees every byte:
+//! a line longer than [`MAX_MESSAGE_BYTES`] is cut (and flagged) without
+//! buffering the rest of it, and a request that writes more than
+//! [`OUTPUT_BUDGET_BYTES`] in total has the rest counted and dropped, with one
+//! `warn` entry saying so when the request ends. The guest never blocks on
+//! its output and never sees an error for it.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::AsyncWrite;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+use crate::logs::entry::{
+    Level, LogEntry, MAX_MESSAGE_BYTES, RequestMeta, Stream, now_ms, truncate_message,
+};
+use crate::logs::sink::LogSink;
+
+/// How many bytes of output one request may write before the rest is dropped.
+pub const OUTPUT_BUDGET_BYTES: usize = 256 * 1024;
+
+/// The output of one request: both streams' partial lines and the budget.
+pub struct RequestCapture {
+    meta: Arc<RequestMeta>,
+    sink: Arc<dyn LogSink>,
+    state: Mutex<CaptureState>,
+}
+
+#[derive(Default)]
+struct CaptureState {
+    stdout: LineBuffer,
+    stderr: LineBuffer,
+    /// Bytes accepted so far, at most [`OUTPUT_BUDGET_BYTES`].
+    accepted: usize,
+    /// Bytes written past the budget and dropped.
+    dropped: usize,
+    finished: bool,
+}
+
+/// The unfinished line of one stream.
+#[derive(Default)]
+struct LineBuffer {
+    bytes: Vec<u8>,
+    /// When the line's first byte arrived (ms since the epoch).
+    started_ms: u64,
+    /// The line outgrew what an entry can carry; the excess was not kept.
+    overflowed: bool,
+}
+
+/// A line keeps a few bytes past the limit so that truncation is detected
+/// (and cut on a char boundary) after invalid UTF-8 is replaced.
+const LINE_KEEP_BYTES: usize = MAX_MESSAGE_BYTES + 4;
+
+impl LineBuffer {
+    fn push(&mut self, part: &[u8]) {
+        if self.bytes.is_empty() && !self.overflowed {
+            self.started_ms = now_ms();
+        }
+        let room = LINE_KEEP_BYTES.saturating_sub(self.bytes.len());
+        if part.len() > room {
+            self.overflowed = true;
+        }
+        self.bytes.extend_from_slice(&part[..part.len().min(room)]);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bytes.is_empty() && !self.overflowed
+    }
+
+    /// Ends the current line and turns it into an entry.
+    fn take_entry(&mut self, meta: &Arc<RequestMeta>, stream: Stream) -> LogEntry {
+        if self.bytes.last() == Some(&b'\r') && !self.overflowed {
+            self.bytes.pop();
+        }
+        // An empty line never went through `push`, so it starts now.
+        let timestamp = if self.is_empty() {
+            now_ms()
+        } else {
+            self.started_ms
+        };
+        let line = String::from_utf8_lossy(&self.bytes).into_owned();
+        let mut entry = LogEntry::from_line(meta.clone(), stream, timestamp, line);
+        entry.truncated |= self.overflowed;
+        self.bytes.clear();
+        self.overflowed = false;
+        entry
+    }
+}
+
+impl RequestCapture {
+    pub fn new(meta: Arc<RequestMeta>, sink: Arc<dyn LogSink>) -> Arc<Self> {
+        Arc::new(RequestCapture {
+            meta,
+            sink,
+            state: Mutex::default(),
+        })
+    }
+
+    pub fn meta(&self) -> &Arc<RequestMeta> {
+        &self.meta
+    }
+
+    /// The guest's stdout or stderr for this request.
+    pub fn stream(self: &Arc<Self>, stream: Stream) -> CaptureStream {
+        CaptureStream {
+            capture: self.clone(),
+            stream,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, CaptureState> {
+        // A panic while holding this lock cannot leave the state torn in a
+        // way that matters for logs, so a poisoned lock is used as is.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Accepts bytes the guest wrote to `stream`.
+    fn write(&self, stream: Stream, mut data: &[u8]) {
+        let mut state = self.lock();
+        if state.finished {
+            return;
+        }
+        let room = OUTPUT_BUDGET_BYTES - state.accepted;
+        if data.len() > room {
+            state.dropped += data.len() - room;
+            data = &data[..room];
+        }
+        state.accepted += data.len();
+        if data.is_empty() || !self.sink.wants(&self.meta.slug) {
+            return;
+        }
+        let buffer = match stream {
+            Stream::Stdout => &mut state.stdout,
+            Stream::Stderr => &mut state.stderr,
+        };
+        let mut entries = Vec::new();
+        for (i, part) in data.split(|b| *b == b'\n').enumerate() {
+            if i > 0 {
+                entries.push(buffer.take_entry(&self.meta, stream));
+            }
+            if !part.is_empty() {
+                buffer.push(part);
+            }
+        }
+        drop(state);
+        if !entries.is_empty() {
+            self.sink.publish(&self.meta.slug, entries);
+        }
+    }
+
+    /// Accepts one `wasi:logging` message: one entry, level as given, under
+    /// the same budget and size limit as stdout and stderr.
+    pub fn log_structured(&self, level: Level, mut message: String) {
+        let mut state = self.lock();
+        if state.finished {
+            return;
+        }
+        let room = OUTPUT_BUDGET_BYTES - state.accepted;
+        if message.len() > room {
+            state.dropped += message.len();
+            return;
+        }
+        state.accepted += message.len();
+        drop(state);
+        if self.sink.wants(&self.meta.slug) {
+            let truncated = truncate_message(&mut message, MAX_MESSAGE_BYTES);
+            let mut entry = LogEntry::from_host(self.meta.clone(), level, message);
+            entry.truncated = truncated;
+            self.sink.publish(&self.meta.slug, vec![entry]);
+        }
+    }
+
+    /// Ends capture when the request ends: flushes unfinished lines and, if
+    /// the budget ran out, says how much was dropped. Later writes (a guest
+    /// task outliving its request cannot, but be safe) are ignored.
+    pub fn finish(&self) {
+        let mut state = self.lock();
+        if std::mem::replace(&mut state.finished, true) {
+            return;
+        }
+        let mut entries = Vec::new();
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let buffer = match stream {
+                Stream::Stdout => &mut state.stdout,
+                Stream::Stderr => &mut state.stderr,
+            };
+            if !buffer.is_empty() {
+                entries.push(buffer.take_entry(&self.meta, stream));
+            }
+        }
+        if state.dropped > 0 {
+            entries.push(LogEntry::from_host(
+                self.meta.clone(),
+                Level::Warn,
+                format!(
+                    "[mctx] output limit reached: this request wrote more than {} KiB; \
+                     the remaining {} bytes were dropped",
+                    OUTPUT_BUDGET_BYTES / 1024,
+                    state.dropped
+                ),
+            ));
+        }
+        drop(state);
+        if !entries.is_empty() && self.sink.wants(&self.meta.slug) {
+            self.sink.publish(&self.meta.slug, entries);
+        }
+    }
+
+    /// Publishes an entry the host writes about this request (a trap's
+    /// message, a limit reached), after the guest's own lines.
+    pub fn publish_host_entry(&self, level: Level, message: String) {
+        if self.sink.wants(&self.meta.slug) {
+            let entry = LogEntry::from_host(self.meta.clone(), level, message);
+            self.sink.publish(&self.meta.slug, vec![entry]);
+        }
+    }
+
+    /// Publishes an entry built elsewhere (the request event).
+    pub fn publish_entry(&self, entry: LogEntry) {
+        if self.sink.wants(&self.meta.slug) {
+            self.sink.publish(&self.meta.slug, vec![entry]);
+        }
+    }
+
+    /// Total bytes the guest wrote, including dropped ones.
+    pub fn bytes_written(&self) -> usize {
+        let state = self.lock();
+        state.accepted + state.dropped
+    }
+}
+
+/// A guest's stdout or stderr. Cheap to clone: the guest may open its stdout
+/// many times (Rust's std does so per write) and every handle shares one
+/// line buffer.
+#[derive(Clone)]
+pub struct CaptureStream {
+    capture: Arc<RequestCapture>,
+    stream: Stream,
+}
+
+impl IsTerminal for CaptureStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for CaptureStream {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl OutputStream for CaptureStream {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.capture.write(self.stream, &bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        // Capture never applies back-pressure: it keeps at most one line per
+        // stream and drops what is over budget.
+        Ok(64 * 1024)
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for CaptureStream {
+    async fn ready(&mut self) {}
+}
+
+impl AsyncWrite for CaptureStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.capture.write(self.stream, buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Collects everything published, as a viewer would see it.
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<LogEntry>>);
+
+    impl LogSink for Collect {
+        fn wants(&self, _slug: &str) -> bool {
+            true
+        }
+        fn publish(&self, _slug: &str, entries: Vec<LogEntry>) {
+            self.0.lock().unwrap().extend(entries);
+        }
+    }
+
+    fn capture() -> (Arc<RequestCapture>, Arc<Collect>) {
+        let sink = Arc::new(Collect::default());
+        let meta = Arc::new(RequestMeta {
+            slug: "s".into(),
+            version: "1.0.0".into(),
+            request_id: "r".into(),
+        });
+        (RequestCapture::new(meta, sink.clone()), sink)
+    }
+
+    fn messages(sink: &Collect) -> Vec<(Level, String, bool)> {
+        sink.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| (e.level, e.message.clone(), e.truncated))
+            .collect()
+    }
+
+    #[test]
+    fn lines_split_across_writes_and_streams() {
+        let (capture, sink) = capture();
+        capture.write(Stream::Stdout, b"one\ntw");
+        capture.write(Stream::Stderr, b"[WARN] w\r\n");
+        capture.write(Stream::Stdout, b"o\nthree");
+        assert_eq!(
+            messages(&sink),
+            [
+                (Level::Log, "one".into(), false),
+                (Level::Warn, "[WARN] w".into(), false),
+                (Level::Log, "two".into(), false)
+            ]
+        );
+        capture.finish();
+        assert_eq!(
+            messages(&sink).last().unwrap(),
+            &(Level::Log, "three".to_string(), false)
+        );
+    }
+
+    #[test]
+    fn empty_lines_are_entries_too() {
+        let (capture, sink) = capture();
+        capture.write(Stream::Stdout, b"\n\n");
+        assert_eq!(messages(&sink).len(), 2);
+        assert!(sink.0.lock().unwrap().iter().all(|e| e.timestamp > 0));
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_not_dropped() {
+        let (capture, sink) = capture();
+        capture.write(Stream::Stdout, b"bad \xff byte\n");
+        assert_eq!(messages(&sink)[0].1, "bad \u{fffd} byte");
+    }
+
+    #[test]
+    fn a_huge_line_is_cut_without_being_buffered_whole() {
+        let (capture, sink) = capture();
+        for _ in 0..100 {
+            capture.write(Stream::Stdout, &[b'x'; 1000]);
+        }
+        assert!(capture.lock().stdout.bytes.len() <= LINE_KEEP_BYTES);
+        capture.write(Stream::Stdout, b"\n");
+        let got = messages(&sink);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1.len(), MAX_MESSAGE_BYTES);
+        assert!(got[0].2);
+    }
+
+    #[test]
+    fn output_past_the_budget_is_dropped_and_reported_once() {
+        let (capture, sink) = capture();
+        let line = [b'y'; 1023]
+            .iter()
+            .chain(b"\n")
+            .copied()
+            .collect::<Vec<u8>>();
+        for _ in 0..300 {
+            capture.write(Stream::Stdout, &line);
+        }
+        capture.finish();
+        let got = messages(&sink);
+        assert_eq!(got.len(), 257, "256 lines of 1 KiB, then one warning");
+        let (level, message, _) = got.last().unwrap();
+        assert_eq!(*level, Level::Warn);
+        assert!(
+            message.contains(&format!("{} bytes were dropped", 44 * 1024)),
+            "{message}"
+        );
+        assert_eq!(capture.bytes_written(), 300 * 1024);
+    }
+
+    #[test]
+    fn nothing_is_built_when_nobody_listens() {
+        let meta = Arc::new(RequestMeta {
+            slug: "s".into(),
+            version: "1".into(),
+            request_id: "r".into(),
+        });
+        let capture = RequestCapture::new(meta, Arc::new(crate::logs::sink::Discard));
+        capture.write(Stream::Stdout, b"partial line");
+        assert!(capture.lock().stdout.is_empty());
+        assert_eq!(capture.bytes_written(), 12);
+    }
+}

@@ -1,0 +1,174 @@
+//! Printing guest output on the host's terminal (`--guest-logs`).
+//!
+//! `wasmtime serve` shows a guest's output on its own stdout; a developer
+//! running one component locally expects the same. We print structured
+//! entries instead of raw bytes, so lines from concurrent requests never
+//! interleave mid-line and each says which request wrote it. The same
+//! printer ([`pretty_line`]) serves `mctx-host tail`.
+
+use std::io::{IsTerminal as _, Write as _};
+
+use clap::ValueEnum;
+
+use crate::logs::entry::{Level, LogEntry};
+use crate::logs::sink::LogSink;
+
+/// How guest output is shown on the host's stdout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum GuestLogFormat {
+    /// `HH:MM:SS.mmm LEVEL [slug@version] message` (local time).
+    Pretty,
+    /// One JSON entry per line, as viewers receive them.
+    Json,
+    /// Not shown (viewers still receive them).
+    Off,
+}
+
+/// A [`LogSink`] writing entries to stdout.
+pub(crate) struct ConsoleLog {
+    format: GuestLogFormat,
+    /// Levels in colour: only when stdout is a terminal.
+    color: bool,
+}
+
+impl ConsoleLog {
+    pub(crate) fn new(format: GuestLogFormat) -> Self {
+        ConsoleLog {
+            format,
+            color: std::io::stdout().is_terminal(),
+        }
+    }
+}
+
+impl LogSink for ConsoleLog {
+    fn wants(&self, _slug: &str) -> bool {
+        self.format != GuestLogFormat::Off
+    }
+
+    fn publish(&self, _slug: &str, entries: Vec<LogEntry>) {
+        let mut text = String::new();
+        for entry in &entries {
+            match self.format {
+                GuestLogFormat::Pretty => {
+                    text.push_str(&pretty_line(entry, self.color));
+                }
+                GuestLogFormat::Json => {
+                    text.push_str(&serde_json::to_string(entry).expect("entries serialize"));
+                }
+                GuestLogFormat::Off => return,
+            }
+            text.push('\n');
+        }
+        // One write per batch keeps lines whole; a closed stdout is not the
+        // guest's problem.
+        let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    }
+}
+
+/// `12:34:56.789 WARN  [slug@1.0.0] message`, in local time; on a cluster
+/// `[slug@1.0.0 on node]` says which host served the request. With `color`,
+/// the level is coloured with ANSI escapes.
+pub(crate) fn pretty_line(entry: &LogEntry, color: bool) -> String {
+    let label = format!("{:<5}", level_label(entry.level));
+    let label = if color {
+        let code = match entry.level {
+            Level::Log => "90",
+            Level::Info => "34",
+            Level::Warn => "33",
+            Level::Error => "31",
+            Level::Debug => "35",
+        };
+        format!("\x1b[{code}m{label}\x1b[0m")
+    } else {
+        label
+    };
+    let node = entry
+        .node
+        .as_deref()
+        .map_or(String::new(), |node| format!(" on {node}"));
+    format!(
+        "{} {label} [{}@{}{node}] {}",
+        clock_local(entry.timestamp),
+        entry.meta.slug,
+        entry.meta.version,
+        entry.message
+    )
+}
+
+/// A level as a terminal shows it.
+fn level_label(level: Level) -> &'static str {
+    match level {
+        Level::Debug => "DEBUG",
+        Level::Log => "LOG",
+        Level::Info => "INFO",
+        Level::Warn => "WARN",
+        Level::Error => "ERROR",
+    }
+}
+
+/// `HH:MM:SS.mmm` of a millisecond Unix timestamp, in local time.
+pub(crate) fn clock_local(timestamp_ms: u64) -> String {
+    use chrono::TimeZone as _;
+    match chrono::Local
+        .timestamp_millis_opt(timestamp_ms as i64)
+        .single()
+    {
+        Some(time) => time.format("%H:%M:%S%.3f").to_string(),
+        None => clock_utc(timestamp_ms),
+    }
+}
+
+/// `HH:MM:SS.mmm` of a millisecond Unix timestamp, in UTC.
+pub(crate) fn clock_utc(timestamp_ms: u64) -> String {
+    let ms_of_day = timestamp_ms % 86_400_000;
+    let (h, m, s, ms) = (
+        ms_of_day / 3_600_000,
+        ms_of_day / 60_000 % 60,
+        ms_of_day / 1000 % 60,
+        ms_of_day % 1000,
+    );
+    format!("{h:02}:{m:02}:{s:02}.{ms:03}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pretty_lines_colour_only_when_asked() {
+        let meta = std::sync::Arc::new(crate::logs::entry::RequestMeta {
+            slug: "s".into(),
+            version: "1.0.0".into(),
+            request_id: "r".into(),
+        });
+        let entry = LogEntry::from_line(
+            meta,
+            crate::logs::entry::Stream::Stderr,
+            0,
+            "[WARN] careful".into(),
+        );
+        let plain = pretty_line(&entry, false);
+        assert!(
+            plain.ends_with(" WARN  [s@1.0.0] [WARN] careful"),
+            "{plain}"
+        );
+        assert!(!plain.contains('\x1b'));
+        assert!(pretty_line(&entry, true).contains("\x1b[33mWARN \x1b[0m"));
+        let mut clustered = entry.clone();
+        clustered.node = Some("host-a".into());
+        let line = pretty_line(&clustered, false);
+        assert!(
+            line.ends_with("[s@1.0.0 on host-a] [WARN] careful"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn clock_formats_milliseconds_of_the_day() {
+        assert_eq!(clock_utc(0), "00:00:00.000");
+        // 2026-11-23T13:04:05.067Z
+        assert_eq!(clock_utc(1_795_439_045_067), "13:04:05.067");
+        let local = clock_local(1_795_439_045_067);
+        assert_eq!((local.len(), &local[5..]), (12, ":05.067"), "{local}");
+    }
+}

@@ -1,0 +1,388 @@
+//! Log entries: what one line of guest output becomes.
+//!
+//! The platform's contract (`server-logs.txt`) is a `{timestamp, level,
+//! message}` record per `console.*` call. Our guests write bytes to stdout and
+//! stderr instead, so a line is the unit, the stream gives a default level and
+//! a leading `[INFO]`/`[WARN]`/`[ERROR]`/`[DEBUG]` overrides it. The prefix is
+//! kept in the message, as the contract's own examples show it.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// The largest message an entry carries, in bytes (the contract's 10 KB).
+pub const MAX_MESSAGE_BYTES: usize = 10 * 1024;
+
+/// A log level, as the contract names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Debug,
+    Log,
+    Info,
+    Warn,
+    Error,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Debug => "debug",
+            Level::Log => "log",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+
+    /// Parses a level name as viewers and the CLI spell it (`warn`, `ERROR`…).
+    pub fn parse(name: &str) -> Option<Level> {
+        const ALL: [Level; 5] = [
+            Level::Debug,
+            Level::Log,
+            Level::Info,
+            Level::Warn,
+            Level::Error,
+        ];
+        ALL.into_iter()
+            .find(|level| level.as_str().eq_ignore_ascii_case(name))
+    }
+}
+
+/// Which guest stream a line came from; it decides the level of a line that
+/// has no prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    /// stdout is `console.log`; stderr is an error unless a prefix says otherwise.
+    pub fn default_level(self) -> Level {
+        match self {
+            Stream::Stdout => Level::Log,
+            Stream::Stderr => Level::Error,
+        }
+    }
+}
+
+/// The level a line's prefix names, if it starts with one.
+pub fn prefix_level(line: &str) -> Option<Level> {
+    const PREFIXES: [(&str, Level); 4] = [
+        ("[INFO]", Level::Info),
+        ("[WARN]", Level::Warn),
+        ("[ERROR]", Level::Error),
+        ("[DEBUG]", Level::Debug),
+    ];
+    PREFIXES
+        .into_iter()
+        .find_map(|(prefix, level)| line.starts_with(prefix).then_some(level))
+}
+
+/// Cuts `message` to at most `max` bytes on a char boundary. Returns whether
+/// anything was cut.
+pub fn truncate_message(message: &mut String, max: usize) -> bool {
+    if message.len() <= max {
+        return false;
+    }
+    let cut = message.floor_char_boundary(max);
+    message.truncate(cut);
+    true
+}
+
+/// Milliseconds since the Unix epoch, the contract's timestamp unit.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Who produced an entry: shared by every entry of one request, so it is
+/// reference-counted rather than copied per line.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestMeta {
+    pub slug: String,
+    pub version: String,
+    pub request_id: String,
+}
+
+/// What an entry records: a line of output, or the end of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    Log,
+    Request,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Log => "log",
+            EntryKind::Request => "request",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<EntryKind> {
+        match name {
+            "log" => Some(EntryKind::Log),
+            "request" => Some(EntryKind::Request),
+            _ => None,
+        }
+    }
+}
+
+/// How a request ended, as the log stream reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Outcome {
+    Ok,
+    /// The guest trapped (panic, unreachable, stack overflow…).
+    Exception,
+    ExceededCpu,
+    ExceededMemory,
+    /// The client went away before the guest finished.
+    Canceled,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Exception => "exception",
+            Outcome::ExceededCpu => "exceededCpu",
+            Outcome::ExceededMemory => "exceededMemory",
+            Outcome::Canceled => "canceled",
+        }
+    }
+}
+
+/// The facts of a finished request, carried by an entry of kind `request`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestEvent {
+    pub method: String,
+    pub path: String,
+    /// The status the client got (`None` if it went away first).
+    pub status: Option<u16>,
+    pub outcome: Outcome,
+    pub wall_ms: u64,
+    pub cpu_ms: u64,
+}
+
+/// One log entry. `seq` (and, on a cluster, `node`) are given when it is
+/// published; before that `seq` is 0.
+///
+/// It deserializes too: on a cluster, entries travel between hosts in
+/// their wire shape, and the receiving host filters them like its own.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LogEntry {
+    #[serde(rename = "type")]
+    pub kind: EntryKind,
+    /// The host that produced the entry, on a cluster (`[cluster]`): `seq`
+    /// counts per producer, so a viewer tracks gaps per `node`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<Arc<str>>,
+    /// Per slug (and producer), from 1, gapless; 0 (and omitted) until
+    /// published.
+    #[serde(default, skip_serializing_if = "is_unpublished")]
+    pub seq: u64,
+    pub timestamp: u64,
+    pub level: Level,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    #[serde(flatten)]
+    pub meta: Arc<RequestMeta>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Box<RequestEvent>>,
+}
+
+fn is_unpublished(seq: &u64) -> bool {
+    *seq == 0
+}
+
+impl LogEntry {
+    /// A `log` entry with `seq` still to be assigned by the hub.
+    fn log(meta: Arc<RequestMeta>, timestamp: u64, level: Level, message: String) -> Self {
+        LogEntry {
+            kind: EntryKind::Log,
+            node: None,
+            seq: 0,
+            timestamp,
+            level,
+            message,
+            truncated: false,
+            meta,
+            request: None,
+        }
+    }
+
+    /// An entry for one line of guest output: level from the prefix, else
+    /// from the stream; message cut to [`MAX_MESSAGE_BYTES`].
+    pub fn from_line(
+        meta: Arc<RequestMeta>,
+        stream: Stream,
+        timestamp: u64,
+        mut line: String,
+    ) -> Self {
+        let level = prefix_level(&line).unwrap_or(stream.default_level());
+        let truncated = truncate_message(&mut line, MAX_MESSAGE_BYTES);
+        let mut entry = LogEntry::log(meta, timestamp, level, line);
+        entry.truncated = truncated;
+        entry
+    }
+
+    /// An entry the host writes about a request (limits reached, traps).
+    pub fn from_host(meta: Arc<RequestMeta>, level: Level, message: String) -> Self {
+        LogEntry::log(meta, now_ms(), level, message)
+    }
+
+    /// The entry that closes a request: `info` if it went well, `error` if
+    /// the guest failed or answered 5xx, `warn` if the client went away.
+    /// Its message is the one-line summary a viewer shows.
+    pub fn request_event(meta: Arc<RequestMeta>, event: RequestEvent) -> Self {
+        let level = match (event.outcome, event.status) {
+            (Outcome::Ok, Some(status)) if status < 500 => Level::Info,
+            (Outcome::Canceled, _) => Level::Warn,
+            _ => Level::Error,
+        };
+        let status = event.status.map_or("-".to_string(), |s| s.to_string());
+        let message = format!(
+            "{} {} {} {} ({} ms)",
+            event.method,
+            event.path,
+            status,
+            event.outcome.as_str(),
+            event.wall_ms
+        );
+        let mut entry = LogEntry::log(meta, now_ms(), level, message);
+        entry.kind = EntryKind::Request;
+        entry.request = Some(Box::new(event));
+        entry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> Arc<RequestMeta> {
+        Arc::new(RequestMeta {
+            slug: "s".into(),
+            version: "1.0.0".into(),
+            request_id: "r".into(),
+        })
+    }
+
+    #[test]
+    fn stream_gives_the_level_of_a_plain_line() {
+        let out = LogEntry::from_line(meta(), Stream::Stdout, 1, "plain".into());
+        let err = LogEntry::from_line(meta(), Stream::Stderr, 1, "plain".into());
+        assert_eq!((out.level, err.level), (Level::Log, Level::Error));
+    }
+
+    #[test]
+    fn prefix_overrides_the_stream_and_stays_in_the_message() {
+        let e = LogEntry::from_line(meta(), Stream::Stderr, 1, "[WARN] careful".into());
+        assert_eq!(e.level, Level::Warn);
+        assert_eq!(e.message, "[WARN] careful");
+        assert_eq!(prefix_level("[DEBUG]x"), Some(Level::Debug));
+        assert_eq!(prefix_level("[INFO]"), Some(Level::Info));
+        assert_eq!(prefix_level("[ERROR] e"), Some(Level::Error));
+        assert_eq!(prefix_level(" [INFO] indented"), None);
+        assert_eq!(prefix_level("[info] lower case"), None);
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        let mut s = "é".repeat(10); // 20 bytes
+        assert!(truncate_message(&mut s, 5));
+        assert_eq!(s, "éé");
+        let mut short = "abc".to_string();
+        assert!(!truncate_message(&mut short, 3));
+        assert_eq!(short, "abc");
+    }
+
+    #[test]
+    fn long_lines_are_cut_to_ten_kilobytes_and_flagged() {
+        let e = LogEntry::from_line(meta(), Stream::Stdout, 1, "x".repeat(MAX_MESSAGE_BYTES + 1));
+        assert!(e.truncated);
+        assert_eq!(e.message.len(), MAX_MESSAGE_BYTES);
+        let exact = LogEntry::from_line(meta(), Stream::Stdout, 1, "x".repeat(MAX_MESSAGE_BYTES));
+        assert!(!exact.truncated);
+    }
+
+    #[test]
+    fn entry_serializes_in_the_wire_shape() {
+        let e = LogEntry::from_line(meta(), Stream::Stdout, 42, "[INFO] hi".into());
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"type": "log", "timestamp": 42, "level": "info", "message": "[INFO] hi",
+                "slug": "s", "version": "1.0.0", "requestId": "r"})
+        );
+    }
+
+    #[test]
+    fn request_events_are_flat_with_a_summary_message() {
+        let event = RequestEvent {
+            method: "GET".into(),
+            path: "/x".into(),
+            status: Some(503),
+            outcome: Outcome::ExceededCpu,
+            wall_ms: 12,
+            cpu_ms: 10,
+        };
+        let entry = LogEntry::request_event(meta(), event);
+        assert_eq!(entry.level, Level::Error);
+        let json = serde_json::to_value(&entry).unwrap();
+        assert_eq!(json["type"], "request");
+        assert_eq!(json["message"], "GET /x 503 exceededCpu (12 ms)");
+        assert_eq!(
+            (json["status"].as_u64(), json["outcome"].as_str()),
+            (Some(503), Some("exceededCpu"))
+        );
+        assert_eq!(
+            (json["wallMs"].as_u64(), json["cpuMs"].as_u64()),
+            (Some(12), Some(10))
+        );
+    }
+
+    #[test]
+    fn entries_survive_the_trip_between_hosts() {
+        let mut line = LogEntry::from_line(meta(), Stream::Stderr, 7, "[WARN] x".into());
+        line.node = Some("host-a".into());
+        line.seq = 41;
+        line.truncated = true;
+        let event = RequestEvent {
+            method: "POST".into(),
+            path: "/mcp".into(),
+            status: None,
+            outcome: Outcome::Canceled,
+            wall_ms: 3,
+            cpu_ms: 1,
+        };
+        let request = LogEntry::request_event(meta(), event.clone());
+        for entry in [line, request] {
+            let json = serde_json::to_string(&entry).unwrap();
+            let back: LogEntry = serde_json::from_str(&json).unwrap();
+            assert_eq!(serde_json::to_string(&back).unwrap(), json);
+        }
+        let plain: LogEntry = serde_json::from_str(
+            r#"{"type":"log","timestamp":1,"level":"log","message":"m","slug":"s","version":"1","requestId":"r"}"#,
+        )
+        .unwrap();
+        assert!(plain.request.is_none() && plain.node.is_none() && plain.seq == 0);
+    }
+
+    #[test]
+    fn level_names_parse_case_insensitively() {
+        assert_eq!(Level::parse("WARN"), Some(Level::Warn));
+        assert_eq!(Level::parse("log"), Some(Level::Log));
+        assert_eq!(Level::parse("fatal"), None);
+    }
+}

@@ -1,0 +1,16 @@
+//! The logs layer: what a guest writes becomes entries, numbered once and
+//! delivered to every viewer that watches, on this host or another.
+//!
+//! ```text
+//!  guest stdout/stderr ─► capture (lines, limits) ─► publish (seq) ─► hub ─► viewers
+//!                                                        └─► cluster ─► other hosts' hubs
+//! ```
+
+pub mod capture;
+pub(crate) mod cluster;
+pub(crate) mod console;
+pub mod entry;
+pub(crate) mod hub;
+pub(crate) mod publish;
+pub mod sink;
+pub(crate) mod wire;

@@ -1,0 +1,135 @@
+//! The publisher: where captured entries get their `seq` (and, on a
+//! cluster, their `node`), in both modes, and go to whoever watches.
+//!
+//! ```text
+//!  capture ─► Publisher (seq, node) ─┬─► LogHub::deliver ─► this host's viewers
+//!                                    └─► Cluster::send ─► NATS ─► other hosts' viewers
+//! ```
+//!
+//! `seq` counts a slug's entries from 1 for the life of the process, per
+//! producing host, and only entries somebody watches are numbered: a
+//! viewer sees consecutive numbers unless it was told (`dropped`) what it
+//! missed. Numbering and handing on happen under one lock, so every viewer
+//! gets this host's entries in `seq` order even when several requests of
+//! a slug write at once.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::logs::cluster::Cluster;
+use crate::logs::entry::LogEntry;
+use crate::logs::hub::LogHub;
+use crate::logs::sink::LogSink;
+
+/// The sink capture writes to: numbers entries and hands them to this
+/// host's hubs and, on a cluster, to the hosts that watch the slug.
+pub(crate) struct Publisher {
+    hub: LogHub,
+    cluster: Option<Cluster>,
+    /// Per slug, the `seq` of the next entry.
+    next_seq: Mutex<HashMap<String, u64>>,
+}
+
+impl Publisher {
+    pub(crate) fn new(hub: LogHub, cluster: Option<Cluster>) -> Self {
+        Publisher {
+            hub,
+            cluster,
+            next_seq: Mutex::default(),
+        }
+    }
+
+    /// The cluster, when this slug's entries are watched on another host.
+    fn remote(&self, slug: &str) -> Option<&Cluster> {
+        self.cluster
+            .as_ref()
+            .filter(|cluster| cluster.watched_elsewhere(slug))
+    }
+}
+
+impl LogSink for Publisher {
+    fn wants(&self, slug: &str) -> bool {
+        self.hub.has_viewers(slug) || self.remote(slug).is_some()
+    }
+
+    fn publish(&self, slug: &str, mut entries: Vec<LogEntry>) {
+        let local = self.hub.has_viewers(slug);
+        let remote = self.remote(slug);
+        if !local && remote.is_none() {
+            return; // the last viewer left since `wants`
+        }
+        let node = self.cluster.as_ref().map(Cluster::node_name);
+        let mut next_seq = self
+            .next_seq
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !next_seq.contains_key(slug) {
+            next_seq.insert(slug.to_string(), 1);
+        }
+        let next = next_seq.get_mut(slug).expect("inserted above");
+        for entry in &mut entries {
+            entry.node = node.clone();
+            entry.seq = *next;
+            *next += 1;
+        }
+        match remote {
+            // Copied only when this host's viewers need them too.
+            Some(cluster) if local => cluster.send(slug, entries.clone()),
+            Some(cluster) => return cluster.send(slug, entries),
+            None => {}
+        }
+        self.hub.deliver(slug, entries, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::base::config::LogSettings;
+    use crate::logs::entry::{RequestMeta, Stream};
+    use crate::logs::hub::Outgoing;
+    use crate::logs::wire::Filter;
+
+    fn line(text: &str) -> LogEntry {
+        let meta = Arc::new(RequestMeta {
+            slug: "s".into(),
+            version: "1.0.0".into(),
+            request_id: "r".into(),
+        });
+        LogEntry::from_line(meta, Stream::Stdout, 1, text.into())
+    }
+
+    fn seqs(frame: Outgoing) -> Vec<u64> {
+        let Outgoing::Logs(json) = frame else {
+            panic!("not a logs frame: {frame:?}")
+        };
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        value["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn entries_are_numbered_per_slug_from_1_without_gaps_only_when_watched() {
+        let hub = LogHub::new(LogSettings::default());
+        let publisher = Publisher::new(hub.clone(), None);
+        assert!(!publisher.wants("s"));
+        publisher.publish("s", vec![line("nobody watches")]);
+        let viewer = hub.subscribe("s", Filter::default()).unwrap();
+        let other = hub.subscribe("t", Filter::default()).unwrap();
+        assert!(publisher.wants("s"));
+        publisher.publish("s", (0..250).map(|i| line(&format!("{i}"))).collect());
+        publisher.publish("t", vec![line("elsewhere")]);
+        let mut got = Vec::new();
+        while got.len() < 250 {
+            got.extend(seqs(viewer.recv().await));
+        }
+        assert_eq!(got, (1..=250).collect::<Vec<u64>>());
+        assert_eq!(seqs(other.recv().await), [1], "each slug counts alone");
+    }
+}

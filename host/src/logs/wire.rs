@@ -1,0 +1,234 @@
+//! The log stream's wire protocol: every frame a viewer receives on
+//! `/log-stream/{slug}`, and the filters a viewer asks for in its query.
+//!
+//! The hub serializes these types and `mctx-host tail` deserializes them,
+//! so the two cannot disagree about a field; the dashboard's script reads
+//! the same JSON.
+//!
+//! ```text
+//! {"type":"logs","entries":[LogEntry, …]}      at most 100 entries
+//! {"type":"dropped","count":N}                 N entries this viewer will never get
+//! {"type":"notice","message":"…"}              news about the stream itself
+//! {"type":"closing","reason":"…"}              the host is about to close
+//! ```
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::logs::entry::{EntryKind, Level, LogEntry};
+
+/// The most entries one `logs` frame carries (the contract's batch size).
+pub(crate) const MAX_BATCH: usize = 100;
+
+/// One frame of the log stream. `E` is how the entries are held: borrowed
+/// when the hub serializes a batch once for many viewers, owned when a
+/// client reads one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub(crate) enum Frame<E = Vec<LogEntry>> {
+    /// Entries, in `seq` order.
+    Logs { entries: E },
+    /// `count` entries were missed here (the viewer fell behind, the hub
+    /// overflowed, or another host's entries did not arrive).
+    Dropped { count: u64 },
+    /// Something the viewer should know about the stream itself (the
+    /// cluster link went down, came back).
+    Notice { message: String },
+    /// The host is closing this stream, and why.
+    Closing { reason: String },
+}
+
+impl Frame<()> {
+    /// The JSON text of a frame that carries no entries.
+    pub(crate) fn json(self) -> String {
+        serde_json::to_string(&self).expect("frames serialize")
+    }
+}
+
+/// `{"type":"logs","entries":[…]}` for `entries`, serialized once to be
+/// shared by every viewer with the same filter.
+pub(crate) fn logs_json(entries: &[&LogEntry]) -> Arc<str> {
+    serde_json::to_string(&Frame::Logs { entries })
+        .expect("entries serialize")
+        .into()
+}
+
+/// Which entries a viewer wants; applied in the host, before sending.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Filter {
+    /// Only these levels (empty: all).
+    pub(crate) levels: Vec<Level>,
+    /// Only messages containing this text, case-insensitively (lower case).
+    pub(crate) search: Option<String>,
+    pub(crate) request_id: Option<String>,
+    pub(crate) kind: Option<EntryKind>,
+}
+
+impl Filter {
+    pub(crate) fn is_empty(&self) -> bool {
+        *self == Filter::default()
+    }
+
+    pub(crate) fn matches(&self, entry: &LogEntry) -> bool {
+        (self.levels.is_empty() || self.levels.contains(&entry.level))
+            && self.kind.is_none_or(|kind| kind == entry.kind)
+            && self
+                .request_id
+                .as_deref()
+                .is_none_or(|id| id == entry.meta.request_id)
+            && self
+                .search
+                .as_deref()
+                .is_none_or(|needle| entry.message.to_lowercase().contains(needle))
+    }
+
+    /// Parses a comma-separated list of level names (`warn,error`).
+    pub(crate) fn parse_levels(list: &str) -> Result<Vec<Level>, String> {
+        list.split(',')
+            .filter(|l| !l.is_empty())
+            .map(|name| {
+                Level::parse(name).ok_or_else(|| {
+                    format!("unknown level {name:?}: use log, info, warn, error or debug")
+                })
+            })
+            .collect()
+    }
+
+    /// Parses `level=warn,error&search=text&requestId=…&type=log|request`
+    /// (unknown parameters are ignored).
+    pub(crate) fn from_query(query: &str) -> Result<Filter, String> {
+        let mut filter = Filter::default();
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            match name.as_ref() {
+                "level" => filter.levels.extend(Filter::parse_levels(&value)?),
+                "search" if !value.is_empty() => filter.search = Some(value.to_lowercase()),
+                "requestId" if !value.is_empty() => filter.request_id = Some(value.into_owned()),
+                "type" => {
+                    let kind = EntryKind::parse(&value)
+                        .ok_or_else(|| format!("unknown type {value:?}: use log or request"))?;
+                    filter.kind = Some(kind);
+                }
+                _ => {}
+            }
+        }
+        Ok(filter)
+    }
+
+    /// The query string [`from_query`](Filter::from_query) reads back.
+    pub(crate) fn to_query(&self) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        if !self.levels.is_empty() {
+            let names: Vec<&str> = self.levels.iter().map(|l| l.as_str()).collect();
+            query.append_pair("level", &names.join(","));
+        }
+        if let Some(search) = &self.search {
+            query.append_pair("search", search);
+        }
+        if let Some(id) = &self.request_id {
+            query.append_pair("requestId", id);
+        }
+        if let Some(kind) = self.kind {
+            query.append_pair("type", kind.as_str());
+        }
+        query.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logs::entry::{RequestMeta, Stream};
+
+    fn entry(request_id: &str, stream: Stream, line: &str) -> LogEntry {
+        let meta = Arc::new(RequestMeta {
+            slug: "s".into(),
+            version: "1.0.0".into(),
+            request_id: request_id.into(),
+        });
+        LogEntry::from_line(meta, stream, 1, line.into())
+    }
+
+    #[test]
+    fn frames_are_tagged_by_type_and_read_back() {
+        let cases: [(Frame, &str); 3] = [
+            (
+                Frame::Dropped { count: 3 },
+                r#"{"type":"dropped","count":3}"#,
+            ),
+            (
+                Frame::Notice {
+                    message: "link down".into(),
+                },
+                r#"{"type":"notice","message":"link down"}"#,
+            ),
+            (
+                Frame::Closing {
+                    reason: "bye".into(),
+                },
+                r#"{"type":"closing","reason":"bye"}"#,
+            ),
+        ];
+        for (frame, json) in cases {
+            assert_eq!(serde_json::to_string(&frame).unwrap(), json);
+            let back: Frame = serde_json::from_str(json).unwrap();
+            assert_eq!(serde_json::to_string(&back).unwrap(), json);
+        }
+        let line = entry("r", Stream::Stdout, "[INFO] hi");
+        let json = logs_json(&[&line]);
+        let Ok(Frame::Logs { entries }) = serde_json::from_str::<Frame>(&json) else {
+            panic!("not a logs frame: {json}");
+        };
+        assert_eq!(entries[0].message, "[INFO] hi");
+        assert!(serde_json::from_str::<Frame>(r#"{"type":"future"}"#).is_err());
+    }
+
+    #[test]
+    fn filters_match_level_kind_request_and_text() {
+        let warn = entry("r1", Stream::Stderr, "[WARN] Disk Almost Full");
+        let log = entry("r2", Stream::Stdout, "plain");
+        let by_level = Filter {
+            levels: vec![Level::Warn],
+            ..Filter::default()
+        };
+        assert!(by_level.matches(&warn) && !by_level.matches(&log));
+        let by_text = Filter {
+            search: Some("almost".into()),
+            ..Filter::default()
+        };
+        assert!(by_text.matches(&warn) && !by_text.matches(&log));
+        let by_id = Filter {
+            request_id: Some("r2".into()),
+            ..Filter::default()
+        };
+        assert!(!by_id.matches(&warn) && by_id.matches(&log));
+        let requests = Filter {
+            kind: Some(EntryKind::Request),
+            ..Filter::default()
+        };
+        assert!(!requests.matches(&log));
+        assert!(Filter::default().is_empty() && !requests.is_empty());
+    }
+
+    #[test]
+    fn filters_parse_from_the_query_and_encode_back() {
+        let f = Filter::from_query("level=warn,ERROR&search=Tool%20Called&requestId=abc&type=log")
+            .unwrap();
+        assert_eq!(f.levels, [Level::Warn, Level::Error]);
+        assert_eq!(f.search.as_deref(), Some("tool called"));
+        assert_eq!(f.request_id.as_deref(), Some("abc"));
+        assert_eq!(f.kind, Some(EntryKind::Log));
+        assert_eq!(
+            f.to_query(),
+            "level=warn%2Cerror&search=tool+called&requestId=abc&type=log"
+        );
+        assert_eq!(Filter::from_query(&f.to_query()).unwrap(), f);
+        assert!(Filter::from_query("").unwrap().is_empty());
+        assert!(
+            Filter::from_query("level=loud")
+                .unwrap_err()
+                .contains("loud")
+        );
+        assert!(Filter::from_query("type=x").is_err());
+    }
+}

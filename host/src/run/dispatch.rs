@@ -1,0 +1,347 @@
+//! The dispatcher: runs one request in a fresh instance of a tenant's
+//! component, with its limits, and turns whatever happened into a response.
+//!
+//! Each request gets its own [`Store`] (so no state leaks between requests or
+//! tenants), its own [`RequestCapture`] for stdout/stderr and its own
+//! [`RequestMeter`]. The guest runs in a spawned task, as `wasmtime serve`
+//! does, because it may keep running after it has handed back the response
+//! head (streaming the body); the task, not the response, decides the
+//! request's [`Outcome`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use tokio::sync::{Semaphore, oneshot};
+use tracing::Instrument as _;
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+use crate::base::responses::{Body, error_response};
+use crate::logs::capture::RequestCapture;
+use crate::logs::entry::{Level, LogEntry, Outcome, RequestEvent, RequestMeta};
+use crate::logs::sink::LogSink;
+use crate::run::limits::{Limits, Metered, RequestMeter};
+use crate::run::runtime::Runtime;
+use crate::run::state::RequestState;
+use crate::run::tenants::Deployment;
+
+pub(crate) const X_TENANT_SLUG: HeaderName = HeaderName::from_static("x-tenant-slug");
+pub(crate) const X_TENANT_VERSION: HeaderName = HeaderName::from_static("x-tenant-version");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Runs requests against tenants' components.
+pub(crate) struct Dispatcher {
+    runtime: Arc<Runtime>,
+    sink: Arc<dyn LogSink>,
+    limits: Limits,
+    /// Bounds the requests in flight to what the instance pool holds; a
+    /// request beyond it waits for a slot instead of failing.
+    slots: Arc<Semaphore>,
+}
+
+impl Dispatcher {
+    pub(crate) fn new(runtime: Arc<Runtime>, sink: Arc<dyn LogSink>, limits: Limits) -> Self {
+        let slots = Arc::new(Semaphore::new(
+            runtime.settings().max_concurrent_requests as usize,
+        ));
+        Dispatcher {
+            runtime,
+            sink,
+            limits,
+            slots,
+        }
+    }
+
+    /// Resolves once no guest is running (shutdown). A guest can outlive its
+    /// HTTP exchange by a little (the response body is complete before the
+    /// guest's task has published its request event), so draining
+    /// connections alone would lose the last entries.
+    pub(crate) async fn wait_idle(&self) {
+        let all = self.runtime.settings().max_concurrent_requests;
+        let _ = self.slots.acquire_many(all).await;
+    }
+
+    /// Runs `request` in a fresh instance of `deployment`. Never fails: every
+    /// error becomes a response (and, for the tenant's owner, a log entry).
+    pub(crate) async fn dispatch(
+        &self,
+        slug: &str,
+        deployment: &Deployment,
+        mut request: Request<Incoming>,
+    ) -> Response<Body> {
+        let request_id = new_request_id();
+        let headers = request.headers_mut();
+        // `insert` replaces every value a client sent: these two are ours.
+        headers.insert(
+            X_TENANT_SLUG,
+            HeaderValue::from_str(slug).expect("slugs are valid header values"),
+        );
+        headers.insert(
+            X_TENANT_VERSION,
+            HeaderValue::from_str(&deployment.version_label)
+                .expect("versions are valid header values"),
+        );
+        let span = tracing::info_span!(
+            "request",
+            slug,
+            version = %deployment.version_label,
+            request_id = %request_id
+        );
+        let meta = Arc::new(RequestMeta {
+            slug: slug.to_string(),
+            version: deployment.version_label.clone(),
+            request_id: request_id.clone(),
+        });
+        let response = self.run(meta, deployment, request).instrument(span).await;
+        with_request_id(response, &request_id)
+    }
+
+    async fn run(
+        &self,
+        meta: Arc<RequestMeta>,
+        deployment: &Deployment,
+        request: Request<Incoming>,
+    ) -> Response<Body> {
+        let capture = RequestCapture::new(meta, self.sink.clone());
+        let meter = Arc::new(RequestMeter::new(self.limits.cpu));
+        let mut report = RequestReport {
+            capture: capture.clone(),
+            meter: meter.clone(),
+            method: request.method().to_string(),
+            path: request
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+            status: Arc::new(AtomicU16::new(0)),
+            done: false,
+        };
+
+        let mut store = Store::new(
+            self.runtime.engine(),
+            RequestState::new(capture, self.limits.memory_bytes, meter.clone()),
+        );
+        store.limiter(|state| state.limiter());
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            Ok(if ctx.data().meter().check_cpu() {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
+
+        // The guest hands its response head to this callback; the status is
+        // kept for the request event, which is published when the guest
+        // finishes (possibly long after, if it streams the body).
+        let (response_tx, response_rx) = oneshot::channel();
+        let status = report.status.clone();
+        let on_response = move |response: Result<Response<_>, _>| {
+            let code = response.as_ref().map_or(500, |r| r.status().as_u16());
+            status.store(code, Ordering::Relaxed);
+            let _ = response_tx.send(response);
+        };
+        let prepared = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)
+            .and_then(|req| {
+                let out = store
+                    .data_mut()
+                    .http()
+                    .new_response_outparam_from_callback(on_response)?;
+                Ok((req, out))
+            });
+        let (guest_request, response_out) = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                report.done = true;
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    &format!("cannot pass this request to the guest: {e}"),
+                );
+            }
+        };
+
+        let Ok(slot) = self.slots.clone().acquire_owned().await else {
+            return error_response(StatusCode::SERVICE_UNAVAILABLE, "the host is shutting down");
+        };
+        let pre = deployment.pre.clone();
+        let task = tokio::spawn(
+            async move {
+                let _slot = slot;
+                let result = Metered::new(report.meter.clone(), async move {
+                    let proxy = pre.instantiate_async(&mut store).await?;
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, guest_request, response_out)
+                        .await
+                })
+                .await;
+                report.finish(result)
+            }
+            .in_current_span(),
+        );
+        // If the client goes away before the response head, stop the guest.
+        let mut abort_guard = AbortOnDrop(Some(task.abort_handle()));
+
+        let response = match response_rx.await {
+            Ok(Ok(response)) => response.map(|body| body.boxed_unsync()),
+            Ok(Err(code)) => error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("the tenant answered with an error: {code:?}"),
+            ),
+            // The guest returned or died without sending a response.
+            Err(_) => match task.await {
+                Ok(outcome) => outcome_response(outcome, &meter),
+                Err(e) => {
+                    tracing::error!("request task failed: {e}");
+                    error_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal error in the host",
+                    )
+                }
+            },
+        };
+        // From here on the guest may still be streaming the body: let it.
+        abort_guard.0 = None;
+        response
+    }
+}
+
+/// Reports how a request ended, exactly once: when the guest task
+/// completes, or, if the task is aborted (client gone), when it is dropped.
+/// The report is the trap or limit entry (if any) and the request event.
+struct RequestReport {
+    capture: Arc<RequestCapture>,
+    meter: Arc<RequestMeter>,
+    method: String,
+    /// The path the guest saw.
+    path: String,
+    /// The status the guest sent, 0 until it sends one.
+    status: Arc<AtomicU16>,
+    done: bool,
+}
+
+impl RequestReport {
+    fn finish(mut self, result: wasmtime::Result<()>) -> Outcome {
+        self.done = true;
+        let outcome = match &result {
+            Ok(()) => Outcome::Ok,
+            Err(_) if self.meter.cpu_exceeded() => Outcome::ExceededCpu,
+            Err(_) if self.meter.memory_exceeded() => Outcome::ExceededMemory,
+            Err(_) => Outcome::Exception,
+        };
+        self.capture.finish();
+        match (&result, outcome) {
+            (Ok(()), _) => {}
+            (Err(_), Outcome::ExceededCpu) => self.capture.publish_host_entry(
+                Level::Error,
+                format!(
+                    "[mctx] exceeded the CPU limit of {} ms (used {} ms); the request was stopped",
+                    self.meter.cpu_limit().as_millis(),
+                    self.meter.cpu_used().as_millis()
+                ),
+            ),
+            (Err(e), _) => self.capture.publish_host_entry(
+                Level::Error,
+                format!("[mctx] {}: {e:?}", trap_title(outcome)),
+            ),
+        }
+        if let Err(e) = &result {
+            tracing::debug!(outcome = outcome.as_str(), "guest failed: {e:#}");
+        }
+        self.publish_event(outcome);
+        outcome
+    }
+
+    fn publish_event(&self, outcome: Outcome) {
+        let sent = self.status.load(Ordering::Relaxed);
+        let status = match (sent, outcome) {
+            (0, Outcome::Canceled) => None,
+            (0, outcome) => Some(outcome_status(outcome).as_u16()),
+            (sent, _) => Some(sent),
+        };
+        let event = RequestEvent {
+            method: self.method.clone(),
+            path: self.path.clone(),
+            status,
+            outcome,
+            wall_ms: self.meter.wall().as_millis() as u64,
+            cpu_ms: self.meter.cpu_used().as_millis() as u64,
+        };
+        tracing::debug!(?event, "request finished");
+        self.capture
+            .publish_entry(LogEntry::request_event(self.capture.meta().clone(), event));
+    }
+}
+
+impl Drop for RequestReport {
+    fn drop(&mut self) {
+        if !self.done {
+            self.capture.finish();
+            self.capture.publish_host_entry(
+                Level::Warn,
+                "[mctx] the client went away; the request was canceled".into(),
+            );
+            self.publish_event(Outcome::Canceled);
+        }
+    }
+}
+
+fn trap_title(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::ExceededMemory => "ran out of memory (limit reached)",
+        _ => "the guest trapped",
+    }
+}
+
+/// Aborts a task when dropped, unless its handle was taken out first.
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+        }
+    }
+}
+
+/// The status a client gets when the guest sent none.
+fn outcome_status(outcome: Outcome) -> StatusCode {
+    match outcome {
+        Outcome::ExceededCpu | Outcome::ExceededMemory => StatusCode::SERVICE_UNAVAILABLE,
+        Outcome::Ok | Outcome::Exception | Outcome::Canceled => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn outcome_response(outcome: Outcome, meter: &RequestMeter) -> Response<Body> {
+    let message = match outcome {
+        Outcome::ExceededCpu => format!(
+            "the tenant exceeded its CPU time limit ({} ms)",
+            meter.cpu_limit().as_millis()
+        ),
+        Outcome::ExceededMemory => "the tenant exceeded its memory limit".to_string(),
+        Outcome::Exception => "the tenant's code failed (trap)".to_string(),
+        Outcome::Ok => "the tenant returned without sending a response".to_string(),
+        Outcome::Canceled => "the request was canceled".to_string(),
+    };
+    error_response(outcome_status(outcome), &message)
+}
+
+fn with_request_id(mut response: Response<Body>, request_id: &str) -> Response<Body> {
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert(X_REQUEST_ID, value);
+    }
+    response
+}
+
+/// A request id: 16 hex digits, random so that ids from several hosts (or
+/// restarts) do not collide.
+pub(crate) fn new_request_id() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}

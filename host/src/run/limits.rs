@@ -1,0 +1,249 @@
+//! Per-request resource limits: CPU time and linear memory.
+//!
+//! **What "CPU time" means here.** Wasmtime's epoch interruption fires on
+//! wall-clock ticks, and time a guest spends waiting on I/O (a sleep, a slow
+//! client, an outgoing request) advances epochs too. Counting ticks would
+//! charge a guest for waiting, which the contract's "CPU time limit" does not
+//! do. So instead [`Metered`] measures the CPU time the polling thread spends
+//! inside the request's future (`CLOCK_THREAD_CPUTIME_ID` around each poll:
+//! the guest and the host calls it makes, and not the time the OS gives the
+//! core to someone else), and the epoch callback, which runs on every tick
+//! while guest code runs, compares that total with the limit. A spinning
+//! guest is stopped within one tick of its limit; a guest that sleeps for a
+//! minute is not charged for the minute, and a busy machine does not make a
+//! guest look more expensive than it is.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use wasmtime::ResourceLimiter;
+
+/// What one request may use: the `[host]` limits (a tenant's own, once
+/// tenants can set them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub(crate) cpu: Duration,
+    pub(crate) memory_bytes: usize,
+}
+
+/// CPU time and limit flags of one request, shared between the task running
+/// the guest, the store's epoch callback and the dispatcher.
+#[derive(Debug)]
+pub(crate) struct RequestMeter {
+    started: Instant,
+    cpu_limit: Duration,
+    /// CPU nanoseconds spent polling, excluding the poll in progress.
+    cpu_ns: AtomicU64,
+    /// The polling thread's CPU clock when the poll in progress began, or
+    /// `NOT_POLLING`.
+    poll_began_ns: AtomicU64,
+    cpu_exceeded: AtomicBool,
+    memory_exceeded: AtomicBool,
+}
+
+const NOT_POLLING: u64 = u64::MAX;
+
+impl RequestMeter {
+    pub(crate) fn new(cpu_limit: Duration) -> Self {
+        RequestMeter {
+            started: Instant::now(),
+            cpu_limit,
+            cpu_ns: AtomicU64::new(0),
+            poll_began_ns: AtomicU64::new(NOT_POLLING),
+            cpu_exceeded: AtomicBool::new(false),
+            memory_exceeded: AtomicBool::new(false),
+        }
+    }
+
+    /// CPU time of the calling thread, in ns.
+    fn thread_cpu_ns() -> u64 {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `now` is a valid, writable timespec; the clock id is a
+        // constant every Linux supports.
+        let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } == 0;
+        if ok {
+            now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+        } else {
+            0
+        }
+    }
+
+    /// CPU time used so far, including the poll in progress.
+    pub(crate) fn cpu_used(&self) -> Duration {
+        let mut ns = self.cpu_ns.load(Ordering::Relaxed);
+        // Only meaningful on the polling thread, which is where the epoch
+        // callback runs; elsewhere (reports) no poll is in progress.
+        let began = self.poll_began_ns.load(Ordering::Relaxed);
+        if began != NOT_POLLING {
+            ns += Self::thread_cpu_ns().saturating_sub(began);
+        }
+        Duration::from_nanos(ns)
+    }
+
+    /// Wall time since the request began.
+    pub(crate) fn wall(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Called from the epoch callback: true (and remembered) once the CPU
+    /// limit is exceeded.
+    pub(crate) fn check_cpu(&self) -> bool {
+        let exceeded = self.cpu_used() > self.cpu_limit;
+        if exceeded {
+            self.cpu_exceeded.store(true, Ordering::Relaxed);
+        }
+        exceeded
+    }
+
+    pub(crate) fn cpu_limit(&self) -> Duration {
+        self.cpu_limit
+    }
+
+    pub(crate) fn cpu_exceeded(&self) -> bool {
+        self.cpu_exceeded.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn memory_exceeded(&self) -> bool {
+        self.memory_exceeded.load(Ordering::Relaxed)
+    }
+
+    fn begin_poll(&self) {
+        self.poll_began_ns
+            .store(Self::thread_cpu_ns(), Ordering::Relaxed);
+    }
+
+    fn end_poll(&self) {
+        let began = self.poll_began_ns.swap(NOT_POLLING, Ordering::Relaxed);
+        if began != NOT_POLLING {
+            let spent = Self::thread_cpu_ns().saturating_sub(began);
+            self.cpu_ns.fetch_add(spent, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A future whose polling CPU time is charged to a [`RequestMeter`].
+pub(crate) struct Metered<F> {
+    meter: Arc<RequestMeter>,
+    inner: Pin<Box<F>>,
+}
+
+impl<F: Future> Metered<F> {
+    pub(crate) fn new(meter: Arc<RequestMeter>, inner: F) -> Self {
+        Metered {
+            meter,
+            inner: Box::pin(inner),
+        }
+    }
+}
+
+impl<F: Future> Future for Metered<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.meter.begin_poll();
+        let result = self.inner.as_mut().poll(cx);
+        self.meter.end_poll();
+        result
+    }
+}
+
+/// Caps a request's linear memory. Growth past the limit fails (the guest
+/// sees `memory.grow` return -1, as on any full machine) and is remembered,
+/// so that a guest dying of it is reported as `exceededMemory`.
+pub(crate) struct MemoryLimiter {
+    max_bytes: usize,
+    meter: Arc<RequestMeter>,
+}
+
+impl MemoryLimiter {
+    pub(crate) fn new(max_bytes: usize, meter: Arc<RequestMeter>) -> Self {
+        MemoryLimiter { max_bytes, meter }
+    }
+}
+
+/// Table growth is bounded too, so a guest cannot exhaust host memory
+/// through tables instead of memories.
+const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.meter.memory_exceeded.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_cpu_time_inside_polls_is_charged() {
+        let meter = RequestMeter::new(Duration::from_millis(5));
+        // Outside a poll, nothing is charged, whatever the thread does.
+        spin_for(Duration::from_millis(10));
+        assert_eq!(meter.cpu_used(), Duration::ZERO);
+        assert!(!meter.check_cpu());
+        // Inside a poll, sleeping costs no CPU…
+        meter.begin_poll();
+        std::thread::sleep(Duration::from_millis(10));
+        assert!(
+            meter.cpu_used() < Duration::from_millis(5),
+            "{:?}",
+            meter.cpu_used()
+        );
+        // …and computing does, the poll in progress included.
+        spin_for(Duration::from_millis(10));
+        assert!(meter.cpu_used() >= Duration::from_millis(5));
+        assert!(meter.check_cpu());
+        meter.end_poll();
+        assert!(meter.cpu_exceeded());
+        assert!(meter.wall() >= Duration::from_millis(20));
+    }
+
+    /// Burns CPU on this thread for about `duration`.
+    fn spin_for(duration: Duration) {
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < duration {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+    }
+
+    #[test]
+    fn memory_growth_past_the_limit_is_refused_and_remembered() {
+        let meter = Arc::new(RequestMeter::new(Duration::from_secs(1)));
+        let mut limiter = MemoryLimiter::new(1 << 20, meter.clone());
+        assert!(limiter.memory_growing(0, 1 << 20, None).unwrap());
+        assert!(!meter.memory_exceeded());
+        assert!(
+            !limiter
+                .memory_growing(1 << 20, (1 << 20) + 65536, None)
+                .unwrap()
+        );
+        assert!(meter.memory_exceeded());
+    }
+}

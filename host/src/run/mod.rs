@@ -1,0 +1,14 @@
+//! The run layer: tenants' components compiled once, and each request run
+//! in a fresh instance with its limits.
+//!
+//! ```text
+//!  Dispatcher::dispatch ─► Store (RequestState: WASI ctx, capture, meter) ─► ProxyPre::instantiate ─► handle
+//! ```
+
+pub(crate) mod artifacts;
+pub(crate) mod dispatch;
+pub(crate) mod guest_logging;
+pub(crate) mod limits;
+pub(crate) mod runtime;
+pub(crate) mod state;
+pub(crate) mod tenants;

@@ -1,0 +1,201 @@
+//! The WebAssembly side of the host: one [`Engine`] and [`Linker`] for every
+//! tenant, and loading components.
+//!
+//! Everything here is done once per process (engine, linker, epoch ticker)
+//! or once per component (compile, link, pre-instantiate); the per-request
+//! work is only `Store::new` plus instantiating a [`ProxyPre`], which with the
+//! pooling allocator takes microseconds.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::run::artifacts::{ArtifactCache, CacheOutcome};
+use crate::run::state::RequestState;
+
+/// How often the epoch advances. The CPU limit is enforced at this
+/// granularity, and a running guest yields to other requests this often.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Settings that shape the engine; fixed for the life of the process.
+#[derive(Clone, Debug)]
+pub(crate) struct RuntimeSettings {
+    /// Requests running at once; sizes the instance pool.
+    pub(crate) max_concurrent_requests: u32,
+    /// The most linear memory one instance may have; sizes the pool's slots.
+    pub(crate) memory_limit_bytes: usize,
+    /// Where compiled components are cached; `None` compiles every
+    /// component at start.
+    pub(crate) cache_dir: Option<PathBuf>,
+    /// Instances from a preallocated pool (fast) rather than on demand.
+    pub(crate) pooling: bool,
+}
+
+/// The engine, the linker and the artifact cache.
+pub(crate) struct Runtime {
+    engine: Engine,
+    linker: Linker<RequestState>,
+    cache: Option<ArtifactCache>,
+    settings: RuntimeSettings,
+    _ticker: EpochTicker,
+}
+
+impl Runtime {
+    pub(crate) fn new(settings: RuntimeSettings) -> Result<Runtime> {
+        let engine = build_engine(&settings)?;
+        let mut linker = Linker::new(&engine);
+        // The whole of WASI p2 (as `wasmtime serve` links by default), so that
+        // guests built with a standard toolchain link; the context grants no
+        // files, sockets or environment.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        crate::run::guest_logging::add_to_linker(&mut linker)?;
+        let cache = settings
+            .cache_dir
+            .as_ref()
+            .map(ArtifactCache::open)
+            .transpose()?;
+        let ticker = EpochTicker::spawn(engine.clone());
+        Ok(Runtime {
+            engine,
+            linker,
+            cache,
+            settings,
+            _ticker: ticker,
+        })
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub(crate) fn settings(&self) -> &RuntimeSettings {
+        &self.settings
+    }
+
+    /// Compiles (or loads from the cache) a component and pre-instantiates
+    /// it, checking that it is a `wasi:http/proxy` whose imports this host
+    /// provides. Errors say which of those failed.
+    pub(crate) fn load(&self, path: &Path) -> Result<(ProxyPre<RequestState>, CacheOutcome)> {
+        let wasm = std::fs::read(path)
+            .with_context(|| format!("cannot read component {}", path.display()))?;
+        let (component, outcome) = match &self.cache {
+            Some(cache) => cache.load_or_compile(&self.engine, &wasm),
+            None => Component::new(&self.engine, &wasm)
+                .map(|c| (c, CacheOutcome::Disabled))
+                .map_err(anyhow::Error::from),
+        }
+        .map_err(|e| describe_compile_error(e, &wasm))?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .context("the component imports something this host does not provide")?;
+        let pre = ProxyPre::new(instance_pre).map_err(|e| {
+            anyhow!(
+                "not a wasi:http proxy component (it must export wasi:http/incoming-handler): {e}"
+            )
+        })?;
+        Ok((pre, outcome))
+    }
+}
+
+/// Turns wasmtime's compile error into one a tenant author can act on.
+fn describe_compile_error(error: anyhow::Error, wasm: &[u8]) -> anyhow::Error {
+    const MAGIC: &[u8] = b"\0asm";
+    // Byte 4..8 is the version/layer: core modules are version 1, layer 0.
+    let is_core_module = wasm.len() >= 8 && &wasm[..4] == MAGIC && wasm[4..8] == [1, 0, 0, 0];
+    if wasm.len() < 8 || &wasm[..4] != MAGIC {
+        anyhow!(
+            "not a WebAssembly file (no `\\0asm` header, {} bytes)",
+            wasm.len()
+        )
+    } else if is_core_module {
+        anyhow!(
+            "this is a core WebAssembly module, not a component: build for wasm32-wasip2 \
+             (or wrap it with `wasm-tools component new`)"
+        )
+    } else {
+        error.context("invalid or truncated component")
+    }
+}
+
+fn build_engine(settings: &RuntimeSettings) -> Result<Engine> {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    if settings.pooling {
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(settings)));
+        match Engine::new(&config) {
+            Ok(engine) => return Ok(engine),
+            // Typically a virtual-memory limit (ulimit -v) too small for the
+            // pool's reservations: serve anyway, just slower to instantiate.
+            Err(e) => {
+                tracing::warn!(
+                    "the pooling allocator is unavailable ({e:#}); using on-demand allocation"
+                );
+                config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+            }
+        }
+    }
+    Engine::new(&config).map_err(anyhow::Error::from)
+}
+
+/// Sizes the instance pool from the request concurrency and memory limit.
+fn pool_config(settings: &RuntimeSettings) -> PoolingAllocationConfig {
+    let n = settings.max_concurrent_requests.max(1);
+    let mut pool = PoolingAllocationConfig::default();
+    // A component is several core instances (the guest, its WASI shims); a
+    // Rust guest uses 2-5, a JavaScript runtime more.
+    pool.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(10))
+        .total_memories(n.saturating_mul(2))
+        .total_tables(n.saturating_mul(4))
+        .total_stacks(n)
+        .max_memory_size(settings.memory_limit_bytes)
+        // Reset tables by rewriting them rather than with madvise: the TLB
+        // shootdowns madvise causes dominate a small guest's per-request
+        // cost (measured with benches/compare.rs: hello goes from ~8.5k to
+        // ~14k requests/s). Not for linear memories: a 1 MiB memset per
+        // request measured as slow as the madvise it replaces.
+        .table_keep_resident(64 << 10);
+    pool
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] on one thread for the
+/// whole engine (one ticker per request costs orders of magnitude more).
+struct EpochTicker {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn spawn(engine: Engine) -> Self {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(EPOCH_TICK) {
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning a thread at start-up");
+        EpochTicker {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! What one request's [`Store`](wasmtime::Store) holds: the WASI and
+//! wasi:http contexts (stdout and stderr wired to the request's capture),
+//! the resource table, and the request's limits.
+
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::logs::capture::RequestCapture;
+use crate::logs::entry::Stream;
+use crate::run::limits::{MemoryLimiter, RequestMeter};
+
+/// The state of one request's store.
+pub(crate) struct RequestState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    meter: Arc<RequestMeter>,
+    capture: Arc<RequestCapture>,
+}
+
+impl RequestState {
+    /// The state of a request whose stdout and stderr go to `capture`. The
+    /// context grants no files, sockets or environment.
+    pub(crate) fn new(
+        capture: Arc<RequestCapture>,
+        memory_limit_bytes: usize,
+        meter: Arc<RequestMeter>,
+    ) -> Self {
+        let wasi = WasiCtx::builder()
+            .stdout(capture.stream(Stream::Stdout))
+            .stderr(capture.stream(Stream::Stderr))
+            .build();
+        RequestState {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(memory_limit_bytes, meter.clone()),
+            meter,
+            capture,
+        }
+    }
+
+    pub(crate) fn capture(&self) -> &RequestCapture {
+        &self.capture
+    }
+
+    pub(crate) fn limiter(&mut self) -> &mut MemoryLimiter {
+        &mut self.limiter
+    }
+
+    pub(crate) fn meter(&self) -> &RequestMeter {
+        &self.meter
+    }
+}
+
+impl WasiView for RequestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for RequestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
+    }
+}
