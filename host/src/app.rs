@@ -28,7 +28,6 @@ use crate::logs::hub::LogHub;
 use crate::logs::publish::Publisher;
 use crate::logs::sink::{LogSink, Tee};
 use crate::run::dispatch::Dispatcher;
-use crate::run::limits::Limits;
 use crate::run::runtime::{Runtime, RuntimeSettings};
 use crate::run::tenants::TenantRegistry;
 
@@ -67,14 +66,22 @@ impl App {
             guest_logs,
         } = app;
         let host = &config.host;
+        // The pool's slots fit the largest memory any tenant may use.
+        let largest_memory_mb = config
+            .tenants
+            .iter()
+            .filter_map(|t| t.memory_limit_mb)
+            .fold(host.memory_limit_mb, u64::max);
         let runtime = Arc::new(Runtime::new(RuntimeSettings {
             max_concurrent_requests: host.max_concurrent_requests,
-            memory_limit_bytes: host.memory_limit_bytes(),
+            memory_limit_bytes: usize::try_from(largest_memory_mb.saturating_mul(1 << 20))
+                .unwrap_or(usize::MAX),
             cache_dir,
             pooling,
         })?);
         let started = Instant::now();
-        let (tenants, stats) = TenantRegistry::load(&runtime, &config.tenants, &config.source)?;
+        let (tenants, stats) =
+            TenantRegistry::load(&runtime, &config.tenants, &config.source, host)?;
         tracing::info!(
             tenants = tenants.len(),
             components = stats.components,
@@ -112,15 +119,11 @@ impl App {
             allowed_origins: config.auth.allowed_origins.clone(),
             viewers: TaskTracker::new(),
         };
-        let limits = Limits {
-            cpu: host.cpu_limit(),
-            memory_bytes: host.memory_limit_bytes(),
-        };
         let door = FrontDoor {
             control: ControlPlane::new(streams, routing.control_base()),
             mode: routing,
             tenants: Arc::new(tenants),
-            dispatcher: Dispatcher::new(runtime, sink, limits),
+            dispatcher: Dispatcher::new(runtime, sink),
         };
         Ok(App {
             door: Arc::new(door),
@@ -147,6 +150,9 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
+        if let Ok(address) = listener.local_addr() {
+            self.door.dispatcher.set_own_address(address);
+        }
         let connections = server::accept_until(listener, self.door.clone(), shutdown).await;
         let deadline = tokio::time::Instant::now() + self.grace;
         let drained = async {

@@ -155,7 +155,26 @@ impl HostProcess {
         Self::start(args, dir)
     }
 
-    fn start(mut args: Vec<OsString>, dir: tempfile::TempDir) -> Self {
+    /// Like [`HostProcess::multi`], with extra environment variables for
+    /// the host process (secrets from `{ env = "…" }`).
+    pub fn multi_with_env(config: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenants.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut args: Vec<OsString> = vec!["serve".into(), "--config".into(), path.into()];
+        args.extend(extra.iter().map(OsString::from));
+        Self::start_with_env(args, dir, env)
+    }
+
+    fn start(args: Vec<OsString>, dir: tempfile::TempDir) -> Self {
+        Self::start_with_env(args, dir, &[])
+    }
+
+    fn start_with_env(
+        mut args: Vec<OsString>,
+        dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+    ) -> Self {
         if !args.iter().any(|a| a == "--addr") {
             args.extend(["--addr".into(), "127.0.0.1:0".into()]);
         }
@@ -164,6 +183,7 @@ impl HostProcess {
             args.push(target_dir().join("test-artifact-cache").into());
         }
         let mut command = Command::new(env!("CARGO_BIN_EXE_mctx-host"));
+        command.envs(env.iter().copied());
         // `--dev` is about running without a configured secret.
         if args.iter().any(|a| a == "--dev") {
             command.env_remove("MCTX_SESSION_SECRET");

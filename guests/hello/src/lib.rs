@@ -5,10 +5,21 @@
 //! plain lines and `[INFO]`/`[WARN]`/`[ERROR]`/`[DEBUG]` prefixes, on stdout and
 //! stderr), so a viewer sees every level the host can produce. `/quiet` answers
 //! without logging, for measuring what capture costs.
+//!
+//! Two paths show what a tenant may reach (the host's `allowed_outbound_hosts`,
+//! `env` and `secrets`):
+//! - `/env?name=NAME` answers with the environment variable's value and
+//!   prints it, the way a careless tenant would: the host redacts secrets;
+//! - `/fetch` makes `x-fetch-times` (default 1) GET requests to the URL in
+//!   the `x-fetch-url` header and answers with each one's status and body, or
+//!   its error code.
 
-use guest_kit::{path_with_query, respond, split_query};
+use guest_kit::{path_with_query, query_param, respond, split_query};
 use serde_json::{Map, Value, json};
-use wasip2::http::types::{IncomingRequest, Method, ResponseOutparam};
+use wasip2::http::outgoing_handler;
+use wasip2::http::types::{
+    Fields, IncomingRequest, Method, OutgoingRequest, ResponseOutparam, Scheme,
+};
 
 wasip2::http::proxy::export!(Hello);
 
@@ -18,7 +29,13 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let method = method_name(&request.method());
         let path = path_with_query(&request);
-        let quiet = split_query(&path).0 == "/quiet";
+        let (route, query) = split_query(&path);
+        match route {
+            "/env" => return env(out, query_param(query, "name").unwrap_or_default()),
+            "/fetch" => return fetch(&request, out),
+            _ => {}
+        }
+        let quiet = route == "/quiet";
 
         if !quiet {
             println!("hello: {method} {path}");
@@ -64,4 +81,78 @@ fn method_name(method: &Method) -> String {
         Method::Patch => "PATCH".into(),
         Method::Other(other) => other.clone(),
     }
+}
+
+/// `/env?name=NAME`: the variable's value, also printed.
+fn env(out: ResponseOutparam, name: &str) {
+    let value = std::env::var(name).ok();
+    println!("env {name}={}", value.as_deref().unwrap_or("(not set)"));
+    let body = json!({ "name": name, "value": value });
+    respond(out, 200, "application/json", body.to_string().as_bytes());
+}
+
+/// `/fetch`: `x-fetch-times` GETs of `x-fetch-url`, one after the other.
+fn fetch(request: &IncomingRequest, out: ResponseOutparam) {
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .first()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    let Some(url) = header("x-fetch-url") else {
+        return respond(out, 400, "text/plain", b"send the URL in x-fetch-url");
+    };
+    let times: usize = header("x-fetch-times")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1);
+    let results: Vec<Value> = (0..times)
+        .map(|_| match get(&url) {
+            Ok((status, body)) => json!({ "status": status, "body": body }),
+            Err(error) => json!({ "error": error }),
+        })
+        .collect();
+    println!("[INFO] fetched {url} {times} time(s)");
+    let body = json!({ "url": url, "results": results });
+    respond(out, 200, "application/json", body.to_string().as_bytes());
+}
+
+/// One GET through `wasi:http/outgoing-handler`: the status and body, or
+/// the error code's name.
+fn get(url: &str) -> Result<(u16, String), String> {
+    let (scheme, rest) = url.split_once("://").ok_or("not an absolute URL")?;
+    let (authority, path) = match rest.find('/') {
+        Some(slash) => rest.split_at(slash),
+        None => (rest, "/"),
+    };
+    let request = OutgoingRequest::new(Fields::new());
+    let scheme = match scheme {
+        "http" => Scheme::Http,
+        "https" => Scheme::Https,
+        other => Scheme::Other(other.to_string()),
+    };
+    request.set_scheme(Some(&scheme)).map_err(|()| "bad scheme")?;
+    request.set_authority(Some(authority)).map_err(|()| "bad authority")?;
+    request.set_path_with_query(Some(path)).map_err(|()| "bad path")?;
+    let pending = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+    pending.subscribe().block();
+    let response = pending
+        .get()
+        .ok_or("no response")?
+        .map_err(|()| "response taken twice")?
+        .map_err(|e| format!("{e:?}"))?;
+    let status = response.status();
+    let body = response.consume().map_err(|()| "body taken twice")?;
+    let stream = body.stream().map_err(|()| "stream taken twice")?;
+    let mut bytes = Vec::new();
+    loop {
+        match stream.blocking_read(64 * 1024) {
+            Ok(chunk) => bytes.extend_from_slice(&chunk),
+            Err(wasip2::io::streams::StreamError::Closed) => break,
+            Err(wasip2::io::streams::StreamError::LastOperationFailed(e)) => {
+                return Err(format!("reading the body: {}", e.to_debug_string()));
+            }
+        }
+    }
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }

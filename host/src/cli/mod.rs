@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::app::{App, AppConfig};
 use crate::base::auth::Sessions;
-use crate::base::config::{ClusterSettings, Config, HostSettings, Slug, Status, TenantSpec};
+use crate::base::config::{ClusterSettings, Config, HostSettings, Slug, TenantSpec};
 use crate::edge::routing::{RoutingMode, SINGLE_MODE_CONTROL_PREFIX};
 use crate::logs::console::GuestLogFormat;
 use crate::run::artifacts::ArtifactCache;
@@ -198,12 +198,11 @@ impl ServeArgs {
             (None, Some(component)) => {
                 let slug = Slug::parse(&self.slug)
                     .map_err(|e| anyhow::anyhow!("--slug {:?}: {e}", self.slug))?;
-                let spec = TenantSpec {
+                let spec = TenantSpec::new(
                     slug,
-                    owner: "local".to_string(),
-                    status: Status::Active,
-                    versions: [(Version::new(0, 0, 0), component.clone())].into(),
-                };
+                    "local",
+                    [(Version::new(0, 0, 0), component.clone())].into(),
+                );
                 Config {
                     source: "command line".into(),
                     host: HostSettings::default(),

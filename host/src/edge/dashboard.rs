@@ -216,6 +216,22 @@ impl Dashboard<'_> {
 <p class="hint" id="logs-unavailable">Logs are only available for active servers; this one is inactive.</p>"#
             ),
         };
+        // Names only: values may be secrets.
+        let caps = &tenant.capabilities;
+        let outbound = if caps.outbound.allowed.is_empty() {
+            "none (no allowed_outbound_hosts)".to_string()
+        } else {
+            format!(
+                "{}; at most {} per request, {} ms each",
+                caps.outbound.allowed, caps.outbound.max_subrequests, caps.outbound.timeout_ms
+            )
+        };
+        let names: Vec<&str> = caps.env.iter().map(|(name, _)| name.as_str()).collect();
+        let environment = if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        };
         let levels: String = ["log", "info", "warn", "error", "debug"]
             .iter()
             .map(|l| {
@@ -230,6 +246,10 @@ impl Dashboard<'_> {
     <dt>Status</dt><dd>{status}</dd>
     <dt>Versions</dt><dd>{versions}</dd>
     <dt>Endpoint</dt><dd><code>http://{host}{base}/t/{slug}/</code></dd>
+    <dt>CPU limit</dt><dd id="cpu-limit">{cpu_ms} ms per request</dd>
+    <dt>Memory limit</dt><dd id="memory-limit">{memory_mb} MiB per request</dd>
+    <dt>Outbound</dt><dd id="outbound">{outbound}</dd>
+    <dt>Environment</dt><dd id="environment">{environment}</dd>
   </dl>
   {button}
 </div>
@@ -256,6 +276,10 @@ impl Dashboard<'_> {
             versions = escape(&versions(tenant)),
             host = escape(host),
             base = escape(self.base),
+            cpu_ms = caps.limits.cpu.as_millis(),
+            memory_mb = caps.limits.memory_bytes >> 20,
+            outbound = escape(&outbound),
+            environment = escape(&environment),
         );
         html(
             StatusCode::OK,

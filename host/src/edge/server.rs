@@ -85,7 +85,7 @@ impl FrontDoor {
                         );
                     }
                 };
-                self.dispatcher.dispatch(&slug, deployment, request).await
+                self.dispatcher.dispatch(tenant, deployment, request).await
             }
             Route::ControlPlane { path } => {
                 self.control.handle(&self.tenants, request, &path).await

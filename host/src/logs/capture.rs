@@ -12,6 +12,12 @@
 //! [`OUTPUT_BUDGET_BYTES`] in total has the rest counted and dropped, with one
 //! `warn` entry saying so when the request ends. The guest never blocks on
 //! its output and never sees an error for it.
+//!
+//! Secrets are scrubbed here too: a request's capture knows its tenant's
+//! secret values ([`RequestCapture::redacting`]) and every entry it makes
+//! has them replaced by `[REDACTED]`, including a secret written in several
+//! pieces within one line, and a line's last bytes when the line was cut
+//! short in the middle of one.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -34,6 +40,8 @@ pub const OUTPUT_BUDGET_BYTES: usize = 256 * 1024;
 pub struct RequestCapture {
     meta: Arc<RequestMeta>,
     sink: Arc<dyn LogSink>,
+    /// Values that never appear in an entry (longest first).
+    secrets: Arc<[String]>,
     state: Mutex<CaptureState>,
 }
 
@@ -78,8 +86,15 @@ impl LineBuffer {
         self.bytes.is_empty() && !self.overflowed
     }
 
-    /// Ends the current line and turns it into an entry.
-    fn take_entry(&mut self, meta: &Arc<RequestMeta>, stream: Stream) -> LogEntry {
+    /// Ends the current line and turns it into an entry, with `secrets`
+    /// redacted; `cut` says the line lost bytes (the output budget ran out).
+    fn take_entry(
+        &mut self,
+        meta: &Arc<RequestMeta>,
+        stream: Stream,
+        secrets: &[String],
+        cut: bool,
+    ) -> LogEntry {
         if self.bytes.last() == Some(&b'\r') && !self.overflowed {
             self.bytes.pop();
         }
@@ -89,7 +104,8 @@ impl LineBuffer {
         } else {
             self.started_ms
         };
-        let line = String::from_utf8_lossy(&self.bytes).into_owned();
+        let mut line = String::from_utf8_lossy(&self.bytes).into_owned();
+        redact(&mut line, secrets, cut || self.overflowed);
         let mut entry = LogEntry::from_line(meta.clone(), stream, timestamp, line);
         entry.truncated |= self.overflowed;
         self.bytes.clear();
@@ -100,9 +116,19 @@ impl LineBuffer {
 
 impl RequestCapture {
     pub fn new(meta: Arc<RequestMeta>, sink: Arc<dyn LogSink>) -> Arc<Self> {
+        Self::redacting(meta, sink, Arc::from([]))
+    }
+
+    /// A capture whose entries never show any of `secrets`.
+    pub fn redacting(
+        meta: Arc<RequestMeta>,
+        sink: Arc<dyn LogSink>,
+        secrets: Arc<[String]>,
+    ) -> Arc<Self> {
         Arc::new(RequestCapture {
             meta,
             sink,
+            secrets,
             state: Mutex::default(),
         })
     }
@@ -149,7 +175,9 @@ impl RequestCapture {
         let mut entries = Vec::new();
         for (i, part) in data.split(|b| *b == b'\n').enumerate() {
             if i > 0 {
-                entries.push(buffer.take_entry(&self.meta, stream));
+                // Lines ended here are whole: only the unfinished one can
+                // have lost bytes to the budget.
+                entries.push(buffer.take_entry(&self.meta, stream, &self.secrets, false));
             }
             if !part.is_empty() {
                 buffer.push(part);
@@ -176,6 +204,7 @@ impl RequestCapture {
         state.accepted += message.len();
         drop(state);
         if self.sink.wants(&self.meta.slug) {
+            redact(&mut message, &self.secrets, false);
             let truncated = truncate_message(&mut message, MAX_MESSAGE_BYTES);
             let mut entry = LogEntry::from_host(self.meta.clone(), level, message);
             entry.truncated = truncated;
@@ -192,13 +221,14 @@ impl RequestCapture {
             return;
         }
         let mut entries = Vec::new();
+        let cut = state.dropped > 0;
         for stream in [Stream::Stdout, Stream::Stderr] {
             let buffer = match stream {
                 Stream::Stdout => &mut state.stdout,
                 Stream::Stderr => &mut state.stderr,
             };
             if !buffer.is_empty() {
-                entries.push(buffer.take_entry(&self.meta, stream));
+                entries.push(buffer.take_entry(&self.meta, stream, &self.secrets, cut));
             }
         }
         if state.dropped > 0 {
@@ -221,8 +251,10 @@ impl RequestCapture {
 
     /// Publishes an entry the host writes about this request (a trap's
     /// message, a limit reached), after the guest's own lines.
-    pub fn publish_host_entry(&self, level: Level, message: String) {
+    pub fn publish_host_entry(&self, level: Level, mut message: String) {
         if self.sink.wants(&self.meta.slug) {
+            // A host entry may quote the guest (a URL it called, a trap).
+            redact(&mut message, &self.secrets, false);
             let entry = LogEntry::from_host(self.meta.clone(), level, message);
             self.sink.publish(&self.meta.slug, vec![entry]);
         }
@@ -239,6 +271,38 @@ impl RequestCapture {
     pub fn bytes_written(&self) -> usize {
         let state = self.lock();
         state.accepted + state.dropped
+    }
+}
+
+/// What a secret becomes in an entry.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// A piece this long at the end of a cut line that begins a secret is
+/// scrubbed too; shorter ones say too little to matter.
+const MIN_SECRET_PREFIX: usize = 4;
+
+/// Replaces every secret in `text` (longest first) with [`REDACTED`]. When
+/// `cut`, the text was cut short: a trailing piece that begins a secret is
+/// replaced as well.
+fn redact(text: &mut String, secrets: &[String], cut: bool) {
+    for secret in secrets {
+        if text.contains(secret.as_str()) {
+            *text = text.replace(secret.as_str(), REDACTED);
+        }
+    }
+    if !cut {
+        return;
+    }
+    for secret in secrets {
+        let longest = secret.len().saturating_sub(1).min(text.len());
+        let piece = (MIN_SECRET_PREFIX..=longest)
+            .rev()
+            .find(|&len| secret.is_char_boundary(len) && text.ends_with(&secret[..len]));
+        if let Some(len) = piece {
+            text.truncate(text.len() - len);
+            text.push_str(REDACTED);
+            return;
+        }
     }
 }
 
@@ -415,6 +479,37 @@ mod tests {
             "{message}"
         );
         assert_eq!(capture.bytes_written(), 300 * 1024);
+    }
+
+    #[test]
+    fn secrets_never_reach_an_entry_even_in_pieces() {
+        let sink = Arc::new(Collect::default());
+        let meta = Arc::new(RequestMeta {
+            slug: "s".into(),
+            version: "1".into(),
+            request_id: "r".into(),
+        });
+        let secrets: Arc<[String]> = Arc::from(["sk-live-1234567890".to_string()]);
+        let capture = RequestCapture::redacting(meta, sink.clone(), secrets);
+        capture.write(Stream::Stdout, b"key=sk-live-12");
+        capture.write(Stream::Stdout, b"34567890 twice sk-live-1234567890\n");
+        capture.log_structured(Level::Info, "structured sk-live-1234567890".into());
+        capture.publish_host_entry(Level::Warn, "GET https://x/?k=sk-live-1234567890".into());
+        // A line cut at the 10 KB limit in the middle of the secret.
+        let mut long = vec![b'x'; LINE_KEEP_BYTES - 8];
+        long.extend_from_slice(b"sk-live-1234567890\n");
+        capture.write(Stream::Stderr, &long);
+        let got = messages(&sink);
+        assert_eq!(got[0].1, "key=[REDACTED] twice [REDACTED]");
+        assert_eq!(got[1].1, "structured [REDACTED]");
+        assert_eq!(got[2].1, "GET https://x/?k=[REDACTED]");
+        assert!(got[3].2, "cut");
+        assert!(
+            !got[3].1.contains("sk-l"),
+            "no piece of the secret: …{}",
+            &got[3].1[got[3].1.len() - 20..]
+        );
+        assert!(got.iter().all(|(_, m, _)| !m.contains("1234567890")));
     }
 
     #[test]

@@ -171,6 +171,9 @@ pub struct RequestEvent {
     pub outcome: Outcome,
     pub wall_ms: u64,
     pub cpu_ms: u64,
+    /// Outbound HTTP calls the request made (refused ones included).
+    #[serde(default)]
+    pub subrequests: u32,
 }
 
 /// One log entry. `seq` (and, on a cluster, `node`) are given when it is
@@ -336,6 +339,7 @@ mod tests {
             outcome: Outcome::ExceededCpu,
             wall_ms: 12,
             cpu_ms: 10,
+            subrequests: 2,
         };
         let entry = LogEntry::request_event(meta(), event);
         assert_eq!(entry.level, Level::Error);
@@ -350,6 +354,7 @@ mod tests {
             (json["wallMs"].as_u64(), json["cpuMs"].as_u64()),
             (Some(12), Some(10))
         );
+        assert_eq!(json["subrequests"], 2);
     }
 
     #[test]
@@ -365,6 +370,7 @@ mod tests {
             outcome: Outcome::Canceled,
             wall_ms: 3,
             cpu_ms: 1,
+            subrequests: 0,
         };
         let request = LogEntry::request_event(meta(), event.clone());
         for entry in [line, request] {

@@ -9,7 +9,7 @@
 //! request's [`Outcome`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
@@ -24,10 +24,11 @@ use crate::base::responses::{Body, error_response};
 use crate::logs::capture::RequestCapture;
 use crate::logs::entry::{Level, LogEntry, Outcome, RequestEvent, RequestMeta};
 use crate::logs::sink::LogSink;
-use crate::run::limits::{Limits, Metered, RequestMeter};
+use crate::run::limits::{Metered, RequestMeter};
+use crate::run::outbound::{Outbound, OutboundContext};
 use crate::run::runtime::Runtime;
 use crate::run::state::RequestState;
-use crate::run::tenants::Deployment;
+use crate::run::tenants::{Deployment, Tenant};
 
 pub(crate) const X_TENANT_SLUG: HeaderName = HeaderName::from_static("x-tenant-slug");
 pub(crate) const X_TENANT_VERSION: HeaderName = HeaderName::from_static("x-tenant-version");
@@ -37,23 +38,29 @@ pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-i
 pub(crate) struct Dispatcher {
     runtime: Arc<Runtime>,
     sink: Arc<dyn LogSink>,
-    limits: Limits,
+    outbound: Arc<OutboundContext>,
     /// Bounds the requests in flight to what the instance pool holds; a
     /// request beyond it waits for a slot instead of failing.
     slots: Arc<Semaphore>,
 }
 
 impl Dispatcher {
-    pub(crate) fn new(runtime: Arc<Runtime>, sink: Arc<dyn LogSink>, limits: Limits) -> Self {
+    pub(crate) fn new(runtime: Arc<Runtime>, sink: Arc<dyn LogSink>) -> Self {
         let slots = Arc::new(Semaphore::new(
             runtime.settings().max_concurrent_requests as usize,
         ));
         Dispatcher {
             runtime,
             sink,
-            limits,
+            outbound: Arc::new(OutboundContext::new()),
             slots,
         }
+    }
+
+    /// Where the host listens: tenants reach it only through an exact
+    /// `allowed_outbound_hosts` entry.
+    pub(crate) fn set_own_address(&self, address: std::net::SocketAddr) {
+        self.outbound.set_own_address(address);
     }
 
     /// Resolves once no guest is running (shutdown). A guest can outlive its
@@ -65,14 +72,16 @@ impl Dispatcher {
         let _ = self.slots.acquire_many(all).await;
     }
 
-    /// Runs `request` in a fresh instance of `deployment`. Never fails: every
-    /// error becomes a response (and, for the tenant's owner, a log entry).
+    /// Runs `request` in a fresh instance of `deployment`, one of
+    /// `tenant`'s. Never fails: every error becomes a response (and, for the
+    /// tenant's owner, a log entry).
     pub(crate) async fn dispatch(
         &self,
-        slug: &str,
+        tenant: &Tenant,
         deployment: &Deployment,
         mut request: Request<Incoming>,
     ) -> Response<Body> {
+        let slug = tenant.slug.as_str();
         let request_id = new_request_id();
         let headers = request.headers_mut();
         // `insert` replaces every value a client sent: these two are ours.
@@ -96,21 +105,38 @@ impl Dispatcher {
             version: deployment.version_label.clone(),
             request_id: request_id.clone(),
         });
-        let response = self.run(meta, deployment, request).instrument(span).await;
+        let response = self
+            .run(meta, tenant, deployment, request)
+            .instrument(span)
+            .await;
         with_request_id(response, &request_id)
     }
 
     async fn run(
         &self,
         meta: Arc<RequestMeta>,
+        tenant: &Tenant,
         deployment: &Deployment,
         request: Request<Incoming>,
     ) -> Response<Body> {
-        let capture = RequestCapture::new(meta, self.sink.clone());
-        let meter = Arc::new(RequestMeter::new(self.limits.cpu));
+        let capabilities = &tenant.capabilities;
+        let capture = RequestCapture::redacting(
+            meta,
+            self.sink.clone(),
+            capabilities.secrets.values().clone(),
+        );
+        let meter = Arc::new(RequestMeter::new(capabilities.limits.cpu));
+        let subrequests = Arc::new(AtomicU32::new(0));
+        let outbound = Outbound::new(
+            capabilities.outbound.clone(),
+            self.outbound.clone(),
+            capture.clone(),
+            subrequests.clone(),
+        );
         let mut report = RequestReport {
             capture: capture.clone(),
             meter: meter.clone(),
+            subrequests,
             method: request.method().to_string(),
             path: request
                 .uri()
@@ -123,7 +149,7 @@ impl Dispatcher {
 
         let mut store = Store::new(
             self.runtime.engine(),
-            RequestState::new(capture, self.limits.memory_bytes, meter.clone()),
+            RequestState::new(capture, capabilities, meter.clone(), outbound),
         );
         store.limiter(|state| state.limiter());
         store.set_epoch_deadline(1);
@@ -219,6 +245,8 @@ impl Dispatcher {
 struct RequestReport {
     capture: Arc<RequestCapture>,
     meter: Arc<RequestMeter>,
+    /// Outbound calls the guest made.
+    subrequests: Arc<AtomicU32>,
     method: String,
     /// The path the guest saw.
     path: String,
@@ -273,6 +301,7 @@ impl RequestReport {
             outcome,
             wall_ms: self.meter.wall().as_millis() as u64,
             cpu_ms: self.meter.cpu_used().as_millis() as u64,
+            subrequests: self.subrequests.load(Ordering::Relaxed),
         };
         tracing::debug!(?event, "request finished");
         self.capture

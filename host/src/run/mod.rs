@@ -6,9 +6,11 @@
 //! ```
 
 pub(crate) mod artifacts;
+pub(crate) mod capabilities;
 pub(crate) mod dispatch;
 pub(crate) mod guest_logging;
 pub(crate) mod limits;
+pub(crate) mod outbound;
 pub(crate) mod runtime;
 pub(crate) mod state;
 pub(crate) mod tenants;

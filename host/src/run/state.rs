@@ -10,7 +10,9 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::logs::capture::RequestCapture;
 use crate::logs::entry::Stream;
+use crate::run::capabilities::Capabilities;
 use crate::run::limits::{MemoryLimiter, RequestMeter};
+use crate::run::outbound::Outbound;
 
 /// The state of one request's store.
 pub(crate) struct RequestState {
@@ -20,27 +22,35 @@ pub(crate) struct RequestState {
     limiter: MemoryLimiter,
     meter: Arc<RequestMeter>,
     capture: Arc<RequestCapture>,
+    /// Every outbound HTTP call goes through here (`run::outbound`).
+    outbound: Outbound,
 }
 
 impl RequestState {
-    /// The state of a request whose stdout and stderr go to `capture`. The
-    /// context grants no files, sockets or environment.
+    /// The state of a request whose stdout and stderr go to `capture`,
+    /// within its tenant's `capabilities`: its environment (and secrets),
+    /// its memory limit, its outbound rules. The context grants no files
+    /// and no sockets.
     pub(crate) fn new(
         capture: Arc<RequestCapture>,
-        memory_limit_bytes: usize,
+        capabilities: &Capabilities,
         meter: Arc<RequestMeter>,
+        outbound: Outbound,
     ) -> Self {
-        let wasi = WasiCtx::builder()
-            .stdout(capture.stream(Stream::Stdout))
-            .stderr(capture.stream(Stream::Stderr))
-            .build();
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(capture.stream(Stream::Stdout))
+            .stderr(capture.stream(Stream::Stderr));
+        if !capabilities.env.is_empty() {
+            wasi.envs(&capabilities.env);
+        }
         RequestState {
-            wasi,
+            wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            limiter: MemoryLimiter::new(memory_limit_bytes, meter.clone()),
+            limiter: MemoryLimiter::new(capabilities.limits.memory_bytes, meter.clone()),
             meter,
             capture,
+            outbound,
         }
     }
 
@@ -71,7 +81,7 @@ impl WasiHttpView for RequestState {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: Default::default(),
+            hooks: &mut self.outbound,
         }
     }
 }

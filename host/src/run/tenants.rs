@@ -14,8 +14,9 @@ use anyhow::{Result, bail};
 use semver::Version;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::base::config::{Slug, Status, TenantSpec};
+use crate::base::config::{HostSettings, Slug, Status, TenantSpec};
 use crate::run::artifacts::CacheOutcome;
+use crate::run::capabilities::Capabilities;
 use crate::run::runtime::Runtime;
 use crate::run::state::RequestState;
 
@@ -67,6 +68,8 @@ pub(crate) struct Tenant {
     pub(crate) owner: String,
     pub(crate) status: Status,
     pub(crate) versions: BTreeMap<Version, Deployment>,
+    /// Its limits, outbound rules, environment and secrets.
+    pub(crate) capabilities: Capabilities,
 }
 
 impl Tenant {
@@ -97,13 +100,15 @@ pub(crate) struct LoadStats {
 }
 
 impl TenantRegistry {
-    /// Loads every tenant's components. All problems are collected and
-    /// reported together, each naming `source` (the config file), the
-    /// tenant and the version.
+    /// Loads every tenant's components and settles its capabilities (its
+    /// secrets read from their sources, limits falling back to `host`'s).
+    /// All problems are collected and reported together, each naming
+    /// `source` (the config file), the tenant and the version or key.
     pub(crate) fn load(
         runtime: &Runtime,
         specs: &[TenantSpec],
         source: &str,
+        host: &HostSettings,
     ) -> Result<(TenantRegistry, LoadStats)> {
         let mut loaded: HashMap<PathBuf, ProxyPre<RequestState>> = HashMap::new();
         let mut stats = LoadStats::default();
@@ -143,6 +148,7 @@ impl TenantRegistry {
                 owner: spec.owner.clone(),
                 status: spec.status,
                 versions,
+                capabilities: Capabilities::settle(spec, host, &mut problems),
             };
             tenants.insert(spec.slug.as_str().to_string(), Arc::new(tenant));
         }

@@ -7,6 +7,7 @@
 //! values out of range — and reports *every* problem at once, each naming
 //! the file and the tenant, so a user fixes a config in one round trip.
 
+mod outbound;
 mod tables;
 mod tenant;
 
@@ -16,11 +17,12 @@ use std::path::Path;
 use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 
+pub use outbound::{AllowList, Allowed, Scheme, Target, is_own_address, is_public};
 pub use tables::{
     AuthSettings, ClusterSettings, DEFAULT_ADDR, DEFAULT_BASE_DOMAIN, DEFAULT_CPU_LIMIT_MS,
     DEFAULT_MEMORY_LIMIT_MB, HostSettings, LogSettings,
 };
-pub use tenant::{Slug, SlugError, Status, TenantSpec};
+pub use tenant::{OutboundSpec, SecretSource, Slug, SlugError, Status, TenantSpec};
 
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]

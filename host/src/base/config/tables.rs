@@ -69,14 +69,6 @@ impl HostSettings {
         }
     }
 
-    pub fn cpu_limit(&self) -> Duration {
-        Duration::from_millis(self.cpu_limit_ms)
-    }
-
-    pub fn memory_limit_bytes(&self) -> usize {
-        usize::try_from(self.memory_limit_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
-    }
-
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use semver::Version;
 use serde::Deserialize;
 
+use super::outbound::AllowList;
+
 /// A tenant's name: a DNS label (`^[a-z0-9](-?[a-z0-9])*$`, at most 63 chars),
 /// so that `{slug}.{base_domain}` is always a valid host name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -81,7 +83,8 @@ pub enum Status {
     Inactive,
 }
 
-/// One tenant ("server" in the contract) with its deployed versions.
+/// One tenant ("server" in the contract) with its deployed versions and
+/// what it may reach and use.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TenantSpec {
     pub slug: Slug,
@@ -90,6 +93,76 @@ pub struct TenantSpec {
     /// Version → component file (absolute, or relative to the working
     /// directory once resolved against the config file).
     pub versions: BTreeMap<Version, PathBuf>,
+    /// Overrides `[host] cpu_limit_ms` for this tenant.
+    pub cpu_limit_ms: Option<u64>,
+    /// Overrides `[host] memory_limit_mb` for this tenant.
+    pub memory_limit_mb: Option<u64>,
+    pub outbound: OutboundSpec,
+    /// Environment variables the guest sees (not secret: they are in the
+    /// file).
+    pub env: BTreeMap<String, String>,
+    /// Secrets the guest sees as environment variables, by where their
+    /// values come from; the values themselves are never in the file.
+    pub secrets: BTreeMap<String, SecretSource>,
+}
+
+impl TenantSpec {
+    /// An active tenant with the host's limits, no outbound access and no
+    /// environment: what a tenant gets unless its table says otherwise.
+    pub fn new(slug: Slug, owner: &str, versions: BTreeMap<Version, PathBuf>) -> Self {
+        TenantSpec {
+            slug,
+            owner: owner.to_string(),
+            status: Status::Active,
+            versions,
+            cpu_limit_ms: None,
+            memory_limit_mb: None,
+            outbound: OutboundSpec::default(),
+            env: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+        }
+    }
+}
+
+/// Where a secret's value comes from: `{ env = "HOST_VAR" }` (the host's
+/// environment) or `{ file = "path" }` (a file readable by its owner only;
+/// relative to the tenants file).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum SecretSource {
+    Env(String),
+    File(PathBuf),
+}
+
+/// What a tenant may call over HTTP, and how much.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboundSpec {
+    /// `allowed_outbound_hosts`; empty: no outbound request at all.
+    pub allowed: AllowList,
+    /// Outbound requests one request may make (Cloudflare's 50).
+    pub max_subrequests: u32,
+    /// How long connecting to an upstream may take.
+    pub connect_timeout_ms: u64,
+    /// How long one outbound request may take, from the call to the last
+    /// byte of its response body.
+    pub timeout_ms: u64,
+}
+
+impl OutboundSpec {
+    pub const DEFAULT_MAX_SUBREQUESTS: u32 = 50;
+    pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+    pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+}
+
+impl Default for OutboundSpec {
+    fn default() -> Self {
+        OutboundSpec {
+            allowed: AllowList::default(),
+            max_subrequests: Self::DEFAULT_MAX_SUBREQUESTS,
+            connect_timeout_ms: Self::DEFAULT_CONNECT_TIMEOUT_MS,
+            timeout_ms: Self::DEFAULT_TIMEOUT_MS,
+        }
+    }
 }
 
 /// A `[[tenants]]` table as written: names and versions still unchecked,
@@ -101,6 +174,17 @@ pub(super) struct TenantTable {
     owner: String,
     status: Status,
     versions: BTreeMap<String, PathBuf>,
+    cpu_limit_ms: Option<u64>,
+    memory_limit_mb: Option<u64>,
+    #[serde(default)]
+    allowed_outbound_hosts: Vec<String>,
+    max_subrequests: Option<u32>,
+    subrequest_connect_timeout_ms: Option<u64>,
+    subrequest_timeout_ms: Option<u64>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    secrets: BTreeMap<String, SecretSource>,
 }
 
 impl TenantTable {
@@ -140,11 +224,65 @@ impl TenantTable {
                 )),
             }
         }
+        for (key, value) in [
+            ("cpu_limit_ms", self.cpu_limit_ms),
+            ("memory_limit_mb", self.memory_limit_mb),
+            (
+                "subrequest_connect_timeout_ms",
+                self.subrequest_connect_timeout_ms,
+            ),
+            ("subrequest_timeout_ms", self.subrequest_timeout_ms),
+        ] {
+            if value == Some(0) {
+                problems.push(format!("{name}: {key} must be at least 1"));
+            }
+        }
+        let allowed = AllowList::parse(&self.allowed_outbound_hosts).unwrap_or_else(|bad| {
+            for entry in bad {
+                problems.push(format!("{name}: allowed_outbound_hosts: {entry}"));
+            }
+            AllowList::default()
+        });
+        for key in self.env.keys().chain(self.secrets.keys()) {
+            if key.is_empty() || key.contains(['=', '\0']) {
+                problems.push(format!(
+                    "{name}: {key:?} cannot be an environment variable name (empty, '=' or NUL)"
+                ));
+            }
+        }
+        for key in self
+            .secrets
+            .keys()
+            .filter(|key| self.env.contains_key(*key))
+        {
+            problems.push(format!("{name}: {key:?} is both in env and in secrets"));
+        }
+        let secrets = self
+            .secrets
+            .into_iter()
+            .map(|(key, source)| match source {
+                SecretSource::File(path) => (key, SecretSource::File(base.join(path))),
+                source => (key, source),
+            })
+            .collect();
+        let defaults = OutboundSpec::default();
         Some(TenantSpec {
             slug,
             owner: self.owner,
             status: self.status,
             versions,
+            cpu_limit_ms: self.cpu_limit_ms,
+            memory_limit_mb: self.memory_limit_mb,
+            outbound: OutboundSpec {
+                allowed,
+                max_subrequests: self.max_subrequests.unwrap_or(defaults.max_subrequests),
+                connect_timeout_ms: self
+                    .subrequest_connect_timeout_ms
+                    .unwrap_or(defaults.connect_timeout_ms),
+                timeout_ms: self.subrequest_timeout_ms.unwrap_or(defaults.timeout_ms),
+            },
+            env: self.env,
+            secrets,
         })
     }
 }

@@ -1,0 +1,190 @@
+//! What a tenant may use and reach, settled once when its tenants load:
+//! its effective limits (its own, else `[host]`'s), its outbound rules, and
+//! its environment with the secrets' values read from their sources.
+//!
+//! Secret values live only here and in the guest's environment. They are
+//! never printed (`Debug` says how many there are), and every entry the
+//! tenant's requests produce has them replaced by `[REDACTED]`
+//! (`RequestCapture::redacting`).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::base::config::{HostSettings, OutboundSpec, SecretSource, TenantSpec};
+use crate::run::limits::Limits;
+
+/// A tenant's settled capabilities.
+pub(crate) struct Capabilities {
+    pub(crate) limits: Limits,
+    pub(crate) outbound: Arc<OutboundSpec>,
+    /// `env` and the secrets, as the guest sees them.
+    pub(crate) env: Vec<(String, String)>,
+    /// The secrets' values, for redaction.
+    pub(crate) secrets: Secrets,
+}
+
+/// Secret values: shared by every request of the tenant, never printed.
+#[derive(Clone, Default)]
+pub(crate) struct Secrets(Arc<[String]>);
+
+impl Secrets {
+    pub(crate) fn values(&self) -> &Arc<[String]> {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secrets({} redacted)", self.0.len())
+    }
+}
+
+/// Names only: `env` holds the secrets' values too.
+impl fmt::Debug for Capabilities {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.env.iter().map(|(key, _)| key.as_str()).collect();
+        f.debug_struct("Capabilities")
+            .field("limits", &self.limits)
+            .field("outbound", &self.outbound)
+            .field("env", &names)
+            .field("secrets", &self.secrets)
+            .finish()
+    }
+}
+
+impl Capabilities {
+    /// Settles a tenant's capabilities; each problem (a secret whose source
+    /// is missing or unsafe) goes to `problems`, naming the tenant and key.
+    pub(crate) fn settle(
+        spec: &TenantSpec,
+        host: &HostSettings,
+        problems: &mut Vec<String>,
+    ) -> Capabilities {
+        let limits = Limits {
+            cpu: Duration::from_millis(spec.cpu_limit_ms.unwrap_or(host.cpu_limit_ms)),
+            memory_bytes: usize::try_from(
+                spec.memory_limit_mb
+                    .unwrap_or(host.memory_limit_mb)
+                    .saturating_mul(1 << 20),
+            )
+            .unwrap_or(usize::MAX),
+        };
+        let mut env: Vec<(String, String)> = spec
+            .env
+            .iter()
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        let mut secrets = Vec::new();
+        for (key, source) in &spec.secrets {
+            match read_secret(source) {
+                Ok(value) => {
+                    if !value.is_empty() {
+                        secrets.push(value.clone());
+                    }
+                    env.push((key.clone(), value));
+                }
+                Err(why) => problems.push(format!(
+                    "tenant {:?}: secret {key:?}: {why}",
+                    spec.slug.as_str()
+                )),
+            }
+        }
+        // Longest first, so that a secret containing another is replaced
+        // whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Capabilities {
+            limits,
+            outbound: Arc::new(spec.outbound.clone()),
+            env,
+            secrets: Secrets(secrets.into()),
+        }
+    }
+}
+
+/// A secret's value from its source.
+fn read_secret(source: &SecretSource) -> Result<String, String> {
+    match source {
+        SecretSource::Env(name) => std::env::var(name).map_err(|_| {
+            format!("the host's environment variable {name} is not set (or not UTF-8)")
+        }),
+        SecretSource::File(path) => {
+            let shown = path.display();
+            let metadata =
+                std::fs::metadata(path).map_err(|e| format!("cannot read file {shown}: {e}"))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                let mode = metadata.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(format!(
+                        "file {shown} is readable by group or others (mode {mode:o}): \
+                         chmod 600 {shown}"
+                    ));
+                }
+            }
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read file {shown}: {e}"))?;
+            // Files written by `echo` end with a newline that is not part of
+            // the secret.
+            Ok(text.strip_suffix('\n').unwrap_or(&text).to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+    use crate::base::config::Config;
+
+    fn spec(extra: &str) -> TenantSpec {
+        let text = format!(
+            "[[tenants]]\nslug = \"s\"\nowner = \"o\"\nstatus = \"active\"\nversions = {{ \"1.0.0\" = \"a.wasm\" }}\n{extra}"
+        );
+        Config::parse(&text, "t.toml", std::path::Path::new("/"))
+            .unwrap()
+            .tenants
+            .remove(0)
+    }
+
+    #[test]
+    fn limits_fall_back_to_the_hosts() {
+        let host = HostSettings::default();
+        let mut problems = Vec::new();
+        let own = Capabilities::settle(&spec("cpu_limit_ms = 50"), &host, &mut problems);
+        assert_eq!(own.limits.cpu, Duration::from_millis(50));
+        assert_eq!(own.limits.memory_bytes, 128 << 20);
+        assert!(problems.is_empty());
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment_or_a_private_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let private = dir.path().join("private");
+        std::fs::write(&private, "file-secret\n").unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::write(&shared, "x").unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let extra = format!(
+            "env = {{ MODE = \"test\" }}\nsecrets = {{ A = {{ file = {private:?} }}, B = {{ file = {shared:?} }}, \
+             C = {{ env = \"MCTX_TEST_NEVER_SET\" }}, D = {{ env = \"PATH\" }} }}"
+        );
+        let mut problems = Vec::new();
+        let caps = Capabilities::settle(&spec(&extra), &HostSettings::default(), &mut problems);
+        assert!(caps.env.contains(&("MODE".into(), "test".into())));
+        assert!(caps.env.contains(&("A".into(), "file-secret".into())));
+        assert!(caps.env.iter().any(|(k, _)| k == "D"));
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains(r#"tenant "s": secret "B""#) && problems[0].contains("644"));
+        assert!(
+            problems[1].contains(r#"secret "C""#) && problems[1].contains("MCTX_TEST_NEVER_SET")
+        );
+        assert!(
+            !format!("{caps:?}").contains("file-secret"),
+            "never printed"
+        );
+    }
+}

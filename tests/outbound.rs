@@ -1,0 +1,391 @@
+//! What a tenant may reach, against the real binary: outbound HTTP is
+//! denied unless `allowed_outbound_hosts` allows the scheme, host and port,
+//! and the resolved address; every refusal reaches the tenant's owner as a
+//! `warn` entry; calls are counted and bounded in number and time; `env`
+//! and `secrets` reach the guest, and a printed secret arrives redacted.
+//! The upstream is a real HTTP server on 127.0.0.1 that counts connections.
+
+mod support;
+
+use std::convert::Infallible;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use support::{HostProcess, guest, run_failing, tenant_toml};
+
+/// A real HTTP server on 127.0.0.1: answers `upstream ok {path}`, or, on
+/// `/slow`, only after 10 s. Counts the connections it accepted.
+struct Upstream {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    /// Set once a `/slow` request has been answered.
+    slow_answered: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn upstream() -> Upstream {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let slow_answered = Arc::new(AtomicBool::new(false));
+    let (counted, answered) = (connections.clone(), slow_answered.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            counted.fetch_add(1, Ordering::SeqCst);
+            let answered = answered.clone();
+            let service = hyper::service::service_fn(move |request: http::Request<_>| {
+                let answered = answered.clone();
+                async move {
+                    let path = request.uri().path().to_string();
+                    if path == "/slow" {
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                        answered.store(true, Ordering::SeqCst);
+                    }
+                    let body = Full::new(Bytes::from(format!("upstream ok {path}")));
+                    Ok::<_, Infallible>(http::Response::new(body))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    Upstream {
+        addr,
+        connections,
+        slow_answered,
+        task,
+    }
+}
+
+/// A `[[tenants]]` table for hello.wasm with `extra` keys.
+fn tenant(slug: &str, extra: &str) -> String {
+    format!(
+        "{}{extra}\n",
+        tenant_toml(slug, "alice", "active", &[("1.0.0", &guest("hello"))])
+    )
+}
+
+/// Asks `slug`'s guest to GET `url` `times` times; its JSON answer and the
+/// request id.
+async fn fetch(host: &HostProcess, slug: &str, url: &str, times: usize) -> (Value, String) {
+    let times = times.to_string();
+    let reply = host
+        .request(
+            "GET",
+            &format!("{slug}.localhost"),
+            "/fetch",
+            &[("x-fetch-url", url), ("x-fetch-times", &times)],
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let id = reply.header("x-request-id").unwrap().to_string();
+    (reply.json(), id)
+}
+
+fn denied(result: &Value) -> bool {
+    result["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("HttpRequestDenied"))
+}
+
+fn warnings(entries: &[Value]) -> Vec<String> {
+    entries
+        .iter()
+        .filter(|e| e["level"] == "warn" && e["type"] == "log")
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn event(entries: &[Value]) -> &Value {
+    entries.last().filter(|e| e["type"] == "request").unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_without_a_list_reaches_nothing_and_its_owner_is_told() {
+    let up = upstream().await;
+    let port = up.addr.port();
+    let config = [
+        tenant("closed", ""),
+        tenant(
+            "open",
+            &format!("allowed_outbound_hosts = [\"http://127.0.0.1:{port}\"]"),
+        ),
+    ]
+    .concat();
+    let host = HostProcess::multi(&config, &[]);
+    let mut viewer = host.viewer("closed", "", "alice").await;
+    let url = format!("http://127.0.0.1:{port}/x");
+
+    let (answer, id) = fetch(&host, "closed", &url, 1).await;
+    assert!(denied(&answer["results"][0]), "{answer}");
+    let entries = viewer.request_entries(&id).await;
+    let warned = warnings(&entries);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(
+        warned[0].contains("outbound request refused") && warned[0].contains(&url),
+        "{warned:?}"
+    );
+    assert_eq!(event(&entries)["subrequests"], 1);
+    assert_eq!(
+        up.connections.load(Ordering::SeqCst),
+        0,
+        "the upstream saw nothing"
+    );
+
+    let (answer, _) = fetch(&host, "open", &url, 1).await;
+    assert_eq!(answer["results"][0]["status"], 200, "{answer}");
+    assert_eq!(answer["results"][0]["body"], "upstream ok /x");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_wildcards_ports_and_resolved_addresses_are_all_checked() {
+    let up = upstream().await;
+    let port = up.addr.port();
+    let config = [
+        tenant(
+            "byname",
+            &format!("allowed_outbound_hosts = [\"http://localhost:{port}\"]"),
+        ),
+        tenant(
+            "byname-and-ip",
+            &format!(
+                "allowed_outbound_hosts = [\"http://localhost:*\", \"http://127.0.0.1:{port}\"]"
+            ),
+        ),
+        tenant(
+            "wild",
+            "allowed_outbound_hosts = [\"http://*.localhost:*\", \"http://127.0.0.1:*\"]",
+        ),
+    ]
+    .concat();
+    let host = HostProcess::multi(&config, &[]);
+    let by_name = format!("http://localhost:{port}/n");
+    let sub = format!("http://api.localhost:{port}/w");
+
+    // An allowed name that resolves to loopback is refused unless the
+    // loopback address itself is listed.
+    let mut viewer = host.viewer("byname", "", "alice").await;
+    let (answer, id) = fetch(&host, "byname", &by_name, 1).await;
+    assert!(denied(&answer["results"][0]), "{answer}");
+    let warned = warnings(&viewer.request_entries(&id).await);
+    assert!(warned[0].contains("127.0.0.1"), "{warned:?}");
+    let (answer, _) = fetch(&host, "byname-and-ip", &by_name, 1).await;
+    assert_eq!(answer["results"][0]["body"], "upstream ok /n", "{answer}");
+
+    // `*.localhost` covers subdomains, not the name itself; `:*` any port;
+    // the scheme still has to match.
+    let (answer, _) = fetch(&host, "wild", &sub, 1).await;
+    assert_eq!(answer["results"][0]["body"], "upstream ok /w", "{answer}");
+    for refused in [by_name.clone(), format!("https://api.localhost:{port}/w")] {
+        let (answer, _) = fetch(&host, "wild", &refused, 1).await;
+        assert!(denied(&answer["results"][0]), "{refused}: {answer}");
+    }
+    // A port the list does not name.
+    let (answer, _) = fetch(
+        &host,
+        "byname-and-ip",
+        &format!("http://127.0.0.1:{}/", port ^ 1),
+        1,
+    )
+    .await;
+    assert!(denied(&answer["results"][0]), "{answer}");
+
+    // The host's own address needs an entry with exactly it: `127.0.0.1:*`
+    // is not enough.
+    let mut viewer = host.viewer("wild", "", "alice").await;
+    let own = format!("http://127.0.0.1:{}/healthz", host.addr.port());
+    let (answer, id) = fetch(&host, "wild", &own, 1).await;
+    assert!(denied(&answer["results"][0]), "{answer}");
+    let warned = warnings(&viewer.request_entries(&id).await);
+    assert!(warned[0].contains("this host's own address"), "{warned:?}");
+
+    assert_eq!(
+        up.connections.load(Ordering::SeqCst),
+        2,
+        "only the two allowed calls"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_51st_subrequest_fails() {
+    let up = upstream().await;
+    let config = tenant(
+        "busy",
+        &format!(
+            "allowed_outbound_hosts = [\"http://127.0.0.1:{}\"]",
+            up.addr.port()
+        ),
+    );
+    let host = HostProcess::multi(&config, &[]);
+    let mut viewer = host.viewer("busy", "type=request", "alice").await;
+    let url = format!("http://127.0.0.1:{}/n", up.addr.port());
+    let (answer, id) = fetch(&host, "busy", &url, 51).await;
+    let results = answer["results"].as_array().unwrap();
+    assert!(results[..50].iter().all(|r| r["status"] == 200), "{answer}");
+    assert!(denied(&results[50]), "{}", results[50]);
+    assert_eq!(up.connections.load(Ordering::SeqCst), 50);
+    assert_eq!(event(&viewer.request_entries(&id).await)["subrequests"], 51);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upstream_hits_the_timeout_and_does_not_hold_the_request() {
+    let up = upstream().await;
+    let config = tenant(
+        "patient",
+        &format!(
+            "allowed_outbound_hosts = [\"http://127.0.0.1:{}\"]\nsubrequest_timeout_ms = 300",
+            up.addr.port()
+        ),
+    );
+    let host = HostProcess::multi(&config, &[]);
+    let mut viewer = host.viewer("patient", "", "alice").await;
+    let url = format!("http://127.0.0.1:{}/slow", up.addr.port());
+    let (answer, id) = fetch(&host, "patient", &url, 1).await;
+    let error = answer["results"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("ConnectionReadTimeout"), "{answer}");
+    assert!(
+        !up.slow_answered.load(Ordering::SeqCst),
+        "the guest's request ended while the upstream was still holding its answer"
+    );
+    let warned = warnings(&viewer.request_entries(&id).await);
+    assert!(warned.iter().any(|w| w.contains("timed out")), "{warned:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_and_secrets_reach_the_guest_and_printed_secrets_arrive_redacted() {
+    const API_KEY: &str = "sk-test-0123456789abcdef";
+    const DB_URL: &str = "postgres://app:hunter22@db.internal/app";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("db-url");
+    std::fs::write(&file, format!("{DB_URL}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = tenant(
+        "secretive",
+        &format!(
+            "env = {{ MODE = \"demo\" }}\nsecrets = {{ API_KEY = {{ env = \"MCTX_TEST_API_KEY\" }}, \
+             DB_URL = {{ file = {file:?} }} }}"
+        ),
+    );
+    let host = HostProcess::multi_with_env(&config, &[], &[("MCTX_TEST_API_KEY", API_KEY)]);
+    let mut viewer = host.viewer("secretive", "", "alice").await;
+    for (name, value) in [("MODE", "demo"), ("API_KEY", API_KEY), ("DB_URL", DB_URL)] {
+        let reply = host
+            .get("secretive.localhost", &format!("/env?name={name}"))
+            .await;
+        assert_eq!(reply.json()["value"], value, "the guest sees {name}");
+        let id = reply.header("x-request-id").unwrap().to_string();
+        let entries = viewer.request_entries(&id).await;
+        let printed = entries
+            .iter()
+            .find(|e| e["message"].as_str().unwrap().starts_with("env "))
+            .unwrap();
+        let expected = if name == "MODE" { value } else { "[REDACTED]" };
+        assert_eq!(printed["message"], format!("env {name}={expected}"));
+    }
+    let cookie = format!("session={}", support::token("alice"));
+    for (path, host_name) in [
+        ("/healthz", "localhost"),
+        ("/dev/servers/secretive", "localhost"),
+    ] {
+        let page = host
+            .request("GET", host_name, path, &[("cookie", &cookie)])
+            .await
+            .text();
+        assert!(
+            !page.contains(API_KEY) && !page.contains("hunter22"),
+            "{path} shows no secret"
+        );
+        if path.starts_with("/dev") {
+            assert!(page.contains("MODE, API_KEY, DB_URL"), "names only: {page}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_unsafe_secret_source_is_refused_naming_tenant_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::write(&shared, "x").unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = tenant(
+        "needy",
+        &format!(
+            "secrets = {{ TOKEN = {{ env = \"MCTX_TEST_NEVER_SET\" }}, CERT = {{ file = {shared:?} }} }}"
+        ),
+    );
+    let path = dir.path().join("tenants.toml");
+    std::fs::write(&path, config).unwrap();
+    let args: Vec<OsString> = vec!["serve".into(), "--config".into(), path.into()];
+    let stderr = run_failing(&args);
+    for expected in [
+        r#"tenant "needy": secret "TOKEN""#,
+        "MCTX_TEST_NEVER_SET",
+        r#"tenant "needy": secret "CERT""#,
+        "readable by group or others",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} in {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_own_limits_override_the_hosts_and_show_on_its_page() {
+    let misbehave = guest("misbehave");
+    let limited = |slug: &str, extra: &str| {
+        format!(
+            "{}{extra}\n",
+            tenant_toml(slug, "alice", "active", &[("1.0.0", &misbehave)])
+        )
+    };
+    // The host allows 10 s and 128 MiB; these tenants far less.
+    let config = [
+        "[host]\ncpu_limit_ms = 10000\nmemory_limit_mb = 128\n".to_string(),
+        limited("tight-cpu", "cpu_limit_ms = 200"),
+        limited("tight-memory", "memory_limit_mb = 8"),
+    ]
+    .concat();
+    let host = HostProcess::multi(&config, &[]);
+    let reply = host.get("tight-cpu.localhost", "/spin").await;
+    assert_eq!(reply.status, 503);
+    let error = reply.json()["error"].as_str().unwrap().to_string();
+    assert!(error.contains("CPU time limit (200 ms)"), "{error}");
+    let reply = host.get("tight-memory.localhost", "/oom").await;
+    assert_eq!(reply.status, 503);
+    assert!(reply.text().contains("memory limit"), "{}", reply.text());
+
+    let cookie = format!("session={}", support::token("alice"));
+    let page = host
+        .request(
+            "GET",
+            "localhost",
+            "/dev/servers/tight-memory",
+            &[("cookie", &cookie)],
+        )
+        .await
+        .text();
+    assert!(page.contains("8 MiB per request"), "{page}");
+    assert!(
+        page.contains("10000 ms per request"),
+        "the host's CPU limit: {page}"
+    );
+    assert!(page.contains("none (no allowed_outbound_hosts)"), "{page}");
+}
