@@ -16,12 +16,16 @@ use anyhow::Result;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
+use tracing::Instrument as _;
+
 use crate::base::auth::Sessions;
 use crate::base::config::Config;
+use crate::base::refusals::Refusals;
+use crate::edge::connections::{Budget, Connections};
 use crate::edge::control::ControlPlane;
 use crate::edge::log_stream::LogStreams;
 use crate::edge::routing::RoutingMode;
-use crate::edge::server::{self, FrontDoor};
+use crate::edge::server::{self, FrontDoor, HttpLimits};
 use crate::logs::cluster::Cluster;
 use crate::logs::console::{ConsoleLog, GuestLogFormat};
 use crate::logs::hub::LogHub;
@@ -119,11 +123,27 @@ impl App {
             allowed_origins: config.auth.allowed_origins.clone(),
             viewers: TaskTracker::new(),
         };
+        let refusals = Arc::new(Refusals::default());
+        let connections = Connections::new(Budget::new(
+            host.max_connections,
+            host.max_connections_per_ip,
+        ));
         let door = FrontDoor {
-            control: ControlPlane::new(streams, routing.control_base()),
+            control: ControlPlane::new(
+                streams,
+                routing.control_base(),
+                connections.clone(),
+                refusals.clone(),
+            ),
             mode: routing,
             tenants: Arc::new(tenants),
-            dispatcher: Dispatcher::new(runtime, sink),
+            dispatcher: Dispatcher::new(runtime, sink, refusals.clone()),
+            connections,
+            refusals,
+            http: HttpLimits {
+                header_read_timeout: host.header_read_timeout(),
+                max_header_bytes: host.max_header_bytes,
+            },
         };
         Ok(App {
             door: Arc::new(door),
@@ -153,6 +173,11 @@ impl App {
         if let Ok(address) = listener.local_addr() {
             self.door.dispatcher.set_own_address(address);
         }
+        let refusals = self.door.refusals.clone();
+        let logging = tokio::spawn(
+            async move { refusals.log_periodically().await }
+                .instrument(tracing::info_span!("refusals")),
+        );
         let connections = server::accept_until(listener, self.door.clone(), shutdown).await;
         let deadline = tokio::time::Instant::now() + self.grace;
         let drained = async {
@@ -173,6 +198,10 @@ impl App {
             .await;
         if let Some(cluster) = &self.cluster {
             cluster.leave().await;
+        }
+        logging.abort();
+        if let Some(summary) = self.door.refusals.take_summary() {
+            tracing::warn!("refused since the last summary: {summary}");
         }
         tracing::info!("shut down");
         Ok(())

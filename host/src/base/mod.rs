@@ -3,4 +3,5 @@
 
 pub mod auth;
 pub mod config;
+pub(crate) mod refusals;
 pub(crate) mod responses;

@@ -1,13 +1,16 @@
 //! The host's own endpoints (the "control plane"), served on the bare base
 //! domain (or under `/.mctx/` in single-component mode).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
+use crate::base::refusals::Refusals;
 use crate::base::responses::{Body, error_response, json_response};
+use crate::edge::connections::Connections;
 use crate::edge::dashboard::Dashboard;
 use crate::edge::log_stream::LogStreams;
 use crate::run::tenants::TenantRegistry;
@@ -19,14 +22,23 @@ pub(crate) struct ControlPlane {
     /// single-component mode. Links in the dashboard start with it.
     base: String,
     pub(crate) streams: LogStreams,
+    connections: Arc<Connections>,
+    refusals: Arc<Refusals>,
 }
 
 impl ControlPlane {
-    pub(crate) fn new(streams: LogStreams, base: &str) -> Self {
+    pub(crate) fn new(
+        streams: LogStreams,
+        base: &str,
+        connections: Arc<Connections>,
+        refusals: Arc<Refusals>,
+    ) -> Self {
         ControlPlane {
             started: Instant::now(),
             base: base.to_string(),
             streams,
+            connections,
+            refusals,
         }
     }
 
@@ -56,6 +68,8 @@ impl ControlPlane {
                     "logHubs": self.streams.hub.active_slugs(),
                     "uptimeSeconds": self.started.elapsed().as_secs(),
                     "cluster": self.streams.cluster.as_ref().map(|c| c.status()),
+                    "connections": self.connections.open(),
+                    "refused": self.refusals.totals(),
                 }),
             ),
             (_, "/healthz") => error_response(StatusCode::METHOD_NOT_ALLOWED, "use GET"),

@@ -9,6 +9,7 @@
 //!                                                                           └─► dashboard
 //! ```
 
+pub(crate) mod connections;
 pub(crate) mod control;
 pub(crate) mod dashboard;
 pub(crate) mod log_stream;

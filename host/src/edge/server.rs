@@ -4,21 +4,23 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::base::config::Status;
+use crate::base::refusals::{Refusal, Refusals};
 use crate::base::responses::{Body, error_response};
+use crate::edge::connections::{BusyGuard, Connections, Refused, Ticket};
 use crate::edge::control::ControlPlane;
 use crate::edge::routing::{Route, RoutingMode, route};
 use crate::run::dispatch::Dispatcher;
@@ -31,6 +33,21 @@ pub(crate) struct FrontDoor {
     pub(crate) tenants: Arc<TenantRegistry>,
     pub(crate) dispatcher: Dispatcher,
     pub(crate) control: ControlPlane,
+    pub(crate) connections: Arc<Connections>,
+    pub(crate) refusals: Arc<Refusals>,
+    pub(crate) http: HttpLimits,
+}
+
+/// How much a client may take of a connection (`[host]`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HttpLimits {
+    /// The time a client has to send a request head, from when the
+    /// connection is ready for one: after connecting and after each
+    /// response (so an idle keep-alive connection is closed after it too).
+    pub(crate) header_read_timeout: Duration,
+    /// The most bytes a request head may take (431 past it; hyper's read
+    /// buffer, at least 8 KiB).
+    pub(crate) max_header_bytes: usize,
 }
 
 impl FrontDoor {
@@ -131,18 +148,32 @@ pub(crate) async fn accept_until(
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: keep serving the
-                    // connections we have rather than exiting.
-                    tracing::warn!("accept failed: {e}");
+                    // connections we have rather than exiting; counted, and
+                    // logged once per period rather than per attempt.
+                    door.refusals.count(Refusal::AcceptFailed);
+                    tracing::debug!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             () = &mut shutdown => break,
         };
+        let ticket = match door.connections.admit(peer.ip()) {
+            Ok(ticket) => ticket,
+            Err(refused) => {
+                door.refusals.count(match refused {
+                    Refused::TooManyFromAddress => Refusal::ConnectionsFromAddress,
+                    Refused::Full => Refusal::ConnectionsFull,
+                });
+                refuse_connection(&stream, refused);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let span = tracing::info_span!("connection", %peer);
-        connections
-            .spawn(serve_connection(stream, peer, door.clone(), stopped.clone()).instrument(span));
+        connections.spawn(
+            serve_connection(stream, ticket, door.clone(), stopped.clone()).instrument(span),
+        );
     }
     drop(listener);
     tracing::info!(
@@ -154,17 +185,41 @@ pub(crate) async fn accept_until(
     connections
 }
 
+/// Answers a refused connection with a 503 and closes it, without reading
+/// anything from it (the socket's send buffer is empty, so the write does
+/// not block; if it cannot be written whole, the close says enough).
+fn refuse_connection(stream: &tokio::net::TcpStream, refused: Refused) {
+    let body = serde_json::json!({ "error": refused.reason() }).to_string();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\nconnection: close\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.try_write(response.as_bytes());
+}
+
 async fn serve_connection(
     stream: tokio::net::TcpStream,
-    peer: SocketAddr,
+    ticket: Ticket,
     door: Arc<FrontDoor>,
     mut stopping: watch::Receiver<bool>,
 ) {
+    let standing = ticket.connection.clone();
+    let limits = door.http;
+    let refusals = door.refusals.clone();
     let service = hyper::service::service_fn(move |request| {
         let door = door.clone();
-        async move { Ok::<_, Infallible>(door.handle(request).await) }
+        // Busy until the response body is sent: never evicted meanwhile.
+        let busy = standing.busy();
+        async move {
+            let response = door.handle(request).await;
+            Ok::<_, Infallible>(response.map(|body| BusyBody { body, _busy: busy }.boxed_unsync()))
+        }
     });
     let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
@@ -176,8 +231,42 @@ async fn serve_connection(
             connection.as_mut().graceful_shutdown();
             connection.await
         }
+        () = ticket.connection.evicted() => {
+            // Idle or half-open: nothing in flight is lost.
+            refusals.count(Refusal::Evicted);
+            return;
+        }
     };
     if let Err(e) = result {
-        tracing::debug!(%peer, "connection ended with an error: {e}");
+        if e.is_timeout() {
+            refusals.count(Refusal::HeaderTimeout);
+        }
+        tracing::debug!("connection ended with an error: {e}");
+    }
+}
+
+/// A response body that keeps its connection marked busy until it ends.
+struct BusyBody {
+    body: Body,
+    _busy: BusyGuard,
+}
+
+impl http_body::Body for BusyBody {
+    type Data = bytes::Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }

@@ -144,6 +144,8 @@ pub enum Outcome {
     Exception,
     ExceededCpu,
     ExceededMemory,
+    /// Stopped at its wall-clock limit (`request_timeout_ms`).
+    ExceededWallTime,
     /// The client went away before the guest finished.
     Canceled,
 }
@@ -155,6 +157,7 @@ impl Outcome {
             Outcome::Exception => "exception",
             Outcome::ExceededCpu => "exceededCpu",
             Outcome::ExceededMemory => "exceededMemory",
+            Outcome::ExceededWallTime => "exceededWallTime",
             Outcome::Canceled => "canceled",
         }
     }

@@ -12,11 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::base::config::{HostSettings, OutboundSpec, SecretSource, TenantSpec};
+use crate::run::gate::Gate;
 use crate::run::limits::Limits;
 
 /// A tenant's settled capabilities.
 pub(crate) struct Capabilities {
     pub(crate) limits: Limits,
+    /// Its share of the host's instances, and its queue.
+    pub(crate) gate: Gate,
     pub(crate) outbound: Arc<OutboundSpec>,
     /// `env` and the secrets, as the guest sees them.
     pub(crate) env: Vec<(String, String)>,
@@ -46,6 +49,7 @@ impl fmt::Debug for Capabilities {
         let names: Vec<&str> = self.env.iter().map(|(key, _)| key.as_str()).collect();
         f.debug_struct("Capabilities")
             .field("limits", &self.limits)
+            .field("max_concurrent", &self.gate.max_concurrent())
             .field("outbound", &self.outbound)
             .field("env", &names)
             .field("secrets", &self.secrets)
@@ -56,9 +60,13 @@ impl fmt::Debug for Capabilities {
 impl Capabilities {
     /// Settles a tenant's capabilities; each problem (a secret whose source
     /// is missing or unsafe) goes to `problems`, naming the tenant and key.
+    ///
+    /// `tenants` is how many tenants share the host: the default
+    /// concurrency is the whole pool for one, half of it otherwise.
     pub(crate) fn settle(
         spec: &TenantSpec,
         host: &HostSettings,
+        tenants: usize,
         problems: &mut Vec<String>,
     ) -> Capabilities {
         let limits = Limits {
@@ -69,7 +77,22 @@ impl Capabilities {
                     .saturating_mul(1 << 20),
             )
             .unwrap_or(usize::MAX),
+            wall: Duration::from_millis(spec.request_timeout_ms.unwrap_or(host.request_timeout_ms)),
+            body_bytes: spec
+                .max_request_body_bytes
+                .unwrap_or(host.max_request_body_bytes),
         };
+        let pool = host.max_concurrent_requests.max(1);
+        let fair_share = if tenants <= 1 {
+            pool
+        } else {
+            (pool / 2).max(1)
+        };
+        let max_concurrent = spec
+            .max_concurrent
+            .or(host.max_concurrent_per_tenant)
+            .unwrap_or(fair_share) as usize;
+        let max_queued = spec.max_queued.map_or(max_concurrent, |n| n as usize);
         let mut env: Vec<(String, String)> = spec
             .env
             .iter()
@@ -95,6 +118,7 @@ impl Capabilities {
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         Capabilities {
             limits,
+            gate: Gate::new(max_concurrent, max_queued),
             outbound: Arc::new(spec.outbound.clone()),
             env,
             secrets: Secrets(secrets.into()),
@@ -153,9 +177,10 @@ mod tests {
     fn limits_fall_back_to_the_hosts() {
         let host = HostSettings::default();
         let mut problems = Vec::new();
-        let own = Capabilities::settle(&spec("cpu_limit_ms = 50"), &host, &mut problems);
+        let own = Capabilities::settle(&spec("cpu_limit_ms = 50"), &host, 2, &mut problems);
         assert_eq!(own.limits.cpu, Duration::from_millis(50));
         assert_eq!(own.limits.memory_bytes, 128 << 20);
+        assert_eq!(own.gate.max_concurrent(), 500, "half the pool of 1000");
         assert!(problems.is_empty());
     }
 
@@ -173,7 +198,7 @@ mod tests {
              C = {{ env = \"MCTX_TEST_NEVER_SET\" }}, D = {{ env = \"PATH\" }} }}"
         );
         let mut problems = Vec::new();
-        let caps = Capabilities::settle(&spec(&extra), &HostSettings::default(), &mut problems);
+        let caps = Capabilities::settle(&spec(&extra), &HostSettings::default(), 1, &mut problems);
         assert!(caps.env.contains(&("MODE".into(), "test".into())));
         assert!(caps.env.contains(&("A".into(), "file-secret".into())));
         assert!(caps.env.iter().any(|(k, _)| k == "D"));

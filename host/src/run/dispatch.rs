@@ -9,7 +9,7 @@
 //! request's [`Outcome`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
 
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
@@ -20,10 +20,12 @@ use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
+use crate::base::refusals::{Refusal, Refusals};
 use crate::base::responses::{Body, error_response};
 use crate::logs::capture::RequestCapture;
 use crate::logs::entry::{Level, LogEntry, Outcome, RequestEvent, RequestMeta};
 use crate::logs::sink::LogSink;
+use crate::run::gate;
 use crate::run::limits::{Metered, RequestMeter};
 use crate::run::outbound::{Outbound, OutboundContext};
 use crate::run::runtime::Runtime;
@@ -39,13 +41,18 @@ pub(crate) struct Dispatcher {
     runtime: Arc<Runtime>,
     sink: Arc<dyn LogSink>,
     outbound: Arc<OutboundContext>,
+    refusals: Arc<Refusals>,
     /// Bounds the requests in flight to what the instance pool holds; a
     /// request beyond it waits for a slot instead of failing.
     slots: Arc<Semaphore>,
 }
 
 impl Dispatcher {
-    pub(crate) fn new(runtime: Arc<Runtime>, sink: Arc<dyn LogSink>) -> Self {
+    pub(crate) fn new(
+        runtime: Arc<Runtime>,
+        sink: Arc<dyn LogSink>,
+        refusals: Arc<Refusals>,
+    ) -> Self {
         let slots = Arc::new(Semaphore::new(
             runtime.settings().max_concurrent_requests as usize,
         ));
@@ -53,6 +60,7 @@ impl Dispatcher {
             runtime,
             sink,
             outbound: Arc::new(OutboundContext::new()),
+            refusals,
             slots,
         }
     }
@@ -120,12 +128,50 @@ impl Dispatcher {
         request: Request<Incoming>,
     ) -> Response<Body> {
         let capabilities = &tenant.capabilities;
+        let limits = capabilities.limits;
+        // The request's wall clock starts now: waiting for a slot counts.
+        let deadline = tokio::time::Instant::now() + limits.wall;
+        let declared = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limits.body_bytes) {
+            self.refusals.count(Refusal::BodyTooLarge);
+            return body_too_large(limits.body_bytes);
+        }
+        let tenant_slot = match capabilities.gate.enter(deadline).await {
+            Ok(slot) => slot,
+            Err(closed) => {
+                self.refusals.count(Refusal::TenantBusy);
+                let message = match closed {
+                    gate::Closed::Full {
+                        max_concurrent,
+                        max_queued,
+                    } => format!(
+                        "tenant {:?} is running its {max_concurrent} requests at once and {max_queued} \
+                         more are waiting; try again shortly",
+                        tenant.slug.as_str()
+                    ),
+                    gate::Closed::Waited => format!(
+                        "tenant {:?} had no free slot before this request's time limit ({} ms)",
+                        tenant.slug.as_str(),
+                        limits.wall.as_millis()
+                    ),
+                };
+                let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, &message);
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return response;
+            }
+        };
         let capture = RequestCapture::redacting(
             meta,
             self.sink.clone(),
             capabilities.secrets.values().clone(),
         );
-        let meter = Arc::new(RequestMeter::new(capabilities.limits.cpu));
+        let meter = Arc::new(RequestMeter::new(limits.cpu, limits.wall));
         let subrequests = Arc::new(AtomicU32::new(0));
         let outbound = Outbound::new(
             capabilities.outbound.clone(),
@@ -171,6 +217,15 @@ impl Dispatcher {
             status.store(code, Ordering::Relaxed);
             let _ = response_tx.send(response);
         };
+        // Counted as the guest reads it: past the limit the guest's read
+        // fails and the client gets 413.
+        let too_large = Arc::new(AtomicBool::new(false));
+        let request = request.map(|body| LimitedBody {
+            body,
+            read: 0,
+            limit: limits.body_bytes,
+            too_large: too_large.clone(),
+        });
         let prepared = store
             .data_mut()
             .http()
@@ -199,15 +254,23 @@ impl Dispatcher {
         let pre = deployment.pre.clone();
         let task = tokio::spawn(
             async move {
-                let _slot = slot;
-                let result = Metered::new(report.meter.clone(), async move {
+                let _slots = (slot, tenant_slot);
+                let meter = report.meter.clone();
+                let guest = Metered::new(meter.clone(), async move {
                     let proxy = pre.instantiate_async(&mut store).await?;
                     proxy
                         .wasi_http_incoming_handler()
                         .call_handle(&mut store, guest_request, response_out)
                         .await
-                })
-                .await;
+                });
+                // Past the deadline the guest is dropped mid-call: stopped.
+                let result = match tokio::time::timeout_at(deadline, guest).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        meter.set_wall_exceeded();
+                        Err(wasmtime::format_err!("stopped at the wall-clock limit"))
+                    }
+                };
                 report.finish(result)
             }
             .in_current_span(),
@@ -235,6 +298,10 @@ impl Dispatcher {
         };
         // From here on the guest may still be streaming the body: let it.
         abort_guard.0 = None;
+        if too_large.load(Ordering::Relaxed) {
+            self.refusals.count(Refusal::BodyTooLarge);
+            return body_too_large(limits.body_bytes);
+        }
         response
     }
 }
@@ -260,6 +327,7 @@ impl RequestReport {
         self.done = true;
         let outcome = match &result {
             Ok(()) => Outcome::Ok,
+            Err(_) if self.meter.wall_exceeded() => Outcome::ExceededWallTime,
             Err(_) if self.meter.cpu_exceeded() => Outcome::ExceededCpu,
             Err(_) if self.meter.memory_exceeded() => Outcome::ExceededMemory,
             Err(_) => Outcome::Exception,
@@ -267,6 +335,13 @@ impl RequestReport {
         self.capture.finish();
         match (&result, outcome) {
             (Ok(()), _) => {}
+            (Err(_), Outcome::ExceededWallTime) => self.capture.publish_host_entry(
+                Level::Error,
+                format!(
+                    "[mctx] exceeded the wall-clock limit of {} ms; the request was stopped",
+                    self.meter.wall_limit().as_millis()
+                ),
+            ),
             (Err(_), Outcome::ExceededCpu) => self.capture.publish_host_entry(
                 Level::Error,
                 format!(
@@ -344,6 +419,7 @@ impl Drop for AbortOnDrop {
 fn outcome_status(outcome: Outcome) -> StatusCode {
     match outcome {
         Outcome::ExceededCpu | Outcome::ExceededMemory => StatusCode::SERVICE_UNAVAILABLE,
+        Outcome::ExceededWallTime => StatusCode::GATEWAY_TIMEOUT,
         Outcome::Ok | Outcome::Exception | Outcome::Canceled => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -355,11 +431,64 @@ fn outcome_response(outcome: Outcome, meter: &RequestMeter) -> Response<Body> {
             meter.cpu_limit().as_millis()
         ),
         Outcome::ExceededMemory => "the tenant exceeded its memory limit".to_string(),
+        Outcome::ExceededWallTime => format!(
+            "the tenant did not answer within its time limit ({} ms)",
+            meter.wall_limit().as_millis()
+        ),
         Outcome::Exception => "the tenant's code failed (trap)".to_string(),
         Outcome::Ok => "the tenant returned without sending a response".to_string(),
         Outcome::Canceled => "the request was canceled".to_string(),
     };
     error_response(outcome_status(outcome), &message)
+}
+
+/// 413, naming the limit.
+fn body_too_large(limit: u64) -> Response<Body> {
+    error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("the request body is larger than this tenant accepts ({limit} bytes)"),
+    )
+}
+
+/// A request body that fails once more than `limit` bytes have come,
+/// without buffering anything; `too_large` tells the dispatcher.
+struct LimitedBody {
+    body: Incoming,
+    read: u64,
+    limit: u64,
+    too_large: Arc<AtomicBool>,
+}
+
+impl http_body::Body for LimitedBody {
+    type Data = bytes::Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let frame = std::task::ready!(std::pin::Pin::new(&mut self.body).poll_frame(cx));
+        if let Some(Ok(frame)) = &frame
+            && let Some(data) = frame.data_ref()
+        {
+            self.read += data.len() as u64;
+            if self.read > self.limit {
+                self.too_large.store(true, Ordering::Relaxed);
+                return std::task::Poll::Ready(Some(Err(
+                    wasmtime_wasi_http::Error::HttpRequestBodySize(Some(self.read)),
+                )));
+            }
+        }
+        std::task::Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 fn with_request_id(mut response: Response<Body>, request_id: &str) -> Response<Body> {

@@ -22,12 +22,16 @@ use std::time::{Duration, Instant};
 
 use wasmtime::ResourceLimiter;
 
-/// What one request may use: the `[host]` limits (a tenant's own, once
-/// tenants can set them).
+/// What one request of a tenant may use: the tenant's own limits, else
+/// `[host]`'s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Limits {
     pub(crate) cpu: Duration,
     pub(crate) memory_bytes: usize,
+    /// Wall-clock time, from arrival to the guest's end.
+    pub(crate) wall: Duration,
+    /// The request body's size.
+    pub(crate) body_bytes: u64,
 }
 
 /// CPU time and limit flags of one request, shared between the task running
@@ -36,6 +40,7 @@ pub(crate) struct Limits {
 pub(crate) struct RequestMeter {
     started: Instant,
     cpu_limit: Duration,
+    wall_limit: Duration,
     /// CPU nanoseconds spent polling, excluding the poll in progress.
     cpu_ns: AtomicU64,
     /// The polling thread's CPU clock when the poll in progress began, or
@@ -43,19 +48,22 @@ pub(crate) struct RequestMeter {
     poll_began_ns: AtomicU64,
     cpu_exceeded: AtomicBool,
     memory_exceeded: AtomicBool,
+    wall_exceeded: AtomicBool,
 }
 
 const NOT_POLLING: u64 = u64::MAX;
 
 impl RequestMeter {
-    pub(crate) fn new(cpu_limit: Duration) -> Self {
+    pub(crate) fn new(cpu_limit: Duration, wall_limit: Duration) -> Self {
         RequestMeter {
             started: Instant::now(),
             cpu_limit,
+            wall_limit,
             cpu_ns: AtomicU64::new(0),
             poll_began_ns: AtomicU64::new(NOT_POLLING),
             cpu_exceeded: AtomicBool::new(false),
             memory_exceeded: AtomicBool::new(false),
+            wall_exceeded: AtomicBool::new(false),
         }
     }
 
@@ -106,12 +114,25 @@ impl RequestMeter {
         self.cpu_limit
     }
 
+    pub(crate) fn wall_limit(&self) -> Duration {
+        self.wall_limit
+    }
+
     pub(crate) fn cpu_exceeded(&self) -> bool {
         self.cpu_exceeded.load(Ordering::Relaxed)
     }
 
     pub(crate) fn memory_exceeded(&self) -> bool {
         self.memory_exceeded.load(Ordering::Relaxed)
+    }
+
+    /// The request ran past its wall-clock limit and was stopped.
+    pub(crate) fn set_wall_exceeded(&self) {
+        self.wall_exceeded.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn wall_exceeded(&self) -> bool {
+        self.wall_exceeded.load(Ordering::Relaxed)
     }
 
     fn begin_poll(&self) {
@@ -202,7 +223,7 @@ mod tests {
 
     #[test]
     fn only_cpu_time_inside_polls_is_charged() {
-        let meter = RequestMeter::new(Duration::from_millis(5));
+        let meter = RequestMeter::new(Duration::from_millis(5), Duration::MAX);
         // Outside a poll, nothing is charged, whatever the thread does.
         spin_for(Duration::from_millis(10));
         assert_eq!(meter.cpu_used(), Duration::ZERO);
@@ -235,7 +256,7 @@ mod tests {
 
     #[test]
     fn memory_growth_past_the_limit_is_refused_and_remembered() {
-        let meter = Arc::new(RequestMeter::new(Duration::from_secs(1)));
+        let meter = Arc::new(RequestMeter::new(Duration::from_secs(1), Duration::MAX));
         let mut limiter = MemoryLimiter::new(1 << 20, meter.clone());
         assert!(limiter.memory_growing(0, 1 << 20, None).unwrap());
         assert!(!meter.memory_exceeded());

@@ -8,6 +8,7 @@
 pub(crate) mod artifacts;
 pub(crate) mod capabilities;
 pub(crate) mod dispatch;
+pub(crate) mod gate;
 pub(crate) mod guest_logging;
 pub(crate) mod limits;
 pub(crate) mod outbound;

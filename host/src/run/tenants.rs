@@ -148,7 +148,7 @@ impl TenantRegistry {
                 owner: spec.owner.clone(),
                 status: spec.status,
                 versions,
-                capabilities: Capabilities::settle(spec, host, &mut problems),
+                capabilities: Capabilities::settle(spec, host, specs.len(), &mut problems),
             };
             tenants.insert(spec.slug.as_str().to_string(), Arc::new(tenant));
         }

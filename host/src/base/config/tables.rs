@@ -33,6 +33,27 @@ pub struct HostSettings {
     /// On SIGTERM or Ctrl-C, how long requests in flight and log viewers get
     /// to finish before the host exits.
     pub shutdown_grace_secs: u64,
+    /// The time a client has to send a request head, from when its
+    /// connection is ready for one (after connecting, after each response):
+    /// half-open and idle keep-alive connections are closed after it.
+    pub header_read_timeout_secs: u64,
+    /// Connections open at once; `None`: half the process's file limit
+    /// (raised to its hard limit at start), at most 10,000.
+    pub max_connections: Option<usize>,
+    /// Connections one client address may hold.
+    pub max_connections_per_ip: usize,
+    /// The most bytes a request head may take (431 past it).
+    pub max_header_bytes: usize,
+    /// A request's wall-clock limit: past it the guest is stopped and the
+    /// client gets 504 (a tenant may set its own).
+    pub request_timeout_ms: u64,
+    /// The largest request body a tenant accepts: 413 past it, checked as
+    /// it streams (a tenant may set its own).
+    pub max_request_body_bytes: u64,
+    /// Requests one tenant may run at once; `None`: the whole pool with one
+    /// tenant, else half of it, so no tenant can take every instance (a
+    /// tenant may set its own).
+    pub max_concurrent_per_tenant: Option<u32>,
 }
 
 impl Default for HostSettings {
@@ -44,6 +65,13 @@ impl Default for HostSettings {
             memory_limit_mb: DEFAULT_MEMORY_LIMIT_MB,
             max_concurrent_requests: 1000,
             shutdown_grace_secs: 10,
+            header_read_timeout_secs: 10,
+            max_connections: None,
+            max_connections_per_ip: 256,
+            max_header_bytes: 64 * 1024,
+            request_timeout_ms: 60_000,
+            max_request_body_bytes: 16 << 20,
+            max_concurrent_per_tenant: None,
         }
     }
 }
@@ -64,13 +92,38 @@ impl HostSettings {
         if self.memory_limit_mb == 0 {
             problems.push("[host] memory_limit_mb must be at least 1".to_string());
         }
-        if self.max_concurrent_requests == 0 {
-            problems.push("[host] max_concurrent_requests must be at least 1".to_string());
+        for (key, value) in [
+            (
+                "max_concurrent_requests",
+                u64::from(self.max_concurrent_requests),
+            ),
+            ("header_read_timeout_secs", self.header_read_timeout_secs),
+            ("max_connections_per_ip", self.max_connections_per_ip as u64),
+            ("request_timeout_ms", self.request_timeout_ms),
+            (
+                "max_connections",
+                self.max_connections.map_or(1, |n| n as u64),
+            ),
+            (
+                "max_concurrent_per_tenant",
+                self.max_concurrent_per_tenant.map_or(1, u64::from),
+            ),
+        ] {
+            if value == 0 {
+                problems.push(format!("[host] {key} must be at least 1"));
+            }
+        }
+        if self.max_header_bytes < 8192 {
+            problems.push("[host] max_header_bytes must be at least 8192".to_string());
         }
     }
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs)
     }
 }
 

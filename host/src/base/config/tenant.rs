@@ -97,6 +97,16 @@ pub struct TenantSpec {
     pub cpu_limit_ms: Option<u64>,
     /// Overrides `[host] memory_limit_mb` for this tenant.
     pub memory_limit_mb: Option<u64>,
+    /// Overrides `[host] request_timeout_ms` for this tenant.
+    pub request_timeout_ms: Option<u64>,
+    /// Overrides `[host] max_request_body_bytes` for this tenant.
+    pub max_request_body_bytes: Option<u64>,
+    /// Requests of this tenant running at once (overrides `[host]
+    /// max_concurrent_per_tenant`).
+    pub max_concurrent: Option<u32>,
+    /// Requests waiting for one of this tenant's slots; past it they get 503
+    /// at once. `None`: as many as `max_concurrent`.
+    pub max_queued: Option<u32>,
     pub outbound: OutboundSpec,
     /// Environment variables the guest sees (not secret: they are in the
     /// file).
@@ -117,6 +127,10 @@ impl TenantSpec {
             versions,
             cpu_limit_ms: None,
             memory_limit_mb: None,
+            request_timeout_ms: None,
+            max_request_body_bytes: None,
+            max_concurrent: None,
+            max_queued: None,
             outbound: OutboundSpec::default(),
             env: BTreeMap::new(),
             secrets: BTreeMap::new(),
@@ -176,6 +190,10 @@ pub(super) struct TenantTable {
     versions: BTreeMap<String, PathBuf>,
     cpu_limit_ms: Option<u64>,
     memory_limit_mb: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    max_request_body_bytes: Option<u64>,
+    max_concurrent: Option<u32>,
+    max_queued: Option<u32>,
     #[serde(default)]
     allowed_outbound_hosts: Vec<String>,
     max_subrequests: Option<u32>,
@@ -232,6 +250,8 @@ impl TenantTable {
                 self.subrequest_connect_timeout_ms,
             ),
             ("subrequest_timeout_ms", self.subrequest_timeout_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("max_concurrent", self.max_concurrent.map(u64::from)),
         ] {
             if value == Some(0) {
                 problems.push(format!("{name}: {key} must be at least 1"));
@@ -273,6 +293,10 @@ impl TenantTable {
             versions,
             cpu_limit_ms: self.cpu_limit_ms,
             memory_limit_mb: self.memory_limit_mb,
+            request_timeout_ms: self.request_timeout_ms,
+            max_request_body_bytes: self.max_request_body_bytes,
+            max_concurrent: self.max_concurrent,
+            max_queued: self.max_queued,
             outbound: OutboundSpec {
                 allowed,
                 max_subrequests: self.max_subrequests.unwrap_or(defaults.max_subrequests),
