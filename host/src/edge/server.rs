@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -213,7 +212,8 @@ async fn serve_connection(
         let busy = standing.busy();
         async move {
             let response = door.handle(request).await;
-            Ok::<_, Infallible>(response.map(|body| BusyBody { body, _busy: busy }.boxed_unsync()))
+            // Not boxed again: hyper takes any body type.
+            Ok::<_, Infallible>(response.map(|body| BusyBody { body, _busy: busy }))
         }
     });
     let connection = http1::Builder::new()
