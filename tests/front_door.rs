@@ -225,3 +225,56 @@ async fn oversize_heads_and_bodies_and_slow_guests_get_their_status() {
         "{entries:?}"
     );
 }
+
+/// The host's resident memory, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_taken_by_a_burst_is_given_back() {
+    let misbehave = guest("misbehave");
+    let config = format!(
+        "[host]\nmax_connections_per_ip = 2000\n{}",
+        tenant_toml("slow", "alice", "active", &[("1.0.0", &misbehave)])
+    );
+    let host = HostProcess::multi(&config, &[]);
+    assert_eq!(host.get("slow.localhost", "/ok").await.status, 200);
+    let idle = rss_kib(host.pid());
+    // 600 requests in flight at once, each waiting 1.5 s in its instance.
+    let burst: Vec<_> = (0..600)
+        .map(|_| host.spawn_get("slow.localhost", "/slow?ms=1500"))
+        .collect();
+    let mut peak = idle;
+    let all_done = futures_util::future::join_all(burst);
+    tokio::pin!(all_done);
+    let replies = loop {
+        tokio::select! {
+            replies = &mut all_done => break replies,
+            () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {
+                peak = peak.max(rss_kib(host.pid()));
+            }
+        }
+    };
+    assert!(replies.into_iter().all(|r| r.unwrap().status == 200));
+    assert!(peak > idle, "the burst took memory ({idle} → {peak} KiB)");
+    // At least half of what the burst took is given back (without the
+    // host trimming its heap, about a quarter was).
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let now = rss_kib(host.pid());
+        if now <= idle + (peak - idle) / 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {now} KiB resident: idle {idle}, peak {peak}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -481,13 +481,62 @@ async fn run() {
     let healthz = hundred.get("localhost", "/healthz").await.json();
     assert_eq!(healthz["logHubs"], 100);
     let viewers_rss = rss_kib(hundred.pid());
-    let section = format!(
+    let mut section = format!(
         "\n### 6. Memory (host RSS)\n\n| state | RSS | per unit |\n|---|---|---|\n| idle, 1 component | {idle_rss} KiB | |\n| 100 tenants | {hundred_rss} KiB | {:.1} KiB per tenant |\n| 100 tenants + 1,000 idle viewers over 100 slugs | {viewers_rss} KiB | {:.1} KiB per viewer |\n",
         (hundred_rss.saturating_sub(idle_rss)) as f64 / 99.0,
         (viewers_rss.saturating_sub(hundred_rss)) as f64 / 1000.0
     );
     drop(viewers);
     drop(hundred);
+
+    // After a burst of 1,200 concurrent requests (misbehave /slow, 1.5 s
+    // each, through wrk): what stays resident once it is over.
+    let burst_config = format!(
+        "[host]\nmax_connections_per_ip = 5000\n{}",
+        tenant_toml("slow", "alice", "active", &[("1.0.0", &misbehave)])
+    );
+    let bursty = HostProcess::multi(&burst_config, &[]);
+    assert_eq!(bursty.get("slow.localhost", "/ok").await.status, 200);
+    let before = rss_kib(bursty.pid());
+    let pid = bursty.pid();
+    let peak = Arc::new(AtomicU64::new(before));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let url = format!("http://127.0.0.1:{}/slow?ms=1500", bursty.addr.port());
+    let status = std::process::Command::new("wrk")
+        .args([
+            "-t2",
+            "-c1200",
+            "-d6s",
+            "--timeout",
+            "20s",
+            "-H",
+            "Host: slow.localhost",
+            &url,
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("running wrk");
+    assert!(status.success());
+    sampler.abort();
+    let peak = peak.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(bursty.pid());
+    let _ = writeln!(
+        section,
+        "| before a burst of 1,200 concurrent requests (misbehave `/slow`, 1.5 s each) | {before} KiB | |\n\
+         | during the burst (peak sampled every 100 ms) | {peak} KiB | |\n\
+         | 2 s after the burst | {after} KiB | {:.2}× before (heap trimmed once the burst is over) |",
+        after as f64 / before as f64
+    );
+    drop(bursty);
     println!("{section}");
     report.push_str(&section);
 

@@ -32,6 +32,7 @@ use crate::logs::hub::LogHub;
 use crate::logs::publish::Publisher;
 use crate::logs::sink::{LogSink, Tee};
 use crate::run::dispatch::Dispatcher;
+use crate::run::memory;
 use crate::run::runtime::{Runtime, RuntimeSettings};
 use crate::run::tenants::TenantRegistry;
 
@@ -178,6 +179,11 @@ impl App {
             async move { refusals.log_periodically().await }
                 .instrument(tracing::info_span!("refusals")),
         );
+        let door = self.door.clone();
+        let trimming = tokio::spawn(
+            async move { memory::trim_after_bursts(|| door.dispatcher.in_flight()).await }
+                .instrument(tracing::info_span!("memory")),
+        );
         let connections = server::accept_until(listener, self.door.clone(), shutdown).await;
         let deadline = tokio::time::Instant::now() + self.grace;
         let drained = async {
@@ -200,6 +206,7 @@ impl App {
             cluster.leave().await;
         }
         logging.abort();
+        trimming.abort();
         if let Some(summary) = self.door.refusals.take_summary() {
             tracing::warn!("refused since the last summary: {summary}");
         }

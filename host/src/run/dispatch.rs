@@ -71,6 +71,11 @@ impl Dispatcher {
         self.outbound.set_own_address(address);
     }
 
+    /// Requests running now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.runtime.settings().max_concurrent_requests as usize - self.slots.available_permits()
+    }
+
     /// Resolves once no guest is running (shutdown). A guest can outlive its
     /// HTTP exchange by a little (the response body is complete before the
     /// guest's task has published its request event), so draining

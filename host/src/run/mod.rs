@@ -11,6 +11,7 @@ pub(crate) mod dispatch;
 pub(crate) mod gate;
 pub(crate) mod guest_logging;
 pub(crate) mod limits;
+pub(crate) mod memory;
 pub(crate) mod outbound;
 pub(crate) mod runtime;
 pub(crate) mod state;
