@@ -278,3 +278,39 @@ async fn memory_taken_by_a_burst_is_given_back() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_connection_busy_the_operator_still_reaches_the_host() {
+    let misbehave = guest("misbehave");
+    let config = format!(
+        "[host]\nmax_connections = 4\n{}",
+        tenant_toml("slow", "alice", "active", &[("1.0.0", &misbehave)])
+    );
+    let host = HostProcess::multi(&config, &[]);
+    let mut viewer = host.viewer("slow", "search=sleeping", "alice").await;
+    // Four requests hold all four connections, busy.
+    let busy: Vec<_> = (0..4)
+        .map(|_| host.spawn_get("slow.localhost", "/slow?ms=3000"))
+        .collect();
+    let mut sleeping = 0;
+    while sleeping < 4 {
+        let frame = viewer.frame().await;
+        sleeping += frame["entries"].as_array().map_or(0, Vec::len);
+    }
+    let health = host.get("localhost", "/healthz").await;
+    assert_eq!(health.status, 200, "{}", health.text());
+    let tenant = host.get("slow.localhost", "/ok").await;
+    assert_eq!(tenant.status, 503);
+    assert!(
+        tenant.text().contains("host's own endpoints"),
+        "{}",
+        tenant.text()
+    );
+    for reply in busy {
+        assert_eq!(
+            reply.await.unwrap().status,
+            200,
+            "the busy ones were never evicted"
+        );
+    }
+}

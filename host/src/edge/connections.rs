@@ -12,6 +12,9 @@
 //!   idle between keep-alive requests): it loses nothing, and a well-formed
 //!   request gets through however many half-open connections are held
 //!   against it. Only when every connection is busy is the new one refused;
+//! - past that, [`RESERVE`] more connections are admitted for the
+//!   operator: they reach the control plane (`/healthz`, the dashboard, log
+//!   streams) and nothing else;
 //! - the header-read timeout (`edge::server`) closes half-open connections
 //!   in any case.
 
@@ -47,6 +50,10 @@ pub(crate) fn raise_file_limit() -> u64 {
     }
     limit.rlim_cur
 }
+
+/// Connections admitted beyond `max_connections` when every one is busy,
+/// for the control plane only.
+pub(crate) const RESERVE: usize = 32;
 
 /// The limits, from `[host]`.
 #[derive(Clone, Copy, Debug)]
@@ -90,6 +97,8 @@ struct State {
 /// One connection's standing, shared with the task that serves it.
 pub(crate) struct Connection {
     address: IpAddr,
+    /// Admitted from the reserve: control plane only.
+    reserved: bool,
     /// Requests in flight, responses until their body is sent.
     busy: AtomicUsize,
     evicted: AtomicBool,
@@ -98,6 +107,11 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
+    /// Whether this connection may only reach the control plane.
+    pub(crate) fn reserved(&self) -> bool {
+        self.reserved
+    }
+
     /// A request arrived; its response is on its way until the guard drops.
     pub(crate) fn busy(self: &Arc<Self>) -> BusyGuard {
         self.busy.fetch_add(1, Ordering::Relaxed);
@@ -128,7 +142,8 @@ impl Drop for BusyGuard {
 pub(crate) enum Refused {
     /// Its address already holds `max_connections_per_ip`.
     TooManyFromAddress,
-    /// Every one of `max_connections` is busy with a request.
+    /// Every one of `max_connections` is busy with a request, and the
+    /// operator's reserve is taken too.
     Full,
 }
 
@@ -198,25 +213,32 @@ impl Connections {
         if from_address >= self.budget.max_per_address {
             return Err(Refused::TooManyFromAddress);
         }
+        let mut reserved = false;
         if state.open.len() >= self.budget.max_connections {
             let idle = state
                 .open
                 .iter()
                 .find(|(_, c)| c.busy.load(Ordering::Relaxed) == 0)
                 .map(|(id, c)| (*id, c.clone()));
-            let Some((id, evicted)) = idle else {
-                return Err(Refused::Full);
-            };
-            // Its place is free now; its task closes it at the next poll.
-            state.open.remove(&id);
-            state.release(evicted.address);
-            evicted.evicted.store(true, Ordering::Release);
-            evicted.evict.notify_waiters();
+            match idle {
+                Some((id, evicted)) => {
+                    // Its place is free now; its task closes it at the next poll.
+                    state.open.remove(&id);
+                    state.release(evicted.address);
+                    evicted.evicted.store(true, Ordering::Release);
+                    evicted.evict.notify_waiters();
+                }
+                None if state.open.len() < self.budget.max_connections + RESERVE => {
+                    reserved = true;
+                }
+                None => return Err(Refused::Full),
+            }
         }
         let id = state.next_id;
         state.next_id += 1;
         let connection = Arc::new(Connection {
             address,
+            reserved,
             busy: AtomicUsize::new(0),
             evicted: AtomicBool::new(false),
             evict: Notify::new(),
@@ -263,7 +285,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_host_evicts_its_oldest_idle_connection_never_a_busy_one() {
-        let all = connections(3, 10);
+        let all = connections(3, 100);
         let busy = all.admit(ip(2)).unwrap();
         let _working = busy.connection.busy();
         let oldest_idle = all.admit(ip(3)).unwrap();
@@ -283,8 +305,17 @@ mod tests {
         let _working_too = newcomer.connection.busy();
         let last = all.admit(ip(4)).unwrap(); // evicts the younger idle one
         let _working_as_well = last.connection.busy();
+        assert!(!last.connection.reserved());
+        // Every one busy: the operator's reserve, then nothing.
+        let mut reserve = Vec::new();
+        for _ in 0..RESERVE {
+            let ticket = all.admit(ip(5)).unwrap();
+            assert!(ticket.connection.reserved());
+            let busy = ticket.connection.busy();
+            reserve.push((ticket, busy));
+        }
         assert_eq!(
-            all.admit(ip(5)).err(),
+            all.admit(ip(6)).err(),
             Some(Refused::Full),
             "every one busy"
         );

@@ -50,8 +50,10 @@ pub(crate) struct HttpLimits {
 }
 
 impl FrontDoor {
-    /// Answers one request. Never fails: errors are responses.
-    pub(crate) async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    /// Answers one request. Never fails: errors are responses. A request on
+    /// a connection from the operator's `reserve` reaches the control plane
+    /// only.
+    pub(crate) async fn handle(&self, request: Request<Incoming>, reserve: bool) -> Response<Body> {
         let authority = request
             .uri()
             .authority()
@@ -69,6 +71,18 @@ impl FrontDoor {
             .map_or("/", |p| p.as_str())
             .to_string();
         match route(&self.mode, authority.as_deref(), &path) {
+            Route::Tenant { .. } if reserve => {
+                let mut response = error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the host is at max_connections with every connection busy; this one may only \
+                     reach the host's own endpoints",
+                );
+                response.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("1"),
+                );
+                response
+            }
             Route::Tenant {
                 slug,
                 version,
@@ -210,8 +224,9 @@ async fn serve_connection(
         let door = door.clone();
         // Busy until the response body is sent: never evicted meanwhile.
         let busy = standing.busy();
+        let reserve = standing.reserved();
         async move {
-            let response = door.handle(request).await;
+            let response = door.handle(request, reserve).await;
             // Not boxed again: hyper takes any body type.
             Ok::<_, Infallible>(response.map(|body| BusyBody { body, _busy: busy }))
         }
