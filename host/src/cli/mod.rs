@@ -120,6 +120,30 @@ struct ServeArgs {
     #[arg(long)]
     max_concurrent_requests: Option<u32>,
 
+    /// Seconds a client has to send a request head (also closes idle
+    /// keep-alive connections) [default: config, else 10].
+    #[arg(long, value_name = "SECS")]
+    header_read_timeout_secs: Option<u64>,
+
+    /// Connections open at once [default: config, else half the open-file
+    /// limit, at most 10,000].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+
+    /// Connections one client address may hold [default: config, else 256].
+    #[arg(long, value_name = "N")]
+    max_connections_per_ip: Option<usize>,
+
+    /// Wall-clock time a request may take, in ms: past it the guest is
+    /// stopped and the client gets 504 [default: config, else 60000].
+    #[arg(long, value_name = "MS")]
+    request_timeout_ms: Option<u64>,
+
+    /// The largest request body, in bytes (413 past it) [default: config,
+    /// else 16 MiB].
+    #[arg(long, value_name = "BYTES")]
+    max_request_body_bytes: Option<u64>,
+
     /// Where compiled components are cached [default: $XDG_CACHE_HOME/mctx-host or ~/.cache/mctx-host].
     #[arg(long, env = "MCTX_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
@@ -231,6 +255,43 @@ impl ServeArgs {
         }
         if let Some(secs) = self.shutdown_grace_secs {
             config.host.shutdown_grace_secs = secs;
+        }
+        let host = &mut config.host;
+        for (flag, value, setting) in [
+            (
+                "--header-read-timeout-secs",
+                self.header_read_timeout_secs,
+                &mut host.header_read_timeout_secs,
+            ),
+            (
+                "--request-timeout-ms",
+                self.request_timeout_ms,
+                &mut host.request_timeout_ms,
+            ),
+            (
+                "--max-request-body-bytes",
+                self.max_request_body_bytes,
+                &mut host.max_request_body_bytes,
+            ),
+        ] {
+            if let Some(value) = value {
+                if value == 0 && flag != "--max-request-body-bytes" {
+                    anyhow::bail!("{flag} must be at least 1");
+                }
+                *setting = value;
+            }
+        }
+        if let Some(n) = self.max_connections {
+            if n == 0 {
+                anyhow::bail!("--max-connections must be at least 1");
+            }
+            host.max_connections = Some(n);
+        }
+        if let Some(n) = self.max_connections_per_ip {
+            if n == 0 {
+                anyhow::bail!("--max-connections-per-ip must be at least 1");
+            }
+            host.max_connections_per_ip = n;
         }
         if let Some(url) = &self.nats_url {
             let cluster = config

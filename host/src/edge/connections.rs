@@ -91,6 +91,8 @@ struct State {
     next_id: u64,
     /// Open connections by id (ids grow, so the first is the oldest).
     open: BTreeMap<u64, Arc<Connection>>,
+    /// How many of `open` came from the operator's reserve.
+    reserved: usize,
     by_address: HashMap<IpAddr, usize>,
 }
 
@@ -162,27 +164,49 @@ impl Refused {
 pub(crate) struct Ticket {
     connections: Arc<Connections>,
     id: u64,
-    address: IpAddr,
     pub(crate) connection: Arc<Connection>,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut state = self.connections.lock();
-        if state.open.remove(&self.id).is_some() {
-            state.release(self.address);
+        if let Some(connection) = state.open.remove(&self.id) {
+            state.release(&connection);
         }
     }
 }
 
 impl State {
-    fn release(&mut self, address: IpAddr) {
-        if let Some(count) = self.by_address.get_mut(&address) {
+    /// Frees the places of a connection taken out of `open`.
+    fn release(&mut self, connection: &Connection) {
+        if connection.reserved {
+            self.reserved -= 1;
+        }
+        if let Some(count) = self.by_address.get_mut(&connection.address) {
             *count -= 1;
             if *count == 0 {
-                self.by_address.remove(&address);
+                self.by_address.remove(&connection.address);
             }
         }
+    }
+
+    /// Evicts the oldest connection of the given kind with no request in
+    /// flight; false if there is none.
+    fn evict_idle(&mut self, reserved: bool) -> bool {
+        let idle = self
+            .open
+            .iter()
+            .find(|(_, c)| c.reserved == reserved && c.busy.load(Ordering::Relaxed) == 0)
+            .map(|(id, c)| (*id, c.clone()));
+        let Some((id, evicted)) = idle else {
+            return false;
+        };
+        // Its place is free now; its task closes it at the next poll.
+        self.open.remove(&id);
+        self.release(&evicted);
+        evicted.evicted.store(true, Ordering::Release);
+        evicted.evict.notify_waiters();
+        true
     }
 }
 
@@ -213,26 +237,18 @@ impl Connections {
         if from_address >= self.budget.max_per_address {
             return Err(Refused::TooManyFromAddress);
         }
-        let mut reserved = false;
-        if state.open.len() >= self.budget.max_connections {
-            let idle = state
-                .open
-                .iter()
-                .find(|(_, c)| c.busy.load(Ordering::Relaxed) == 0)
-                .map(|(id, c)| (*id, c.clone()));
-            match idle {
-                Some((id, evicted)) => {
-                    // Its place is free now; its task closes it at the next poll.
-                    state.open.remove(&id);
-                    state.release(evicted.address);
-                    evicted.evicted.store(true, Ordering::Release);
-                    evicted.evict.notify_waiters();
-                }
-                None if state.open.len() < self.budget.max_connections + RESERVE => {
-                    reserved = true;
-                }
-                None => return Err(Refused::Full),
-            }
+        // Normal places first (evicting an idle one if need be), then the
+        // operator's reserve (likewise), which never frees a normal place.
+        let normal = state.open.len() - state.reserved;
+        let reserved = if normal < self.budget.max_connections || state.evict_idle(false) {
+            false
+        } else if state.reserved < RESERVE || state.evict_idle(true) {
+            true
+        } else {
+            return Err(Refused::Full);
+        };
+        if reserved {
+            state.reserved += 1;
         }
         let id = state.next_id;
         state.next_id += 1;
@@ -248,7 +264,6 @@ impl Connections {
         Ok(Ticket {
             connections: self.clone(),
             id,
-            address,
             connection,
         })
     }
@@ -319,5 +334,21 @@ mod tests {
             Some(Refused::Full),
             "every one busy"
         );
+    }
+
+    #[test]
+    fn an_idle_reserve_connection_never_frees_a_normal_place() {
+        let all = connections(2, 100);
+        let a = all.admit(ip(1)).unwrap();
+        let b = all.admit(ip(1)).unwrap();
+        let _busy = (a.connection.busy(), b.connection.busy());
+        let operator = all.admit(ip(2)).unwrap();
+        assert!(operator.connection.reserved());
+        // The operator's connection is idle now; the next one still goes to
+        // the reserve (evicting the idle reserve one if the reserve is full),
+        // never to a normal place.
+        let next = all.admit(ip(3)).unwrap();
+        assert!(next.connection.reserved());
+        assert_eq!(all.open(), 4);
     }
 }

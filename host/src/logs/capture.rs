@@ -19,19 +19,14 @@
 //! pieces within one line, and a line's last bytes when the line was cut
 //! short in the middle of one.
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
-
-use bytes::Bytes;
-use tokio::io::AsyncWrite;
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 use crate::logs::entry::{
     Level, LogEntry, MAX_MESSAGE_BYTES, RequestMeta, Stream, now_ms, truncate_message,
 };
+use crate::logs::redact::redact;
 use crate::logs::sink::LogSink;
+pub use crate::logs::stdio::CaptureStream;
 
 /// How many bytes of output one request may write before the rest is dropped.
 pub const OUTPUT_BUDGET_BYTES: usize = 256 * 1024;
@@ -154,7 +149,7 @@ impl RequestCapture {
     }
 
     /// Accepts bytes the guest wrote to `stream`.
-    fn write(&self, stream: Stream, mut data: &[u8]) {
+    pub(crate) fn write(&self, stream: Stream, mut data: &[u8]) {
         let mut state = self.lock();
         if state.finished {
             return;
@@ -271,104 +266,6 @@ impl RequestCapture {
     pub fn bytes_written(&self) -> usize {
         let state = self.lock();
         state.accepted + state.dropped
-    }
-}
-
-/// What a secret becomes in an entry.
-pub const REDACTED: &str = "[REDACTED]";
-
-/// A piece this long at the end of a cut line that begins a secret is
-/// scrubbed too; shorter ones say too little to matter.
-const MIN_SECRET_PREFIX: usize = 4;
-
-/// Replaces every secret in `text` (longest first) with [`REDACTED`]. When
-/// `cut`, the text was cut short: a trailing piece that begins a secret is
-/// replaced as well.
-fn redact(text: &mut String, secrets: &[String], cut: bool) {
-    for secret in secrets {
-        if text.contains(secret.as_str()) {
-            *text = text.replace(secret.as_str(), REDACTED);
-        }
-    }
-    if !cut {
-        return;
-    }
-    for secret in secrets {
-        let longest = secret.len().saturating_sub(1).min(text.len());
-        let piece = (MIN_SECRET_PREFIX..=longest)
-            .rev()
-            .find(|&len| secret.is_char_boundary(len) && text.ends_with(&secret[..len]));
-        if let Some(len) = piece {
-            text.truncate(text.len() - len);
-            text.push_str(REDACTED);
-            return;
-        }
-    }
-}
-
-/// A guest's stdout or stderr. Cheap to clone: the guest may open its stdout
-/// many times (Rust's std does so per write) and every handle shares one
-/// line buffer.
-#[derive(Clone)]
-pub struct CaptureStream {
-    capture: Arc<RequestCapture>,
-    stream: Stream,
-}
-
-impl IsTerminal for CaptureStream {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl StdoutStream for CaptureStream {
-    fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(self.clone())
-    }
-
-    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
-        Box::new(self.clone())
-    }
-}
-
-impl OutputStream for CaptureStream {
-    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.capture.write(self.stream, &bytes);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> StreamResult<()> {
-        Ok(())
-    }
-
-    fn check_write(&mut self) -> StreamResult<usize> {
-        // Capture never applies back-pressure: it keeps at most one line per
-        // stream and drops what is over budget.
-        Ok(64 * 1024)
-    }
-}
-
-#[async_trait::async_trait]
-impl Pollable for CaptureStream {
-    async fn ready(&mut self) {}
-}
-
-impl AsyncWrite for CaptureStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.capture.write(self.stream, buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
     }
 }
 

@@ -12,5 +12,7 @@ pub(crate) mod console;
 pub mod entry;
 pub(crate) mod hub;
 pub(crate) mod publish;
+pub(crate) mod redact;
 pub mod sink;
+pub(crate) mod stdio;
 pub(crate) mod wire;

@@ -13,6 +13,7 @@ pub(crate) mod guest_logging;
 pub(crate) mod limits;
 pub(crate) mod memory;
 pub(crate) mod outbound;
+pub(crate) mod report;
 pub(crate) mod runtime;
 pub(crate) mod state;
 pub(crate) mod tenants;

@@ -7,6 +7,7 @@
 //! values out of range — and reports *every* problem at once, each naming
 //! the file and the tenant, so a user fixes a config in one round trip.
 
+mod addresses;
 mod outbound;
 mod tables;
 mod tenant;
@@ -17,7 +18,8 @@ use std::path::Path;
 use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 
-pub use outbound::{AllowList, Allowed, Scheme, Target, is_own_address, is_public};
+pub use addresses::{is_own_address, is_public};
+pub use outbound::{AllowList, Allowed, Scheme, Target};
 pub use tables::{
     AuthSettings, ClusterSettings, DEFAULT_ADDR, DEFAULT_BASE_DOMAIN, DEFAULT_CPU_LIMIT_MS,
     DEFAULT_MEMORY_LIMIT_MB, HostSettings, LogSettings,
