@@ -131,9 +131,15 @@ fn get(url: &str) -> Result<(u16, String), String> {
         "https" => Scheme::Https,
         other => Scheme::Other(other.to_string()),
     };
-    request.set_scheme(Some(&scheme)).map_err(|()| "bad scheme")?;
-    request.set_authority(Some(authority)).map_err(|()| "bad authority")?;
-    request.set_path_with_query(Some(path)).map_err(|()| "bad path")?;
+    request
+        .set_scheme(Some(&scheme))
+        .map_err(|()| "bad scheme")?;
+    request
+        .set_authority(Some(authority))
+        .map_err(|()| "bad authority")?;
+    request
+        .set_path_with_query(Some(path))
+        .map_err(|()| "bad path")?;
     let pending = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
     pending.subscribe().block();
     let response = pending
