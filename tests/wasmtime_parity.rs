@@ -68,8 +68,15 @@ fn comparable(reply: &Reply) -> Value {
 }
 
 async fn same_answers(component: &Path, cases: &[Case]) {
-    let wasmtime = WasmtimeServe::start(component, &[]);
-    let host = HostProcess::single(component, &["--guest-logs", "off"]);
+    same_answers_with(component, &[], cases).await;
+}
+
+/// Both binaries started with the same `wasmtime serve` flags.
+async fn same_answers_with(component: &Path, flags: &[&str], cases: &[Case]) {
+    let wasmtime = WasmtimeServe::start(component, flags);
+    let mut ours = vec!["--guest-logs", "off"];
+    ours.extend(flags);
+    let host = HostProcess::single(component, &ours);
     for case in cases {
         let send = |addr| {
             support::send(
@@ -153,4 +160,111 @@ async fn mcp_everything_answers_the_same_under_wasmtime_serve() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn js_hello_answers_the_same_under_wasmtime_serve() {
     same_answers(&js_guest(), &[get("/hi?x=1"), get("/fail")]).await;
+}
+
+/// `wasmtime serve` command lines as READMEs and CI scripts write them, each
+/// under both binaries with the same flags (`-Scli` and `--addr` come from
+/// the harness): the same answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasmtime_serve_command_lines_mean_the_same_under_mctx_host() {
+    let hello = guest("hello");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("greeting.txt"), "hello from the host\n").unwrap();
+    let grant = format!("{}::/data", dir.path().display());
+    let table: [(&[&str], Case); 7] = [
+        (&["--env", "GREETING=hi"], get("/env?name=GREETING")),
+        (
+            &["-S", "cli,http", "--env", "GREETING=hi"],
+            get("/env?name=GREETING"),
+        ),
+        (&["-S", "inherit-env", "--env", "A=1"], get("/env?name=A")),
+        (&["-H", "x-added: yes"], get("/headers")),
+        (
+            &["-O", "pooling-allocator", "-W", "max-memory-size=67108864"],
+            get("/"),
+        ),
+        (&["--dir", &grant], get("/read?path=/data/greeting.txt")),
+        (
+            &[
+                "--max-concurrent-requests",
+                "16",
+                "--max-concurrent-connections",
+                "64",
+                "--max-instance-reuse-count",
+                "1",
+                "--idle-instance-timeout",
+                "2s",
+            ],
+            get("/quiet"),
+        ),
+    ];
+    for (flags, case) in table {
+        same_answers_with(&hello, flags, &[case]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn honoured_wasmtime_flags_take_effect() {
+    // -W timeout: the guest is stopped at the limit (wasmtime traps, 500;
+    // we answer 504, as for every tenant past its wall-clock limit).
+    let host = HostProcess::single(&guest("misbehave"), &["-W", "timeout=300ms"]);
+    let reply = host.get("localhost", "/slow?ms=60000").await;
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    assert!(reply.text().contains("(300 ms)"), "{}", reply.text());
+
+    // --no-logging-prefix: the guest's lines exactly as it wrote them.
+    let host = HostProcess::single(&guest("hello"), &["--no-logging-prefix"]);
+    assert_eq!(host.get("localhost", "/raw").await.status, 200);
+    assert_eq!(
+        host.wait_for_line(|l| l.contains("GET /raw")),
+        "hello: GET /raw"
+    );
+
+    // --shutdown-addr: connecting there shuts the host down, cleanly.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let shutdown = format!("127.0.0.1:{port}");
+    let mut host = HostProcess::single(&guest("hello"), &["--shutdown-addr", &shutdown]);
+    assert_eq!(host.get("localhost", "/quiet").await.status, 200);
+    tokio::net::TcpStream::connect(&shutdown).await.unwrap();
+    assert!(
+        host.wait_exit().success(),
+        "exits 0 after a graceful shutdown"
+    );
+}
+
+#[test]
+fn unsupported_wasmtime_flags_are_refused_in_one_line_naming_the_flag() {
+    let hello = guest("hello");
+    let refused: [&[&str]; 10] = [
+        &["-C", "cranelift-opt-level=0"],
+        &["-D", "debug-info"],
+        &["-R", "path=trace.bin"],
+        &["--target", "x86_64-unknown-linux-gnu"],
+        &["--allow-precompiled"],
+        &["--profile", "perfmap"],
+        &["-S", "nn"],
+        &["-W", "fuel=1000"],
+        &["-O", "memory-reservation=1048576"],
+        &["--max-instance-reuse-count", "2"],
+    ];
+    for flags in refused {
+        let mut args: Vec<std::ffi::OsString> = vec!["serve".into()];
+        args.extend(flags.iter().map(Into::into));
+        args.push(hello.clone().into());
+        let stderr = support::run_failing(&args);
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{flags:?}: one line, got {stderr}");
+        assert!(
+            lines[0].contains("not supported by mctx-host") && lines[0].contains(flags[0]),
+            "{flags:?}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("unexpected argument"),
+            "{flags:?}: {stderr}"
+        );
+    }
 }

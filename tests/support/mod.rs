@@ -310,6 +310,21 @@ impl HostProcess {
         let _ = self.child.wait();
     }
 
+    /// Waits for the host to exit by itself (at most the harness's patience).
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for the host") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the host did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM and waits for the host to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let status = Command::new("kill")

@@ -10,6 +10,7 @@
 //! `env` and `secrets`):
 //! - `/env?name=NAME` answers with the environment variable's value and
 //!   prints it, the way a careless tenant would: the host redacts secrets;
+//! - `/read?path=PATH` answers with a file's text (from a `--dir` grant);
 //! - `/fetch` makes `x-fetch-times` (default 1) GET requests to the URL in
 //!   the `x-fetch-url` header and answers with each one's status and body, or
 //!   its error code.
@@ -32,6 +33,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
         let (route, query) = split_query(&path);
         match route {
             "/env" => return env(out, query_param(query, "name").unwrap_or_default()),
+            "/read" => return read(out, query_param(query, "path").unwrap_or_default()),
             "/fetch" => return fetch(&request, out),
             _ => {}
         }
@@ -88,6 +90,15 @@ fn env(out: ResponseOutparam, name: &str) {
     let value = std::env::var(name).ok();
     println!("env {name}={}", value.as_deref().unwrap_or("(not set)"));
     let body = json!({ "name": name, "value": value });
+    respond(out, 200, "application/json", body.to_string().as_bytes());
+}
+
+/// `/read?path=PATH`: a file's text from a directory the host granted.
+fn read(out: ResponseOutparam, path: &str) {
+    let body = match std::fs::read_to_string(path) {
+        Ok(text) => json!({ "path": path, "text": text }),
+        Err(e) => json!({ "path": path, "error": e.to_string() }),
+    };
     respond(out, 200, "application/json", body.to_string().as_bytes());
 }
 

@@ -18,6 +18,7 @@ use crate::logs::console::GuestLogFormat;
 use crate::run::artifacts::ArtifactCache;
 
 mod tail;
+mod wasmtime;
 
 /// A multi-tenant host for wasi:http WebAssembly components, with live logs.
 #[derive(Parser, Debug)]
@@ -37,7 +38,7 @@ enum Command {
     /// Multi-tenant mode: `mctx-host serve --config tenants.toml` routes
     /// `{slug}.{base_domain}` (or `/t/{slug}/` on the base domain) to tenant
     /// `slug`; `/v1/...` picks a version.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Mint a session token for a user (to watch their servers' logs).
     ///
     /// The secret comes from MCTX_SESSION_SECRET, else from the config
@@ -95,6 +96,8 @@ struct ServeArgs {
     component: Option<PathBuf>,
 
     /// A tenants file (TOML) describing many tenants; see examples/tenants.toml.
+    /// Not wasmtime's `--config` (a file of -O/-C/-W/-S settings): give
+    /// those as flags.
     #[arg(long, short)]
     config: Option<PathBuf>,
 
@@ -180,6 +183,13 @@ struct ServeArgs {
     /// and print a token for each owner (single-component mode always does).
     #[arg(long)]
     dev: bool,
+
+    /// `wasmtime serve`'s own flags, accepted with its syntax.
+    #[command(
+        flatten,
+        next_help_heading = "Flags of `wasmtime serve` (honoured, or refused with the reason)"
+    )]
+    wasmtime: wasmtime::WasmtimeFlags,
 }
 
 impl Cli {
@@ -215,8 +225,9 @@ fn init_tracing() {
 
 impl ServeArgs {
     /// The configuration this invocation describes: the config file, or a
-    /// one-tenant configuration around the component.
-    fn config(&self) -> Result<(Config, RoutingMode)> {
+    /// one-tenant configuration around the component; and what `wasmtime
+    /// serve`'s flags asked for beyond it.
+    fn config(&self) -> Result<(Config, RoutingMode, wasmtime::Asked)> {
         let mut config = match (&self.config, &self.component) {
             (Some(path), _) => Config::load(path)?,
             (None, Some(component)) => {
@@ -308,6 +319,7 @@ impl ServeArgs {
             };
             cluster.node = Some(node.clone());
         }
+        let asked = self.wasmtime.apply(&mut config, self.config.is_none())?;
         let mode = match &self.config {
             Some(_) => RoutingMode::Multi {
                 base_domain: config.host.base_domain.clone(),
@@ -316,27 +328,31 @@ impl ServeArgs {
                 slug: self.slug.clone(),
             },
         };
-        Ok((config, mode))
+        Ok((config, mode, asked))
     }
 
     async fn run(self) -> Result<()> {
-        let (mut config, routing) = self.config()?;
+        let (mut config, routing, asked) = self.config()?;
         let dev_tokens = self.session_secret(&mut config, &routing);
         let cache_dir = if self.no_cache {
             None
         } else {
             self.cache_dir.clone().or_else(ArtifactCache::default_dir)
         };
-        let guest_logs = self.guest_logs.unwrap_or(match routing {
-            RoutingMode::Single { .. } => GuestLogFormat::Pretty,
-            RoutingMode::Multi { .. } => GuestLogFormat::Off,
-        });
+        let guest_logs = if self.wasmtime.no_logging_prefix {
+            GuestLogFormat::Raw
+        } else {
+            self.guest_logs.unwrap_or(match routing {
+                RoutingMode::Single { .. } => GuestLogFormat::Pretty,
+                RoutingMode::Multi { .. } => GuestLogFormat::Off,
+            })
+        };
         let addr = config.host.addr;
         let app = App::build(AppConfig {
             config,
             routing: routing.clone(),
             cache_dir,
-            pooling: !self.no_pooling,
+            pooling: !(self.no_pooling || asked.no_pooling),
             guest_logs,
         })
         .await?;
@@ -349,7 +365,8 @@ impl ServeArgs {
             &dev_tokens,
             app.cluster_node(),
         );
-        app.serve(listener, shutdown_signal()).await
+        let shutdown = shutdown_signal(self.wasmtime.shutdown_addr).await?;
+        app.serve(listener, shutdown).await
     }
 }
 
@@ -425,8 +442,37 @@ fn announce(
     let _ = out.flush();
 }
 
+/// A future that resolves on Ctrl-C, SIGTERM, or (with `--shutdown-addr`,
+/// as `wasmtime serve` has it) a connection to `address`.
+async fn shutdown_signal(
+    address: Option<SocketAddr>,
+) -> Result<impl std::future::Future<Output = ()>> {
+    let listener = match address {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("--shutdown-addr: cannot listen on {address}"))?,
+        ),
+        None => None,
+    };
+    Ok(async move {
+        let connected = async {
+            match &listener {
+                Some(listener) => {
+                    let _ = listener.accept().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = signals() => {}
+            () = connected => tracing::info!("a connection to --shutdown-addr asked to shut down"),
+        }
+    })
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+async fn signals() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

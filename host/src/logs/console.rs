@@ -10,7 +10,7 @@ use std::io::{IsTerminal as _, Write as _};
 
 use clap::ValueEnum;
 
-use crate::logs::entry::{Level, LogEntry};
+use crate::logs::entry::{EntryKind, Level, LogEntry};
 use crate::logs::sink::LogSink;
 
 /// How guest output is shown on the host's stdout.
@@ -20,6 +20,9 @@ pub enum GuestLogFormat {
     Pretty,
     /// One JSON entry per line, as viewers receive them.
     Json,
+    /// The guest's lines as it wrote them, nothing added (what `wasmtime
+    /// serve --no-logging-prefix` prints).
+    Raw,
     /// Not shown (viewers still receive them).
     Off,
 }
@@ -48,6 +51,9 @@ impl LogSink for ConsoleLog {
     fn publish(&self, _slug: &str, entries: Vec<LogEntry>) {
         let mut text = String::new();
         for entry in &entries {
+            if self.format == GuestLogFormat::Raw && entry.kind == EntryKind::Request {
+                continue; // wasmtime prints nothing of its own per request
+            }
             match self.format {
                 GuestLogFormat::Pretty => {
                     text.push_str(&pretty_line(entry, self.color));
@@ -55,6 +61,7 @@ impl LogSink for ConsoleLog {
                 GuestLogFormat::Json => {
                     text.push_str(&serde_json::to_string(entry).expect("entries serialize"));
                 }
+                GuestLogFormat::Raw => text.push_str(&entry.message),
                 GuestLogFormat::Off => return,
             }
             text.push('\n');

@@ -25,6 +25,10 @@ pub(crate) struct Capabilities {
     pub(crate) env: Vec<(String, String)>,
     /// The secrets' values, for redaction.
     pub(crate) secrets: Secrets,
+    /// Set on every request before the guest sees it.
+    pub(crate) request_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Host directories the guest may read: (host path, guest path).
+    pub(crate) dirs: Vec<(std::path::PathBuf, String)>,
 }
 
 /// Secret values: shared by every request of the tenant, never printed.
@@ -113,6 +117,24 @@ impl Capabilities {
                 )),
             }
         }
+        let mut request_headers = Vec::new();
+        for (name, value) in &spec.request_headers {
+            match (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_str(value),
+            ) {
+                (Ok(name), Ok(value)) => request_headers.push((name, value)),
+                _ => problems.push(format!("header {name}: {value:?} is not a valid header")),
+            }
+        }
+        for (host, _) in &spec.dirs {
+            if !host.is_dir() {
+                problems.push(format!(
+                    "--dir {}: not a directory this host can read",
+                    host.display()
+                ));
+            }
+        }
         // Longest first, so that a secret containing another is replaced
         // whole.
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
@@ -122,6 +144,8 @@ impl Capabilities {
             outbound: Arc::new(spec.outbound.clone()),
             env,
             secrets: Secrets(secrets.into()),
+            request_headers,
+            dirs: spec.dirs.clone(),
         }
     }
 }

@@ -98,6 +98,9 @@ impl Dispatcher {
         let slug = tenant.slug.as_str();
         let request_id = new_request_id();
         let headers = request.headers_mut();
+        for (name, value) in &tenant.capabilities.request_headers {
+            headers.insert(name.clone(), value.clone());
+        }
         // `insert` replaces every value a client sent: these two are ours.
         headers.insert(
             X_TENANT_SLUG,

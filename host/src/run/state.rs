@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::logs::capture::RequestCapture;
@@ -42,6 +42,13 @@ impl RequestState {
             .stderr(capture.stream(Stream::Stderr));
         if !capabilities.env.is_empty() {
             wasi.envs(&capabilities.env);
+        }
+        for (host, guest) in &capabilities.dirs {
+            // Checked at start; a directory gone since leaves the guest
+            // without it rather than failing the request.
+            if let Err(e) = wasi.preopened_dir(host, guest, FsPerms::ReadOnly) {
+                tracing::warn!(dir = %host.display(), "cannot open --dir: {e:#}");
+            }
         }
         RequestState {
             wasi: wasi.build(),

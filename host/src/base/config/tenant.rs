@@ -114,6 +114,12 @@ pub struct TenantSpec {
     /// Secrets the guest sees as environment variables, by where their
     /// values come from; the values themselves are never in the file.
     pub secrets: BTreeMap<String, SecretSource>,
+    /// Headers (lower-case name, value) set on every request before the
+    /// guest sees it (`--header`, single-component mode).
+    pub request_headers: Vec<(String, String)>,
+    /// Host directories the guest may read, as (host path, guest path)
+    /// (`--dir`, single-component mode).
+    pub dirs: Vec<(PathBuf, String)>,
 }
 
 impl TenantSpec {
@@ -134,6 +140,8 @@ impl TenantSpec {
             outbound: OutboundSpec::default(),
             env: BTreeMap::new(),
             secrets: BTreeMap::new(),
+            request_headers: Vec::new(),
+            dirs: Vec::new(),
         }
     }
 }
@@ -307,6 +315,8 @@ impl TenantTable {
             },
             env: self.env,
             secrets,
+            request_headers: Vec::new(),
+            dirs: Vec::new(),
         })
     }
 }

@@ -1,0 +1,346 @@
+//! `wasmtime serve`'s command line, accepted as it is.
+//!
+//! Every README and CI script for wasi:http components says `wasmtime serve
+//! -Scli …`; `mctx-host serve` takes the same flags with the same syntax.
+//! Each one is either honoured with wasmtime's meaning or refused with one
+//! line that says why and names our equivalent, never "unexpected
+//! argument". README's "Coming from `wasmtime serve`" lists them.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+use crate::base::config::{AllowList, Config};
+
+/// The flags of `wasmtime serve` 48 that are not ours already.
+#[derive(Args, Debug, Default)]
+pub(crate) struct WasmtimeFlags {
+    /// wasmtime's optimization options: `pooling-allocator[=y|n]` is honoured (on by default); the
+    /// pool's own knobs are sized from --max-concurrent-requests and the memory limit.
+    #[arg(short = 'O', long = "optimize", value_name = "KEY[=VAL[,..]]")]
+    optimize: Vec<String>,
+    /// wasmtime's codegen options: refused (mctx-host compiles with Cranelift's defaults).
+    #[arg(short = 'C', long = "codegen", value_name = "KEY[=VAL[,..]]")]
+    codegen: Vec<String>,
+    /// wasmtime's debug options: refused.
+    #[arg(short = 'D', long = "debug", value_name = "KEY[=VAL[,..]]")]
+    debug: Vec<String>,
+    /// wasmtime's wasm options: `timeout=DURATION` (wall clock per request, 504 past it) and
+    /// `max-memory-size=BYTES` are honoured.
+    #[arg(short = 'W', long = "wasm", value_name = "KEY[=VAL[,..]]")]
+    wasm: Vec<String>,
+    /// wasmtime's WASI options: `cli`, `common`, `http` (always on), `inherit-env`, and
+    /// `inherit-network` (outbound HTTP to public addresses) are honoured.
+    #[arg(short = 'S', long = "wasi", value_name = "KEY[=VAL[,..]]")]
+    wasi: Vec<String>,
+    /// wasmtime's execution recording: refused.
+    #[arg(short = 'R', long = "record", value_name = "KEY[=VAL[,..]]")]
+    record: Vec<String>,
+    /// wasmtime's target triple: refused (mctx-host runs components for this machine).
+    #[arg(long, value_name = "TARGET")]
+    target: Option<String>,
+    /// wasmtime's precompiled `.cwasm` files: refused (mctx-host keeps its own compiled cache).
+    #[arg(long)]
+    allow_precompiled: bool,
+    /// wasmtime's profiler integration: refused.
+    #[arg(long, value_name = "STRATEGY")]
+    profile: Option<String>,
+    /// Grant the component read-only access to a host directory, as `HOST` or `HOST::GUEST`
+    /// (single-component mode).
+    #[arg(long = "dir", value_name = "HOST_DIR[::GUEST_DIR]")]
+    pub(crate) dirs: Vec<String>,
+    /// An environment variable for the component: `NAME=VALUE`, or `NAME` for this process's
+    /// value (single-component mode).
+    #[arg(long = "env", value_name = "NAME[=VAL]")]
+    env: Vec<String>,
+    /// Connecting to this address shuts the host down gracefully.
+    #[arg(long, value_name = "SOCKADDR")]
+    pub(crate) shutdown_addr: Option<std::net::SocketAddr>,
+    /// Print the component's output lines as they are, without a prefix.
+    #[arg(long)]
+    pub(crate) no_logging_prefix: bool,
+    /// Requests one instance serves before it is dropped: 1 is honoured (every request gets a
+    /// fresh instance); more is refused for now.
+    #[arg(long, value_name = "N")]
+    max_instance_reuse_count: Option<u32>,
+    /// Concurrent requests per instance: 1 is honoured; more is refused for now.
+    #[arg(long, value_name = "N")]
+    max_instance_concurrent_reuse_count: Option<u32>,
+    /// How long an idle instance is kept for reuse: accepted; with one request per instance
+    /// there is nothing to keep, as in wasmtime.
+    #[arg(long, value_name = "DURATION")]
+    idle_instance_timeout: Option<String>,
+    /// `name: value`: replace or add this header on every request before the component sees it
+    /// (`@FILE`: one header per line).
+    #[arg(short = 'H', long = "header", value_name = "HEADER")]
+    headers: Vec<String>,
+    /// Connections open at once (our --max-connections).
+    #[arg(long, value_name = "N")]
+    pub(crate) max_concurrent_connections: Option<usize>,
+}
+
+/// One `KEY[=VAL]` of a `-X KEY[=VAL[,..]]` option.
+fn items(values: &[String]) -> impl Iterator<Item = (&str, Option<&str>)> {
+    values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .filter(|item| !item.is_empty())
+        .map(|item| match item.split_once('=') {
+            Some((key, value)) => (key, Some(value)),
+            None => (item, None),
+        })
+}
+
+/// wasmtime's booleans: `y`, `yes`, `true` or nothing for on; `n`, `no`, `false` for off.
+fn on(flag: &str, key: &str, value: Option<&str>) -> Result<bool> {
+    match value {
+        None | Some("y" | "yes" | "true") => Ok(true),
+        Some("n" | "no" | "false") => Ok(false),
+        Some(other) => bail!("{flag} {key}={other}: expected y or n"),
+    }
+}
+
+/// wasmtime's durations: a number of seconds, or with `s`, `ms`, `us`/`μs` or `ns`.
+fn duration(flag: &str, text: &str) -> Result<Duration> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{flag}: {text:?} is not a duration (e.g. 5s, 500ms)"))?;
+    let seconds = match unit {
+        "" | "s" => number,
+        "ms" => number / 1e3,
+        "us" | "μs" => number / 1e6,
+        "ns" => number / 1e9,
+        _ => bail!("{flag}: {text:?} has an unknown unit (s, ms, us, ns)"),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Refuses a flag: one line, why, and what to use instead.
+fn refuse(flag: &str, why: &str) -> anyhow::Error {
+    anyhow::anyhow!("{flag} is not supported by mctx-host: {why}")
+}
+
+/// What the flags ask for, beyond the tenants' settings.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Asked {
+    /// `-O pooling-allocator=n`.
+    pub(crate) no_pooling: bool,
+}
+
+impl WasmtimeFlags {
+    /// Applies the flags to a configuration (`single`: the one-component
+    /// configuration the command line made), or says which one cannot be.
+    pub(crate) fn apply(&self, config: &mut Config, single: bool) -> Result<Asked> {
+        let mut asked = Asked::default();
+        for (group, values, why) in [
+            (
+                "-C",
+                &self.codegen,
+                "mctx-host compiles with Cranelift's defaults",
+            ),
+            (
+                "-D",
+                &self.debug,
+                "debugging a guest is wasmtime's job: run it under `wasmtime serve`",
+            ),
+            (
+                "-R",
+                &self.record,
+                "execution recording is wasmtime's: run it under `wasmtime serve`",
+            ),
+        ] {
+            if let Some((key, _)) = items(values).next() {
+                return Err(refuse(&format!("{group} {key}"), why));
+            }
+        }
+        if self.target.is_some() {
+            return Err(refuse(
+                "--target",
+                "components run compiled for this machine",
+            ));
+        }
+        if self.allow_precompiled {
+            return Err(refuse(
+                "--allow-precompiled",
+                "mctx-host compiles components itself and caches the result (--cache-dir)",
+            ));
+        }
+        if self.profile.is_some() {
+            return Err(refuse(
+                "--profile",
+                "profile the host with perf (docs/profile.md shows how)",
+            ));
+        }
+        for (key, value) in items(&self.optimize) {
+            match key {
+                "pooling-allocator" => asked.no_pooling = !on("-O", key, value)?,
+                _ => {
+                    return Err(refuse(
+                        &format!("-O {key}"),
+                        "the instance pool is sized from --max-concurrent-requests and --memory-limit-mb",
+                    ));
+                }
+            }
+        }
+        let tenants = config.tenants.len();
+        for (key, value) in items(&self.wasm) {
+            let value = value.unwrap_or_default();
+            match key {
+                "timeout" => {
+                    let ms = duration("-W timeout", value)?.as_millis().max(1);
+                    config.host.request_timeout_ms = u64::try_from(ms).unwrap_or(u64::MAX);
+                }
+                "max-memory-size" => {
+                    let bytes: u64 = value.parse().map_err(|_| {
+                        anyhow::anyhow!("-W max-memory-size={value}: expected a number of bytes")
+                    })?;
+                    config.host.memory_limit_mb = bytes.div_ceil(1 << 20).max(1);
+                }
+                _ => {
+                    return Err(refuse(
+                        &format!("-W {key}"),
+                        "mctx-host's limits are --cpu-limit-ms, --memory-limit-mb and --request-timeout-ms",
+                    ));
+                }
+            }
+        }
+        let mut inherit_env = false;
+        for (key, value) in items(&self.wasi) {
+            let enabled = on("-S", key, value);
+            match key {
+                "cli" | "common" | "http" => {
+                    if !enabled? {
+                        return Err(refuse(
+                            &format!("-S {key}=n"),
+                            "mctx-host always links WASI CLI and HTTP (they grant nothing by themselves)",
+                        ));
+                    }
+                }
+                "inherit-env" => inherit_env = enabled?,
+                "inherit-network" if enabled? => {
+                    let any = AllowList::parse(&["*://*:*".to_string()]).expect("a valid entry");
+                    for tenant in &mut config.tenants {
+                        tenant.outbound.allowed = any.clone();
+                    }
+                }
+                "inherit-network" => {}
+                _ => {
+                    return Err(refuse(
+                        &format!("-S {key}"),
+                        "mctx-host offers WASI CLI and HTTP, with outbound HTTP under allowed_outbound_hosts",
+                    ));
+                }
+            }
+        }
+        let envs = !self.env.is_empty() || inherit_env;
+        if (envs || !self.dirs.is_empty() || !self.headers.is_empty()) && (!single || tenants != 1)
+        {
+            bail!(
+                "--env, -S inherit-env, --dir and --header are for single-component mode; in a tenants \
+                 file use each tenant's env, secrets and allowed_outbound_hosts"
+            );
+        }
+        if let Some(tenant) = config.tenants.first_mut().filter(|_| single) {
+            if inherit_env {
+                tenant.env.extend(std::env::vars());
+            }
+            for entry in &self.env {
+                let (name, value) = match entry.split_once('=') {
+                    Some((name, value)) => (name.to_string(), value.to_string()),
+                    None => (entry.clone(), std::env::var(entry).unwrap_or_default()),
+                };
+                tenant.env.insert(name, value);
+            }
+            for header in &self.headers {
+                tenant.request_headers.extend(parse_headers(header)?);
+            }
+            for dir in &self.dirs {
+                let (host, guest) = dir.split_once("::").unwrap_or((dir, dir));
+                tenant.dirs.push((host.into(), guest.to_string()));
+            }
+        }
+        match self.max_instance_reuse_count {
+            None | Some(1) => {}
+            Some(_) => {
+                return Err(refuse(
+                    "--max-instance-reuse-count above 1",
+                    "every request gets a fresh instance (reuse is planned)",
+                ));
+            }
+        }
+        match self.max_instance_concurrent_reuse_count {
+            None | Some(1) => {}
+            Some(_) => {
+                return Err(refuse(
+                    "--max-instance-concurrent-reuse-count above 1",
+                    "one request per instance, as wasmtime does for WASIp2 components",
+                ));
+            }
+        }
+        if let Some(timeout) = &self.idle_instance_timeout {
+            duration("--idle-instance-timeout", timeout)?;
+        }
+        if let Some(n) = self.max_concurrent_connections {
+            config.host.max_connections = Some(n.max(1));
+        }
+        Ok(asked)
+    }
+}
+
+/// `name: value`, or `@FILE` with one such header per line.
+fn parse_headers(argument: &str) -> Result<Vec<(String, String)>> {
+    let text = match argument.strip_prefix('@') {
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("--header @{path}: {e}"))?
+        }
+        None => argument.to_string(),
+    };
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let (name, value) = line
+                .split_once(':')
+                .ok_or_else(|| anyhow::anyhow!("--header {line:?}: expected `name: value`"))?;
+            let name = name.trim();
+            http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| anyhow::anyhow!("--header {line:?}: {name:?} is not a header name"))?;
+            Ok((name.to_ascii_lowercase(), value.trim().to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn option_lists_and_values_parse_as_wasmtime_writes_them() {
+        let values = ["cli,http=y".to_string(), "inherit-env".to_string()];
+        let parsed: Vec<_> = items(&values).collect();
+        assert_eq!(
+            parsed,
+            [("cli", None), ("http", Some("y")), ("inherit-env", None)]
+        );
+        assert_eq!(
+            duration("-W timeout", "5s").unwrap(),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            duration("-W timeout", "250ms").unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(duration("-W timeout", "2").unwrap(), Duration::from_secs(2));
+        assert!(duration("-W timeout", "5m").is_err());
+        assert!(on("-S", "cli", Some("maybe")).is_err());
+        assert_eq!(
+            parse_headers("X-Hello: world").unwrap(),
+            [("x-hello".to_string(), "world".to_string())]
+        );
+        assert!(parse_headers("no colon").is_err());
+    }
+}
