@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use serde_json::Value;
-use support::{HostProcess, PATIENCE, guest, send, tenant_toml};
+use support::{HostProcess, PATIENCE, guest, rss_kib, send, tenant_toml};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -224,16 +224,6 @@ async fn oversize_heads_and_bodies_and_slow_guests_get_their_status() {
             .contains("wall-clock limit of 300 ms")),
         "{entries:?}"
     );
-}
-
-/// The host's resident memory, from /proc.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{HostProcess, Viewer, WasmtimeServe, guest, js_guest, repo_root, tenant_toml};
+use support::{
+    HostProcess, Viewer, WasmtimeServe, guest, js_guest, repo_root, rss_kib, tenant_toml,
+};
 
 const ROUNDS: usize = 3;
 const CONNECTIONS: usize = 16;
@@ -219,16 +221,6 @@ impl Drop for Watchers {
             task.abort();
         }
     }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
 }
 
 fn hosts_config(tenants: usize, component: &std::path::Path) -> String {
