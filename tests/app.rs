@@ -25,6 +25,7 @@ async fn an_app_built_in_process_serves_a_tenant_and_shuts_down() {
         cache_dir: Some(support::target_dir().join("test-artifact-cache")),
         pooling: true,
         guest_logs: GuestLogFormat::Off,
+        pool_overrides: Vec::new(),
     })
     .await
     .expect("the app builds");

@@ -171,7 +171,7 @@ async fn wasmtime_serve_command_lines_mean_the_same_under_mctx_host() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("greeting.txt"), "hello from the host\n").unwrap();
     let grant = format!("{}::/data", dir.path().display());
-    let table: [(&[&str], Case); 7] = [
+    let table: [(&[&str], Case); 8] = [
         (&["--env", "GREETING=hi"], get("/env?name=GREETING")),
         (
             &["-S", "cli,http", "--env", "GREETING=hi"],
@@ -181,6 +181,13 @@ async fn wasmtime_serve_command_lines_mean_the_same_under_mctx_host() {
         (&["-H", "x-added: yes"], get("/headers")),
         (
             &["-O", "pooling-allocator", "-W", "max-memory-size=67108864"],
+            get("/"),
+        ),
+        (
+            &[
+                "-O",
+                "pooling-allocator,pooling-total-memories=200,pooling-table-keep-resident=65536",
+            ],
             get("/"),
         ),
         (&["--dir", &grant], get("/read?path=/data/greeting.txt")),
@@ -220,6 +227,16 @@ async fn honoured_wasmtime_flags_take_effect() {
         "hello: GET /raw"
     );
 
+    // --guest-logs wasmtime: wasmtime serve's prefixes, stdout lines on
+    // stdout (the number is our request id where wasmtime counts instances).
+    let host = HostProcess::single(&guest("hello"), &["--guest-logs", "wasmtime"]);
+    let reply = host.get("localhost", "/wt").await;
+    let id = reply.header("x-request-id").unwrap().to_string();
+    assert_eq!(
+        host.wait_for_line(|l| l.contains("GET /wt")),
+        format!("stdout [{id}] :: hello: GET /wt")
+    );
+
     // --shutdown-addr: connecting there shuts the host down, cleanly.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -234,6 +251,40 @@ async fn honoured_wasmtime_flags_take_effect() {
         host.wait_exit().success(),
         "exits 0 after a graceful shutdown"
     );
+}
+
+/// What both print for the same request: the guest's line exactly as it
+/// wrote it with `--no-logging-prefix`; with wasmtime's prefixes by default
+/// there and under `--guest-logs wasmtime` here (the number in brackets
+/// differs: wasmtime counts instances, we print the request id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_output_prints_as_wasmtime_serve_prints_it() {
+    let hello = guest("hello");
+    for (theirs, ours) in [
+        (&["--no-logging-prefix"][..], &["--no-logging-prefix"][..]),
+        (&[][..], &["--guest-logs", "wasmtime"][..]),
+    ] {
+        let wasmtime = WasmtimeServe::start(&hello, theirs);
+        let host = HostProcess::single(&hello, ours);
+        for addr in [wasmtime.addr, host.addr] {
+            let reply =
+                support::send(addr, "GET", "localhost", "/printed", &[], Bytes::new()).await;
+            assert_eq!(reply.status, 200);
+        }
+        let printed = |line: String| {
+            // `stdout [0] :: x` and `stdout [9acc…] :: x` read the same.
+            match (line.split_once(" ["), line.split_once("] :: ")) {
+                (Some((stream, _)), Some((_, text))) => format!("{stream} [N] :: {text}"),
+                _ => line,
+            }
+        };
+        let wanted = |l: &str| l.contains("GET /printed");
+        assert_eq!(
+            printed(host.wait_for_line(wanted)),
+            printed(wasmtime.wait_for_line(wanted)),
+            "{ours:?}"
+        );
+    }
 }
 
 #[test]

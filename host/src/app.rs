@@ -49,6 +49,8 @@ pub struct AppConfig {
     pub pooling: bool,
     /// Guest output printed on this process's stdout, or not.
     pub guest_logs: GuestLogFormat,
+    /// `wasmtime serve -O pooling-KEY=N` knobs over the pool's own sizes.
+    pub pool_overrides: Vec<(String, u64)>,
 }
 
 /// A host, built and ready to serve.
@@ -69,6 +71,7 @@ impl App {
             cache_dir,
             pooling,
             guest_logs,
+            pool_overrides,
         } = app;
         let host = &config.host;
         // The pool's slots fit the largest memory any tenant may use.
@@ -83,6 +86,7 @@ impl App {
                 .unwrap_or(usize::MAX),
             cache_dir,
             pooling,
+            pool_overrides,
         })?);
         let started = Instant::now();
         let (tenants, stats) =

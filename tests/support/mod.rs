@@ -230,16 +230,7 @@ impl HostProcess {
 
     /// The next stdout line that satisfies `wanted`, skipping others.
     pub fn wait_for_line(&self, wanted: impl Fn(&str) -> bool) -> String {
-        let rx = self.stdout.lock().unwrap();
-        let deadline = std::time::Instant::now() + PATIENCE;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if wanted(&line) => return line,
-                Ok(_) => continue,
-                Err(e) => panic!("no matching line from the host: {e}"),
-            }
-        }
+        next_line(&self.stdout, wanted)
     }
 
     /// Sends a request with `Host: {host}` (the real port appended).
@@ -351,6 +342,21 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/PID/status")
+}
+
+/// The next line from a process's stdout that satisfies `wanted`, within
+/// the harness's patience.
+fn next_line(lines: &Mutex<mpsc::Receiver<String>>, wanted: impl Fn(&str) -> bool) -> String {
+    let rx = lines.lock().unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if wanted(&line) => return line,
+            Ok(_) => continue,
+            Err(e) => panic!("no matching line from the process: {e}"),
+        }
+    }
 }
 
 /// A response, read whole.
@@ -581,6 +587,8 @@ pub fn wasmtime_binary() -> PathBuf {
 pub struct WasmtimeServe {
     child: Child,
     pub addr: SocketAddr,
+    /// Lines it printed on stdout (the guests' stdout).
+    stdout: Mutex<mpsc::Receiver<String>>,
 }
 
 impl WasmtimeServe {
@@ -604,10 +612,19 @@ impl WasmtimeServe {
             .args(["serve", "-Scli", "--addr", &addr.to_string()])
             .args(extra)
             .arg(component)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting wasmtime serve");
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
         while !line.starts_with("Serving HTTP on") {
@@ -617,9 +634,18 @@ impl WasmtimeServe {
                 "wasmtime serve exited before serving"
             );
         }
-        // Keep draining its stderr (the guests' output) so it never blocks.
+        // Keep draining its stderr so it never blocks.
         std::thread::spawn(move || for _ in stderr.lines() {});
-        WasmtimeServe { child, addr }
+        WasmtimeServe {
+            child,
+            addr,
+            stdout: Mutex::new(rx),
+        }
+    }
+
+    /// The next stdout line that satisfies `wanted`, skipping others.
+    pub fn wait_for_line(&self, wanted: impl Fn(&str) -> bool) -> String {
+        next_line(&self.stdout, wanted)
     }
 }
 

@@ -354,6 +354,7 @@ impl ServeArgs {
             cache_dir,
             pooling: !(self.no_pooling || asked.no_pooling),
             guest_logs,
+            pool_overrides: asked.pool_overrides,
         })
         .await?;
         let listener = TcpListener::bind(addr)

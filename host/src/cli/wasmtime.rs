@@ -12,12 +12,14 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use crate::base::config::{AllowList, Config};
+use crate::run::runtime::POOL_KNOBS;
 
 /// The flags of `wasmtime serve` 48 that are not ours already.
 #[derive(Args, Debug, Default)]
 pub(crate) struct WasmtimeFlags {
-    /// wasmtime's optimization options: `pooling-allocator[=y|n]` is honoured (on by default); the
-    /// pool's own knobs are sized from --max-concurrent-requests and the memory limit.
+    /// wasmtime's optimization options: `pooling-allocator[=y|n]` (on by default) and the numeric
+    /// `pooling-*=N` knobs are honoured; the pool is otherwise sized from --max-concurrent-requests
+    /// and the memory limit.
     #[arg(short = 'O', long = "optimize", value_name = "KEY[=VAL[,..]]")]
     optimize: Vec<String>,
     /// wasmtime's codegen options: refused (mctx-host compiles with Cranelift's defaults).
@@ -130,6 +132,8 @@ fn refuse(flag: &str, why: &str) -> anyhow::Error {
 pub(crate) struct Asked {
     /// `-O pooling-allocator=n`.
     pub(crate) no_pooling: bool,
+    /// `-O pooling-KEY=N`: (KEY, N).
+    pub(crate) pool_overrides: Vec<(String, u64)>,
 }
 
 impl WasmtimeFlags {
@@ -177,12 +181,21 @@ impl WasmtimeFlags {
             ));
         }
         for (key, value) in items(&self.optimize) {
-            match key {
-                "pooling-allocator" => asked.no_pooling = !on("-O", key, value)?,
+            let knob = key
+                .strip_prefix("pooling-")
+                .filter(|knob| POOL_KNOBS.contains(knob));
+            match (key, knob) {
+                ("pooling-allocator", _) => asked.no_pooling = !on("-O", key, value)?,
+                (_, Some(knob)) => {
+                    let n = value.and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| {
+                        anyhow::anyhow!("-O {key}: expected {key}=N (a whole number)")
+                    })?;
+                    asked.pool_overrides.push((knob.to_string(), n));
+                }
                 _ => {
                     return Err(refuse(
                         &format!("-O {key}"),
-                        "the instance pool is sized from --max-concurrent-requests and --memory-limit-mb",
+                        "of -O, mctx-host takes pooling-allocator and the numeric pooling-* knobs",
                     ));
                 }
             }

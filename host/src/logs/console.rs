@@ -6,11 +6,12 @@
 //! interleave mid-line and each says which request wrote it. The same
 //! printer ([`pretty_line`]) serves `mctx-host tail`.
 
+use std::fmt::Write as _;
 use std::io::{IsTerminal as _, Write as _};
 
 use clap::ValueEnum;
 
-use crate::logs::entry::{EntryKind, Level, LogEntry};
+use crate::logs::entry::{EntryKind, Level, LogEntry, Stream};
 use crate::logs::sink::LogSink;
 
 /// How guest output is shown on the host's stdout.
@@ -23,6 +24,10 @@ pub enum GuestLogFormat {
     /// The guest's lines as it wrote them, nothing added (what `wasmtime
     /// serve --no-logging-prefix` prints).
     Raw,
+    /// `stdout [ID] :: line` on stdout and `stderr [ID] :: line` on stderr,
+    /// as `wasmtime serve` prints them (ID is the request id; wasmtime
+    /// counts instances from 0).
+    Wasmtime,
     /// Not shown (viewers still receive them).
     Off,
 }
@@ -49,6 +54,9 @@ impl LogSink for ConsoleLog {
     }
 
     fn publish(&self, _slug: &str, entries: Vec<LogEntry>) {
+        if self.format == GuestLogFormat::Wasmtime {
+            return print_as_wasmtime(&entries);
+        }
         let mut text = String::new();
         for entry in &entries {
             if self.format == GuestLogFormat::Raw && entry.kind == EntryKind::Request {
@@ -62,13 +70,39 @@ impl LogSink for ConsoleLog {
                     text.push_str(&serde_json::to_string(entry).expect("entries serialize"));
                 }
                 GuestLogFormat::Raw => text.push_str(&entry.message),
-                GuestLogFormat::Off => return,
+                GuestLogFormat::Off | GuestLogFormat::Wasmtime => return,
             }
             text.push('\n');
         }
         // One write per batch keeps lines whole; a closed stdout is not the
         // guest's problem.
         let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    }
+}
+
+/// The guest's own lines, each on the stream it wrote it to, with
+/// `wasmtime serve`'s prefix; the host's entries are not printed.
+fn print_as_wasmtime(entries: &[LogEntry]) {
+    let (mut out, mut err) = (String::new(), String::new());
+    for entry in entries {
+        let Some(stream) = entry.stream else { continue };
+        let text = match stream {
+            Stream::Stdout => &mut out,
+            Stream::Stderr => &mut err,
+        };
+        let _ = writeln!(
+            text,
+            "{} [{}] :: {}",
+            stream.name(),
+            entry.meta.request_id,
+            entry.message
+        );
+    }
+    if !out.is_empty() {
+        let _ = std::io::stdout().lock().write_all(out.as_bytes());
+    }
+    if !err.is_empty() {
+        let _ = std::io::stderr().lock().write_all(err.as_bytes());
     }
 }
 

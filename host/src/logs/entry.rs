@@ -59,6 +59,13 @@ pub enum Stream {
 }
 
 impl Stream {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+
     /// stdout is `console.log`; stderr is an error unless a prefix says otherwise.
     pub fn default_level(self) -> Level {
         match self {
@@ -205,6 +212,10 @@ pub struct LogEntry {
     pub meta: Arc<RequestMeta>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub request: Option<Box<RequestEvent>>,
+    /// The guest stream a line came from (`None` for the host's entries and
+    /// `wasi:logging`); not on the wire, for printing as `wasmtime serve`.
+    #[serde(skip)]
+    pub stream: Option<Stream>,
 }
 
 fn is_unpublished(seq: &u64) -> bool {
@@ -224,6 +235,7 @@ impl LogEntry {
             truncated: false,
             meta,
             request: None,
+            stream: None,
         }
     }
 
@@ -239,6 +251,7 @@ impl LogEntry {
         let truncated = truncate_message(&mut line, MAX_MESSAGE_BYTES);
         let mut entry = LogEntry::log(meta, timestamp, level, line);
         entry.truncated = truncated;
+        entry.stream = Some(stream);
         entry
     }
 

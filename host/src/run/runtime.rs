@@ -34,6 +34,9 @@ pub(crate) struct RuntimeSettings {
     pub(crate) cache_dir: Option<PathBuf>,
     /// Instances from a preallocated pool (fast) rather than on demand.
     pub(crate) pooling: bool,
+    /// `wasmtime serve`'s `-O pooling-*=N` knobs, applied over the pool
+    /// this host sizes itself (key without `pooling-`, value).
+    pub(crate) pool_overrides: Vec<(String, u64)>,
 }
 
 /// The engine, the linker and the artifact cache.
@@ -163,7 +166,61 @@ fn pool_config(settings: &RuntimeSettings) -> PoolingAllocationConfig {
         // ~14k requests/s). Not for linear memories: a 1 MiB memset per
         // request measured as slow as the madvise it replaces.
         .table_keep_resident(64 << 10);
+    for (key, value) in &settings.pool_overrides {
+        apply_pool_knob(&mut pool, key, *value);
+    }
     pool
+}
+
+/// The pool knobs `wasmtime serve -O pooling-KEY=N` sets, by KEY.
+pub(crate) const POOL_KNOBS: [&str; 19] = [
+    "max-unused-warm-slots",
+    "decommit-batch-size",
+    "async-stack-keep-resident",
+    "memory-keep-resident",
+    "table-keep-resident",
+    "total-component-instances",
+    "max-component-instance-size",
+    "max-core-instances-per-component",
+    "max-memories-per-component",
+    "max-tables-per-component",
+    "total-memories",
+    "total-tables",
+    "total-stacks",
+    "total-core-instances",
+    "max-core-instance-size",
+    "max-tables-per-module",
+    "table-elements",
+    "max-memories-per-module",
+    "max-memory-size",
+];
+
+/// Sets one of [`POOL_KNOBS`] (others are ignored: the CLI refuses them).
+fn apply_pool_knob(pool: &mut PoolingAllocationConfig, key: &str, value: u64) {
+    let count = u32::try_from(value).unwrap_or(u32::MAX);
+    let size = usize::try_from(value).unwrap_or(usize::MAX);
+    match key {
+        "max-unused-warm-slots" => pool.max_unused_warm_slots(count),
+        "decommit-batch-size" => pool.decommit_batch_size(size),
+        "async-stack-keep-resident" => pool.async_stack_keep_resident(size),
+        "memory-keep-resident" => pool.linear_memory_keep_resident(size),
+        "table-keep-resident" => pool.table_keep_resident(size),
+        "total-component-instances" => pool.total_component_instances(count),
+        "max-component-instance-size" => pool.max_component_instance_size(size),
+        "max-core-instances-per-component" => pool.max_core_instances_per_component(count),
+        "max-memories-per-component" => pool.max_memories_per_component(count),
+        "max-tables-per-component" => pool.max_tables_per_component(count),
+        "total-memories" => pool.total_memories(count),
+        "total-tables" => pool.total_tables(count),
+        "total-stacks" => pool.total_stacks(count),
+        "total-core-instances" => pool.total_core_instances(count),
+        "max-core-instance-size" => pool.max_core_instance_size(size),
+        "max-tables-per-module" => pool.max_tables_per_module(count),
+        "table-elements" => pool.table_elements(size),
+        "max-memories-per-module" => pool.max_memories_per_module(count),
+        "max-memory-size" => pool.max_memory_size(size),
+        _ => pool,
+    };
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] on one thread for the
