@@ -67,8 +67,9 @@ impl Budget {
     /// half for components, the cache, NATS, viewers' upgrades), at most
     /// 10,000.
     pub(crate) fn new(max_connections: Option<usize>, max_per_address: usize) -> Self {
+        // Raised in any case: more than connections needs descriptors.
+        let files = raise_file_limit();
         let max_connections = max_connections.unwrap_or_else(|| {
-            let files = raise_file_limit();
             usize::try_from(files / 2)
                 .unwrap_or(usize::MAX)
                 .clamp(64, 10_000)
