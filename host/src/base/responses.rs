@@ -14,6 +14,16 @@ pub(crate) fn error_response(status: StatusCode, message: &str) -> Response<Body
     json_response(status, &serde_json::json!({ "error": message }))
 }
 
+/// 503 with `Retry-After: 1`: the host is too busy for this now, and says
+/// why; a client may simply try again.
+pub(crate) fn busy_response(message: &str) -> Response<Body> {
+    let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, message);
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
 /// A JSON response.
 pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut response = Response::new(full_body(value.to_string()));

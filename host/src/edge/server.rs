@@ -18,7 +18,7 @@ use tracing::Instrument as _;
 
 use crate::base::config::Status;
 use crate::base::refusals::{Refusal, Refusals};
-use crate::base::responses::{Body, error_response};
+use crate::base::responses::{Body, busy_response, error_response};
 use crate::edge::connections::{BusyGuard, Connections, Refused, Ticket};
 use crate::edge::control::ControlPlane;
 use crate::edge::routing::{Route, RoutingMode, route};
@@ -71,18 +71,10 @@ impl FrontDoor {
             .map_or("/", |p| p.as_str())
             .to_string();
         match route(&self.mode, authority.as_deref(), &path) {
-            Route::Tenant { .. } if reserve => {
-                let mut response = error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the host is at max_connections with every connection busy; this one may only \
-                     reach the host's own endpoints",
-                );
-                response.headers_mut().insert(
-                    http::header::RETRY_AFTER,
-                    http::HeaderValue::from_static("1"),
-                );
-                response
-            }
+            Route::Tenant { .. } if reserve => busy_response(
+                "the host is at max_connections with every connection busy; this one may only \
+                 reach the host's own endpoints",
+            ),
             Route::Tenant {
                 slug,
                 version,

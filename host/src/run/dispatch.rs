@@ -21,7 +21,7 @@ use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use crate::base::refusals::{Refusal, Refusals};
-use crate::base::responses::{Body, error_response};
+use crate::base::responses::{Body, busy_response, error_response};
 use crate::logs::capture::RequestCapture;
 use crate::logs::entry::RequestMeta;
 use crate::logs::sink::LogSink;
@@ -168,11 +168,7 @@ impl Dispatcher {
                         limits.wall.as_millis()
                     ),
                 };
-                let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, &message);
-                response
-                    .headers_mut()
-                    .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return response;
+                return busy_response(&message);
             }
         };
         let capture = RequestCapture::redacting(
