@@ -32,6 +32,7 @@ use crate::logs::hub::LogHub;
 use crate::logs::publish::Publisher;
 use crate::logs::sink::{LogSink, Tee};
 use crate::run::dispatch::Dispatcher;
+use crate::run::limits;
 use crate::run::memory;
 use crate::run::runtime::{Runtime, RuntimeSettings};
 use crate::run::tenants::TenantRegistry;
@@ -82,8 +83,7 @@ impl App {
             .fold(host.memory_limit_mb, u64::max);
         let runtime = Arc::new(Runtime::new(RuntimeSettings {
             max_concurrent_requests: host.max_concurrent_requests,
-            memory_limit_bytes: usize::try_from(largest_memory_mb.saturating_mul(1 << 20))
-                .unwrap_or(usize::MAX),
+            memory_limit_bytes: limits::mib(largest_memory_mb),
             cache_dir,
             pooling,
             pool_overrides,

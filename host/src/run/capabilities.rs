@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::base::config::{HostSettings, OutboundSpec, SecretSource, TenantSpec};
 use crate::run::gate::Gate;
-use crate::run::limits::Limits;
+use crate::run::limits::{self, Limits};
 
 /// A tenant's settled capabilities.
 pub(crate) struct Capabilities {
@@ -75,12 +75,7 @@ impl Capabilities {
     ) -> Capabilities {
         let limits = Limits {
             cpu: Duration::from_millis(spec.cpu_limit_ms.unwrap_or(host.cpu_limit_ms)),
-            memory_bytes: usize::try_from(
-                spec.memory_limit_mb
-                    .unwrap_or(host.memory_limit_mb)
-                    .saturating_mul(1 << 20),
-            )
-            .unwrap_or(usize::MAX),
+            memory_bytes: limits::mib(spec.memory_limit_mb.unwrap_or(host.memory_limit_mb)),
             wall: Duration::from_millis(spec.request_timeout_ms.unwrap_or(host.request_timeout_ms)),
             body_bytes: spec
                 .max_request_body_bytes

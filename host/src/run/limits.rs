@@ -22,6 +22,11 @@ use std::time::{Duration, Instant};
 
 use wasmtime::ResourceLimiter;
 
+/// `mb` MiB in bytes, saturating (a limit that large means "no limit").
+pub(crate) fn mib(mb: u64) -> usize {
+    usize::try_from(mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
+}
+
 /// What one request of a tenant may use: the tenant's own limits, else
 /// `[host]`'s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
