@@ -52,26 +52,26 @@ pub(crate) struct ServeArgs {
 
     /// Requests run at once; more wait for a slot. Also sizes the instance
     /// pool [default: config, else 1000].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max_concurrent_requests: Option<u32>,
 
     /// Seconds a client has to send a request head (also closes idle
     /// keep-alive connections) [default: config, else 10].
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     header_read_timeout_secs: Option<u64>,
 
     /// Connections open at once [default: config, else half the open-file
     /// limit, at most 10,000].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_connections: Option<usize>,
 
     /// Connections one client address may hold [default: config, else 256].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_connections_per_ip: Option<usize>,
 
     /// Wall-clock time a request may take, in ms: past it the guest is
     /// stopped and the client gets 504 [default: config, else 60000].
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     request_timeout_ms: Option<u64>,
 
     /// The largest request body, in bytes (413 past it) [default: config,
@@ -159,50 +159,27 @@ impl ServeArgs {
         if let Some(mb) = self.memory_limit_mb {
             config.host.memory_limit_mb = mb;
         }
+        // Zero is refused by clap for the flags where it cannot work.
+        let host = &mut config.host;
         if let Some(n) = self.max_concurrent_requests {
-            if n == 0 {
-                anyhow::bail!("--max-concurrent-requests must be at least 1");
-            }
-            config.host.max_concurrent_requests = n;
+            host.max_concurrent_requests = n;
         }
         if let Some(secs) = self.shutdown_grace_secs {
-            config.host.shutdown_grace_secs = secs;
+            host.shutdown_grace_secs = secs;
         }
-        let host = &mut config.host;
-        for (flag, value, setting) in [
-            (
-                "--header-read-timeout-secs",
-                self.header_read_timeout_secs,
-                &mut host.header_read_timeout_secs,
-            ),
-            (
-                "--request-timeout-ms",
-                self.request_timeout_ms,
-                &mut host.request_timeout_ms,
-            ),
-            (
-                "--max-request-body-bytes",
-                self.max_request_body_bytes,
-                &mut host.max_request_body_bytes,
-            ),
-        ] {
-            if let Some(value) = value {
-                if value == 0 && flag != "--max-request-body-bytes" {
-                    anyhow::bail!("{flag} must be at least 1");
-                }
-                *setting = value;
-            }
+        if let Some(secs) = self.header_read_timeout_secs {
+            host.header_read_timeout_secs = secs;
         }
-        if let Some(n) = self.max_connections {
-            if n == 0 {
-                anyhow::bail!("--max-connections must be at least 1");
-            }
-            host.max_connections = Some(n);
+        if let Some(ms) = self.request_timeout_ms {
+            host.request_timeout_ms = ms;
+        }
+        if let Some(bytes) = self.max_request_body_bytes {
+            host.max_request_body_bytes = bytes;
+        }
+        if self.max_connections.is_some() {
+            host.max_connections = self.max_connections;
         }
         if let Some(n) = self.max_connections_per_ip {
-            if n == 0 {
-                anyhow::bail!("--max-connections-per-ip must be at least 1");
-            }
             host.max_connections_per_ip = n;
         }
         if let Some(url) = &self.nats_url {
