@@ -17,6 +17,7 @@ async fn an_app_built_in_process_serves_a_tenant_and_shuts_down() {
     let text = tenant_toml("hello", "alice", "active", &[("1.0.0", &hello)]);
     let mut config = Config::parse(&text, "in-process", Path::new("/")).unwrap();
     config.auth.session_secret = Some(support::TEST_SECRET.into());
+    let state = tempfile::tempdir().unwrap();
     let app = App::build(AppConfig {
         routing: RoutingMode::Multi {
             base_domain: config.host.base_domain.clone(),
@@ -26,6 +27,8 @@ async fn an_app_built_in_process_serves_a_tenant_and_shuts_down() {
         pooling: true,
         guest_logs: GuestLogFormat::Off,
         pool_overrides: Vec::new(),
+        tenants_file: None,
+        state_dir: Some(state.path().to_path_buf()),
     })
     .await
     .expect("the app builds");

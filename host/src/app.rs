@@ -21,8 +21,9 @@ use tracing::Instrument as _;
 use crate::base::auth::Sessions;
 use crate::base::config::Config;
 use crate::base::refusals::Refusals;
+use crate::deploy::{Deployments, Sources};
 use crate::edge::connections::{Budget, Connections};
-use crate::edge::control::ControlPlane;
+use crate::edge::control::{ControlConfig, ControlPlane};
 use crate::edge::log_stream::LogStreams;
 use crate::edge::routing::RoutingMode;
 use crate::edge::server::{self, FrontDoor, HttpLimits};
@@ -35,7 +36,6 @@ use crate::run::dispatch::Dispatcher;
 use crate::run::limits;
 use crate::run::memory;
 use crate::run::runtime::{Runtime, RuntimeSettings};
-use crate::run::tenants::TenantRegistry;
 
 /// Everything a host is built from.
 pub struct AppConfig {
@@ -52,6 +52,12 @@ pub struct AppConfig {
     pub guest_logs: GuestLogFormat,
     /// `wasmtime serve -O pooling-KEY=N` knobs over the pool's own sizes.
     pub pool_overrides: Vec<(String, u64)>,
+    /// The tenants file, re-read on a reload; `None` in single-component
+    /// mode.
+    pub tenants_file: Option<PathBuf>,
+    /// Where servers deployed through the API live (`[host] state_dir`,
+    /// resolved); `None` turns the deploy API off.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// A host, built and ready to serve.
@@ -59,6 +65,20 @@ pub struct App {
     door: Arc<FrontDoor>,
     cluster: Option<Cluster>,
     grace: Duration,
+    deployments: Arc<Deployments>,
+}
+
+/// Re-reads the tenants file and applies the difference; see `App::reloader`.
+#[derive(Clone)]
+pub struct Reloader(Arc<Deployments>);
+
+impl Reloader {
+    /// Applies the file as it is now, or changes nothing and says why
+    /// (every problem, as at start). `by` names the trigger in the `deploy`
+    /// entries viewers receive. Returns a one-line summary.
+    pub async fn reload(&self, by: &str) -> Result<String> {
+        self.0.reload(by).await.map(|summary| summary.to_string())
+    }
 }
 
 impl App {
@@ -73,9 +93,12 @@ impl App {
             pooling,
             guest_logs,
             pool_overrides,
+            tenants_file,
+            state_dir,
         } = app;
         let host = &config.host;
-        // The pool's slots fit the largest memory any tenant may use.
+        // The pool's slots fit the largest memory any tenant may use (those
+        // deployed through the API have the host's).
         let largest_memory_mb = config
             .tenants
             .iter()
@@ -89,10 +112,17 @@ impl App {
             pool_overrides,
         })?);
         let started = Instant::now();
-        let (tenants, stats) =
-            TenantRegistry::load(&runtime, &config.tenants, &config.source, host)?;
+        let loaded = Deployments::load(
+            &config,
+            Sources {
+                file: tenants_file,
+                state_dir,
+            },
+            runtime.clone(),
+        )?;
+        let stats = loaded.stats;
         tracing::info!(
-            tenants = tenants.len(),
+            tenants = loaded.live().snapshot().len(),
             components = stats.components,
             compiled = stats.compiled,
             cache_hits = stats.cache_hits,
@@ -117,6 +147,7 @@ impl App {
             None => None,
         };
         let publisher: Arc<dyn LogSink> = Arc::new(Publisher::new(hub.clone(), cluster.clone()));
+        let deployments = Arc::new(loaded.announce_to(publisher.clone(), hub.clone()));
         let sink: Arc<dyn LogSink> = match guest_logs {
             GuestLogFormat::Off => publisher,
             format => Arc::new(Tee(publisher, Arc::new(ConsoleLog::new(format)))),
@@ -134,14 +165,16 @@ impl App {
             host.max_connections_per_ip,
         ));
         let door = FrontDoor {
-            control: ControlPlane::new(
+            tenants: deployments.live().clone(),
+            control: ControlPlane::new(ControlConfig {
                 streams,
-                routing.control_base(),
-                connections.clone(),
-                refusals.clone(),
-            ),
+                deployments: deployments.clone(),
+                max_component_bytes: host.max_component_bytes,
+                base: routing.control_base().to_string(),
+                connections: connections.clone(),
+                refusals: refusals.clone(),
+            }),
             mode: routing,
-            tenants: Arc::new(tenants),
             dispatcher: Dispatcher::new(runtime, sink, refusals.clone()),
             connections,
             refusals,
@@ -154,7 +187,13 @@ impl App {
             door: Arc::new(door),
             cluster,
             grace: host.shutdown_grace(),
+            deployments,
         })
+    }
+
+    /// What re-reads the tenants file (on `SIGHUP`, `--watch`).
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.deployments.clone())
     }
 
     /// This host's node name, on a cluster.

@@ -38,6 +38,7 @@
 pub mod app;
 mod base;
 pub mod cli;
+mod deploy;
 mod edge;
 mod logs;
 mod run;

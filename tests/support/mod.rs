@@ -166,6 +166,15 @@ impl HostProcess {
         Self::start_with_env(args, dir, env)
     }
 
+    /// `mctx-host serve --config <path> <extra…>` with a tenants file the
+    /// test owns (to change it and reload, or to restart on it); pass
+    /// `--state-dir` in `extra` to keep deployments across restarts.
+    pub fn multi_at(path: &Path, extra: &[&str]) -> Self {
+        let mut args: Vec<OsString> = vec!["serve".into(), "--config".into(), path.into()];
+        args.extend(extra.iter().map(OsString::from));
+        Self::start(args, tempfile::tempdir().unwrap())
+    }
+
     fn start(args: Vec<OsString>, dir: tempfile::TempDir) -> Self {
         Self::start_with_env(args, dir, &[])
     }
@@ -181,6 +190,11 @@ impl HostProcess {
         if !args.iter().any(|a| a == "--cache-dir" || a == "--no-cache") {
             args.push("--cache-dir".into());
             args.push(target_dir().join("test-artifact-cache").into());
+        }
+        // Each host its own deployments, never the user's.
+        if args.iter().any(|a| a == "--config") && !args.iter().any(|a| a == "--state-dir") {
+            args.push("--state-dir".into());
+            args.push(dir.path().join("state").into());
         }
         let mut command = Command::new(env!("CARGO_BIN_EXE_mctx-host"));
         command.envs(env.iter().copied());
@@ -314,6 +328,15 @@ impl HostProcess {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends a signal (`HUP`, `TERM`…) without waiting for anything.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -{name} failed");
     }
 
     /// Sends SIGTERM and waits for the host to exit.

@@ -143,6 +143,34 @@ pub fn request_token(headers: &HeaderMap) -> Option<&str> {
     })
 }
 
+/// A browser's `Origin` must be the host's own (same `Host`) or one of
+/// `allowed` (`[auth] allowed_origins`): otherwise any page a signed-in user
+/// visits could use their session cookie (cross-site WebSocket hijacking,
+/// cross-site deploys). Clients that send no `Origin` (terminals) pass.
+pub fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), String> {
+    let Some(origin) = headers.get(http::header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin
+        .to_str()
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .to_ascii_lowercase();
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let own = [format!("http://{host}"), format!("https://{host}")];
+    if own.contains(&origin) || allowed.iter().any(|a| a.eq_ignore_ascii_case(&origin)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "origin {origin:?} may not use this host's sessions (allow it in [auth] allowed_origins)"
+        ))
+    }
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     SystemTime::now()

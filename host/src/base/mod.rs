@@ -5,3 +5,4 @@ pub mod auth;
 pub mod config;
 pub(crate) mod refusals;
 pub(crate) mod responses;
+pub(crate) mod tls;

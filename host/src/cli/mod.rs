@@ -1,5 +1,6 @@
 //! The command line: `serve` (`serve.rs`; `wasmtime serve`'s own flags in
-//! `wasmtime.rs`), `token`, and the `tail` client (`tail.rs`).
+//! `wasmtime.rs`), `token`, and the clients of a running host: `tail`
+//! (`tail.rs`), `deploy` and `servers` (`deploy.rs`, over `client.rs`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,6 +11,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::base::auth::Sessions;
 use crate::base::config::Config;
 
+mod client;
+mod deploy;
 mod serve;
 mod tail;
 mod wasmtime;
@@ -45,6 +48,16 @@ enum Command {
     /// as they arrive and reconnects (1 s, 2 s, 4 s … 16 s) when the
     /// connection drops. Exits non-zero on 401/403/404/429.
     Tail(tail::TailArgs),
+    /// Deploy a component as a new version of a server, live at once.
+    ///
+    /// Uploads to `PUT /api/servers/{slug}/versions/{version}` with a bearer
+    /// token of the server's owner or an admin. The host compiles and
+    /// checks it as at start (a broken component is refused with the
+    /// reason) and requests that arrive after the upload returns run it;
+    /// requests in flight finish on the version they started on.
+    Deploy(deploy::DeployArgs),
+    /// List the servers you own (admins: every server) with their versions.
+    Servers(deploy::ServersArgs),
 }
 
 #[derive(Args, Debug)]
@@ -94,14 +107,18 @@ impl Cli {
                 runtime.block_on(args.run())
             }
             Command::Token(args) => args.run(),
-            Command::Tail(args) => {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(args.run())
-            }
+            Command::Tail(args) => client_runtime()?.block_on(args.run()),
+            Command::Deploy(args) => client_runtime()?.block_on(args.run()),
+            Command::Servers(args) => client_runtime()?.block_on(args.run()),
         }
     }
+}
+
+/// A client command's runtime: one thread is plenty.
+fn client_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn init_tracing() {

@@ -83,6 +83,13 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MCTX_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
 
+    /// Where servers deployed through the API live: their components and
+    /// the server list [default: the config's `[host] state_dir`, else
+    /// $XDG_DATA_HOME/mctx-host or ~/.local/share/mctx-host]. Multi-tenant
+    /// mode only; one host per directory.
+    #[arg(long, env = "MCTX_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
     /// Compile every component at start instead of using the cache.
     #[arg(long)]
     no_cache: bool,
@@ -226,6 +233,16 @@ impl ServeArgs {
             })
         };
         let addr = config.host.addr;
+        let state_dir = match routing {
+            RoutingMode::Single { .. } => None,
+            RoutingMode::Multi { .. } => Some(
+                self.state_dir
+                    .clone()
+                    .or_else(|| config.host.state_dir.clone())
+                    .or_else(default_state_dir)
+                    .context("no state directory: pass --state-dir (HOME is not set)")?,
+            ),
+        };
         let app = App::build(AppConfig {
             config,
             routing: routing.clone(),
@@ -233,8 +250,13 @@ impl ServeArgs {
             pooling: !(self.no_pooling || asked.no_pooling),
             guest_logs,
             pool_overrides: asked.pool_overrides,
+            tenants_file: self.config.clone(),
+            state_dir,
         })
         .await?;
+        if self.config.is_some() {
+            spawn_reload_on_hangup(app.reloader())?;
+        }
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
@@ -276,6 +298,35 @@ impl ServeArgs {
             .map(|owner| (owner.to_string(), sessions.mint(owner, DEV_TOKEN_TTL)))
             .collect()
     }
+}
+
+/// `$XDG_DATA_HOME/mctx-host`, else `$HOME/.local/share/mctx-host`.
+fn default_state_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
+        .map(|base| base.join("mctx-host"))
+}
+
+/// Re-reads the tenants file on every `SIGHUP`; a broken file is reported
+/// and changes nothing.
+fn spawn_reload_on_hangup(reloader: crate::app::Reloader) -> Result<()> {
+    use tracing::Instrument as _;
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing a SIGHUP handler")?;
+    tokio::spawn(
+        async move {
+            while hangups.recv().await.is_some() {
+                match reloader.reload("SIGHUP").await {
+                    Ok(summary) => tracing::info!("reloaded on SIGHUP: {summary}"),
+                    Err(e) => tracing::error!("reload on SIGHUP refused, nothing changed: {e:#}"),
+                }
+            }
+        }
+        .instrument(tracing::info_span!("reload")),
+    );
+    Ok(())
 }
 
 /// How long the tokens printed in development mode last.

@@ -64,8 +64,8 @@ pub(crate) struct TailArgs {
     #[arg(long)]
     request_id: Option<String>,
 
-    /// Only `log` entries or only `request` events.
-    #[arg(long = "type", value_parser = ["log", "request"])]
+    /// Only `log` entries, `request` events or `deploy` events.
+    #[arg(long = "type", value_parser = ["log", "request", "deploy"])]
     kind: Option<String>,
 }
 

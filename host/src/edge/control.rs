@@ -10,10 +10,11 @@ use serde_json::json;
 
 use crate::base::refusals::Refusals;
 use crate::base::responses::{Body, error_response, json_response};
+use crate::deploy::Deployments;
 use crate::edge::connections::Connections;
 use crate::edge::dashboard::Dashboard;
+use crate::edge::deploy_api;
 use crate::edge::log_stream::LogStreams;
-use crate::run::tenants::TenantRegistry;
 
 /// State of the control plane.
 pub(crate) struct ControlPlane {
@@ -22,34 +23,53 @@ pub(crate) struct ControlPlane {
     /// single-component mode. Links in the dashboard start with it.
     base: String,
     pub(crate) streams: LogStreams,
+    pub(crate) deployments: Arc<Deployments>,
+    /// `[host] max_component_bytes`: the largest deploy.
+    max_component_bytes: u64,
     connections: Arc<Connections>,
     refusals: Arc<Refusals>,
 }
 
+/// What the control plane is built from.
+pub(crate) struct ControlConfig {
+    pub(crate) streams: LogStreams,
+    pub(crate) deployments: Arc<Deployments>,
+    pub(crate) max_component_bytes: u64,
+    /// `""`, or `/.mctx` in single-component mode.
+    pub(crate) base: String,
+    pub(crate) connections: Arc<Connections>,
+    pub(crate) refusals: Arc<Refusals>,
+}
+
 impl ControlPlane {
-    pub(crate) fn new(
-        streams: LogStreams,
-        base: &str,
-        connections: Arc<Connections>,
-        refusals: Arc<Refusals>,
-    ) -> Self {
+    pub(crate) fn new(config: ControlConfig) -> Self {
         ControlPlane {
             started: Instant::now(),
-            base: base.to_string(),
-            streams,
-            connections,
-            refusals,
+            base: config.base,
+            streams: config.streams,
+            deployments: config.deployments,
+            max_component_bytes: config.max_component_bytes,
+            connections: config.connections,
+            refusals: config.refusals,
         }
     }
 
     /// Answers a control-plane request; `path` is relative to its root.
-    pub(crate) async fn handle(
-        &self,
-        tenants: &TenantRegistry,
-        request: Request<Incoming>,
-        path: &str,
-    ) -> Response<Body> {
+    pub(crate) async fn handle(&self, request: Request<Incoming>, path: &str) -> Response<Body> {
         let (route, query) = path.split_once('?').unwrap_or((path, ""));
+        if route.starts_with("/api/") {
+            return deploy_api::handle(
+                &self.deployments,
+                &self.streams.sessions,
+                &self.streams.allowed_origins,
+                self.max_component_bytes,
+                request,
+                route,
+            )
+            .await;
+        }
+        let tenants = self.deployments.live().snapshot();
+        let tenants = &*tenants;
         if let Some(slug) = route.strip_prefix("/log-stream/") {
             if request.method() != Method::GET {
                 return error_response(

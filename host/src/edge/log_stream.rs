@@ -158,7 +158,8 @@ impl LogStreams {
         headers: &HeaderMap,
         slug: &str,
     ) -> Result<(), Refusal> {
-        self.check_origin(headers)?;
+        crate::base::auth::check_origin(headers, &self.allowed_origins)
+            .map_err(|why| Refusal::new(StatusCode::FORBIDDEN, why))?;
         let user = self
             .sessions
             .authenticate(headers)
@@ -194,40 +195,6 @@ impl LogStreams {
                 left = self.viewers.len(),
                 "log viewers did not close in time"
             );
-        }
-    }
-
-    /// A browser's `Origin` must be the control plane's own (same host) or
-    /// an allowed one. Clients that send no `Origin` (terminals) pass.
-    fn check_origin(&self, headers: &HeaderMap) -> Result<(), Refusal> {
-        let Some(origin) = headers.get(header::ORIGIN) else {
-            return Ok(());
-        };
-        let origin = origin
-            .to_str()
-            .unwrap_or_default()
-            .trim_end_matches('/')
-            .to_ascii_lowercase();
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        let own = [format!("http://{host}"), format!("https://{host}")];
-        let allowed = own.contains(&origin)
-            || self
-                .allowed_origins
-                .iter()
-                .any(|allowed| allowed.eq_ignore_ascii_case(&origin));
-        if allowed {
-            Ok(())
-        } else {
-            Err(Refusal::new(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "origin {origin:?} may not open log streams (allow it in [auth] allowed_origins)"
-                ),
-            ))
         }
     }
 }
@@ -326,6 +293,7 @@ where
                     let code = match closed {
                         Closed::TooSlow(_) => CloseCode::Policy,
                         Closed::ShuttingDown => CloseCode::Away,
+                        Closed::Removed(_) => CloseCode::Normal,
                     };
                     break Some((code, closed.reason()));
                 }

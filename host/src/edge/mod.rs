@@ -6,12 +6,14 @@
 //!  TCP ─► server (hyper, one task per connection) ─► routing ─┬─► run::dispatch (a tenant)
 //!                                                              └─► control ─┬─► /healthz
 //!                                                                           ├─► log_stream (WebSocket viewers)
+//!                                                                           ├─► deploy_api (crate::deploy)
 //!                                                                           └─► dashboard
 //! ```
 
 pub(crate) mod connections;
 pub(crate) mod control;
 pub(crate) mod dashboard;
+pub(crate) mod deploy_api;
 pub(crate) mod log_stream;
 pub(crate) mod routing;
 pub(crate) mod server;

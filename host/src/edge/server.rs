@@ -23,13 +23,14 @@ use crate::edge::connections::{BusyGuard, Connections, Refused, Ticket};
 use crate::edge::control::ControlPlane;
 use crate::edge::routing::{Route, RoutingMode, route};
 use crate::run::dispatch::Dispatcher;
-use crate::run::tenants::TenantRegistry;
+use crate::run::tenants::LiveTenants;
 
 /// Everything a request needs: routing, tenants, the dispatcher and the
 /// control plane. Shared by every connection.
 pub(crate) struct FrontDoor {
     pub(crate) mode: RoutingMode,
-    pub(crate) tenants: Arc<TenantRegistry>,
+    /// The current tenants; a deploy swaps them while requests run.
+    pub(crate) tenants: Arc<LiveTenants>,
     pub(crate) dispatcher: Dispatcher,
     pub(crate) control: ControlPlane,
     pub(crate) connections: Arc<Connections>,
@@ -107,11 +108,9 @@ impl FrontDoor {
                         );
                     }
                 };
-                self.dispatcher.dispatch(tenant, deployment, request).await
+                self.dispatcher.dispatch(&tenant, deployment, request).await
             }
-            Route::ControlPlane { path } => {
-                self.control.handle(&self.tenants, request, &path).await
-            }
+            Route::ControlPlane { path } => self.control.handle(request, &path).await,
             Route::ForeignHost { host } => error_response(
                 StatusCode::MISDIRECTED_REQUEST,
                 &format!(

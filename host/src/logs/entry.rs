@@ -117,12 +117,14 @@ pub struct RequestMeta {
     pub request_id: String,
 }
 
-/// What an entry records: a line of output, or the end of a request.
+/// What an entry records: a line of output, the end of a request, or a
+/// change to the server's deployments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EntryKind {
     Log,
     Request,
+    Deploy,
 }
 
 impl EntryKind {
@@ -130,6 +132,7 @@ impl EntryKind {
         match self {
             EntryKind::Log => "log",
             EntryKind::Request => "request",
+            EntryKind::Deploy => "deploy",
         }
     }
 
@@ -137,9 +140,33 @@ impl EntryKind {
         match name {
             "log" => Some(EntryKind::Log),
             "request" => Some(EntryKind::Request),
+            "deploy" => Some(EntryKind::Deploy),
             _ => None,
         }
     }
+}
+
+/// What changed in a server's deployments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DeployAction {
+    /// A version was deployed (the entry's `version`).
+    Deployed,
+    /// A version was deleted (the entry's `version`).
+    VersionDeleted,
+    /// The server was made active or inactive.
+    StatusChanged,
+    /// The tenants file was reloaded and this server's table changed.
+    Reloaded,
+}
+
+/// The facts of a deployment change, carried by an entry of kind `deploy`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployEvent {
+    pub action: DeployAction,
+    /// Who made the change: a user id, or `tenants file`.
+    pub by: String,
 }
 
 /// How a request ended, as the log stream reports it.
@@ -212,6 +239,8 @@ pub struct LogEntry {
     pub meta: Arc<RequestMeta>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub request: Option<Box<RequestEvent>>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<Box<DeployEvent>>,
     /// The guest stream a line came from (`None` for the host's entries and
     /// `wasi:logging`); not on the wire, for printing as `wasmtime serve`.
     #[serde(skip)]
@@ -235,6 +264,7 @@ impl LogEntry {
             truncated: false,
             meta,
             request: None,
+            deploy: None,
             stream: None,
         }
     }
@@ -281,6 +311,16 @@ impl LogEntry {
         let mut entry = LogEntry::log(meta, now_ms(), level, message);
         entry.kind = EntryKind::Request;
         entry.request = Some(Box::new(event));
+        entry
+    }
+
+    /// The entry that tells a server's viewers its deployments changed;
+    /// `meta.version` is the version concerned (the newest after a status
+    /// change or reload).
+    pub fn deploy_event(meta: Arc<RequestMeta>, event: DeployEvent, message: String) -> Self {
+        let mut entry = LogEntry::log(meta, now_ms(), Level::Info, message);
+        entry.kind = EntryKind::Deploy;
+        entry.deploy = Some(Box::new(event));
         entry
     }
 }

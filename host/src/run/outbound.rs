@@ -54,17 +54,8 @@ pub(crate) struct OutboundContext {
 
 impl OutboundContext {
     pub(crate) fn new() -> Self {
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.into(),
-        };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default TLS versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         OutboundContext {
-            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            tls: crate::base::tls::web_connector(),
             own_address: OnceLock::new(),
         }
     }

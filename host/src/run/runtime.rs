@@ -6,7 +6,7 @@
 //! work is only `Store::new` plus instantiating a [`ProxyPre`], which with the
 //! pooling allocator takes microseconds.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -83,30 +83,54 @@ impl Runtime {
 
     /// Compiles (or loads from the cache) a component and pre-instantiates
     /// it, checking that it is a `wasi:http/proxy` whose imports this host
-    /// provides. Errors say which of those failed.
-    pub(crate) fn load(&self, path: &Path) -> Result<(ProxyPre<RequestState>, CacheOutcome)> {
-        let wasm = std::fs::read(path)
-            .with_context(|| format!("cannot read component {}", path.display()))?;
+    /// provides. The error says which of those failed, and whether the
+    /// bytes are no component at all or a component this host cannot run.
+    pub(crate) fn load_bytes(
+        &self,
+        wasm: &[u8],
+    ) -> Result<(ProxyPre<RequestState>, CacheOutcome), Rejected> {
         let (component, outcome) = match &self.cache {
-            Some(cache) => cache.load_or_compile(&self.engine, &wasm),
-            None => Component::new(&self.engine, &wasm)
+            Some(cache) => cache.load_or_compile(&self.engine, wasm),
+            None => Component::new(&self.engine, wasm)
                 .map(|c| (c, CacheOutcome::Disabled))
                 .map_err(anyhow::Error::from),
         }
-        .map_err(|e| describe_compile_error(e, &wasm))?;
+        .map_err(|e| Rejected::Malformed(describe_compile_error(e, wasm)))?;
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
-            .context("the component imports something this host does not provide")?;
+            .context("the component imports something this host does not provide")
+            .map_err(Rejected::Unfit)?;
         let pre = ProxyPre::new(instance_pre).map_err(|e| {
-            anyhow!(
+            Rejected::Unfit(anyhow!(
                 "not a wasi:http proxy component (it must export wasi:http/incoming-handler): {e}"
-            )
+            ))
         })?;
         Ok((pre, outcome))
     }
 }
+
+/// Why a component cannot be served.
+#[derive(Debug)]
+pub(crate) enum Rejected {
+    /// Not a component: not WebAssembly, a core module, truncated or
+    /// invalid (the deploy API answers 400).
+    Malformed(anyhow::Error),
+    /// A valid component this host cannot run: not a `wasi:http/proxy`, or
+    /// it imports what the host does not provide (422).
+    Unfit(anyhow::Error),
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejected::Malformed(e) | Rejected::Unfit(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for Rejected {}
 
 /// Turns wasmtime's compile error into one a tenant author can act on.
 fn describe_compile_error(error: anyhow::Error, wasm: &[u8]) -> anyhow::Error {

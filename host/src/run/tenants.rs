@@ -1,17 +1,25 @@
 //! The tenant registry: every tenant's versions, compiled and
 //! pre-instantiated, looked up by slug on each request.
 //!
-//! The registry is built whole at start and never changes afterwards, so
-//! lookups need no lock. Building it compiles each distinct component file
-//! once, however many tenants or versions share it, and reports every broken
-//! component with the file, the tenant and the version it belongs to.
+//! A [`TenantRegistry`] is an immutable snapshot; [`LiveTenants`] holds the
+//! current one and swaps it whole when a deployment changes something
+//! (`crate::deploy`). A request takes the [`Tenant`] it was routed to from
+//! the snapshot of its arrival and keeps it to the end, so it runs start to
+//! finish on the version it was routed to whatever is deployed meanwhile,
+//! and reading the registry costs no lock.
+//!
+//! Loading compiles each distinct component file once, however many tenants
+//! or versions share it, and reports every broken component with the file,
+//! the tenant and the version it belongs to.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
+use arc_swap::ArcSwap;
 use semver::Version;
+use sha2::{Digest as _, Sha256};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::base::config::{HostSettings, Slug, Status, TenantSpec};
@@ -19,7 +27,6 @@ use crate::run::artifacts::CacheOutcome;
 use crate::run::capabilities::Capabilities;
 use crate::run::runtime::Runtime;
 use crate::run::state::RequestState;
-
 /// Which of a tenant's versions a request asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum VersionSelector {
@@ -60,6 +67,32 @@ pub(crate) struct Deployment {
     /// `version` as text, computed once: it is sent with every request.
     pub(crate) version_label: String,
     pub(crate) pre: ProxyPre<RequestState>,
+    pub(crate) provenance: Provenance,
+}
+
+/// Where a deployed component came from: what the deploy API reports.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct Provenance {
+    /// Hex SHA-256 of the component's bytes.
+    pub(crate) sha256: String,
+    pub(crate) size: u64,
+    /// Milliseconds since the epoch.
+    pub(crate) deployed_at: u64,
+    /// The user who deployed it, or `tenants file`.
+    pub(crate) deployed_by: String,
+}
+
+/// Who defines a tenant. The two sources never fight: the deploy API
+/// refuses to change a tenant of the file, and a reload of the file cannot
+/// take a slug the API holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The tenants file, with the table it was built from (a reload keeps
+    /// the tenant untouched when its table and components are unchanged).
+    File(Box<TenantSpec>),
+    /// The deploy API (kept in `[host] state_dir`).
+    Api,
 }
 
 /// A tenant and its deployments.
@@ -68,8 +101,11 @@ pub(crate) struct Tenant {
     pub(crate) owner: String,
     pub(crate) status: Status,
     pub(crate) versions: BTreeMap<Version, Deployment>,
-    /// Its limits, outbound rules, environment and secrets.
-    pub(crate) capabilities: Capabilities,
+    /// Its limits, outbound rules, environment and secrets. Shared by the
+    /// tenant's successive snapshots while its settings are unchanged, so a
+    /// deploy does not reset its concurrency gate.
+    pub(crate) capabilities: Arc<Capabilities>,
+    pub(crate) source: Source,
 }
 
 impl Tenant {
@@ -84,14 +120,69 @@ impl Tenant {
             _ => newest_first().find(|d| selector.accepts(&d.version)),
         }
     }
+
+    /// The same tenant with `change` applied to a copy of its parts; its
+    /// capabilities (and so its gate) are shared with this one.
+    pub(crate) fn changed(&self, change: impl FnOnce(&mut TenantParts)) -> Tenant {
+        let mut parts = TenantParts {
+            owner: self.owner.clone(),
+            status: self.status,
+            versions: self
+                .versions
+                .values()
+                .map(|d| (d.version.clone(), d.share()))
+                .collect(),
+        };
+        change(&mut parts);
+        Tenant {
+            slug: self.slug.clone(),
+            owner: parts.owner,
+            status: parts.status,
+            versions: parts.versions,
+            capabilities: self.capabilities.clone(),
+            source: self.source.clone(),
+        }
+    }
 }
 
-/// Every tenant, by slug.
+/// What a change to a tenant may replace.
+pub(crate) struct TenantParts {
+    pub(crate) owner: String,
+    pub(crate) status: Status,
+    pub(crate) versions: BTreeMap<Version, Deployment>,
+}
+
+impl Deployment {
+    pub(crate) fn new(
+        version: Version,
+        pre: ProxyPre<RequestState>,
+        provenance: Provenance,
+    ) -> Self {
+        Deployment {
+            version_label: version.to_string(),
+            version,
+            pre,
+            provenance,
+        }
+    }
+
+    /// Another handle on the same compiled component.
+    fn share(&self) -> Deployment {
+        Deployment::new(
+            self.version.clone(),
+            self.pre.clone(),
+            self.provenance.clone(),
+        )
+    }
+}
+
+/// Every tenant, by slug: one immutable snapshot.
+#[derive(Clone, Default)]
 pub(crate) struct TenantRegistry {
     tenants: HashMap<String, Arc<Tenant>>,
 }
 
-/// What loading the registry did, for the start-up log.
+/// What loading tenants did, for the start-up log.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct LoadStats {
     pub(crate) components: usize,
@@ -99,30 +190,41 @@ pub(crate) struct LoadStats {
     pub(crate) compiled: usize,
 }
 
+/// Which tenants to load, and from where.
+pub(crate) struct LoadRequest<'a> {
+    pub(crate) specs: &'a [TenantSpec],
+    /// For error messages: the tenants file, or the state directory.
+    pub(crate) source: &'a str,
+    pub(crate) host: &'a HostSettings,
+    /// How many tenants share the host (the default concurrency share).
+    pub(crate) tenants_on_host: usize,
+    /// Gives each tenant its [`Source`].
+    pub(crate) from_file: bool,
+}
+
 impl TenantRegistry {
     /// Loads every tenant's components and settles its capabilities (its
     /// secrets read from their sources, limits falling back to `host`'s).
     /// All problems are collected and reported together, each naming
-    /// `source` (the config file), the tenant and the version or key.
+    /// `source`, the tenant and the version or key.
     pub(crate) fn load(
         runtime: &Runtime,
-        specs: &[TenantSpec],
-        source: &str,
-        host: &HostSettings,
-    ) -> Result<(TenantRegistry, LoadStats)> {
-        let mut loaded: HashMap<PathBuf, ProxyPre<RequestState>> = HashMap::new();
+        request: LoadRequest<'_>,
+    ) -> Result<(Vec<Tenant>, LoadStats)> {
+        let mut loaded: HashMap<PathBuf, (ProxyPre<RequestState>, String, u64)> = HashMap::new();
         let mut stats = LoadStats::default();
         let mut problems = Vec::new();
-        let mut tenants = HashMap::new();
-        for spec in specs {
+        let mut tenants = Vec::new();
+        let now = crate::logs::entry::now_ms();
+        for spec in request.specs {
             let mut versions = BTreeMap::new();
             for (version, path) in &spec.versions {
-                let pre = match loaded.get(path) {
-                    Some(pre) => pre.clone(),
+                let (pre, sha256, size) = match loaded.get(path) {
+                    Some(found) => found.clone(),
                     None => match load_one(runtime, path, &mut stats) {
-                        Ok(pre) => {
-                            loaded.insert(path.clone(), pre.clone());
-                            pre
+                        Ok(found) => {
+                            loaded.insert(path.clone(), found.clone());
+                            found
                         }
                         Err(e) => {
                             problems.push(format!(
@@ -134,31 +236,64 @@ impl TenantRegistry {
                         }
                     },
                 };
+                let provenance = Provenance {
+                    sha256,
+                    size,
+                    deployed_at: now,
+                    deployed_by: FILE_DEPLOYER.to_string(),
+                };
                 versions.insert(
                     version.clone(),
-                    Deployment {
-                        version: version.clone(),
-                        version_label: version.to_string(),
-                        pre,
-                    },
+                    Deployment::new(version.clone(), pre, provenance),
                 );
             }
-            let tenant = Tenant {
+            let capabilities =
+                Capabilities::settle(spec, request.host, request.tenants_on_host, &mut problems);
+            tenants.push(Tenant {
                 slug: spec.slug.clone(),
                 owner: spec.owner.clone(),
                 status: spec.status,
                 versions,
-                capabilities: Capabilities::settle(spec, host, specs.len(), &mut problems),
-            };
-            tenants.insert(spec.slug.as_str().to_string(), Arc::new(tenant));
+                capabilities: Arc::new(capabilities),
+                source: if request.from_file {
+                    Source::File(Box::new(spec.clone()))
+                } else {
+                    Source::Api
+                },
+            });
         }
         if !problems.is_empty() {
             bail!(
-                "{source}: cannot load tenants:\n  - {}",
+                "{}: cannot load tenants:\n  - {}",
+                request.source,
                 problems.join("\n  - ")
             );
         }
-        Ok((TenantRegistry { tenants }, stats))
+        Ok((tenants, stats))
+    }
+
+    pub(crate) fn from_tenants(tenants: impl IntoIterator<Item = Arc<Tenant>>) -> Self {
+        TenantRegistry {
+            tenants: tenants
+                .into_iter()
+                .map(|t| (t.slug.as_str().to_string(), t))
+                .collect(),
+        }
+    }
+
+    /// This snapshot with `tenant` added or replacing the one of its slug.
+    pub(crate) fn with(&self, tenant: Arc<Tenant>) -> Self {
+        let mut next = self.clone();
+        next.tenants
+            .insert(tenant.slug.as_str().to_string(), tenant);
+        next
+    }
+
+    /// This snapshot without `slug`.
+    pub(crate) fn without(&self, slug: &str) -> Self {
+        let mut next = self.clone();
+        next.tenants.remove(slug);
+        next
     }
 
     pub(crate) fn get(&self, slug: &str) -> Option<&Arc<Tenant>> {
@@ -174,21 +309,61 @@ impl TenantRegistry {
     }
 }
 
+/// Who deployed a tenant file's components.
+pub(crate) const FILE_DEPLOYER: &str = "tenants file";
+
+/// The registry requests read: the current snapshot, replaced whole.
+///
+/// Only `crate::deploy` replaces it, one change at a time (its lock), so a
+/// read-modify-write of the snapshot never loses another's change.
+pub(crate) struct LiveTenants(ArcSwap<TenantRegistry>);
+
+impl LiveTenants {
+    pub(crate) fn new(registry: TenantRegistry) -> Self {
+        LiveTenants(ArcSwap::from_pointee(registry))
+    }
+
+    /// The current snapshot, for as long as the caller needs it.
+    pub(crate) fn snapshot(&self) -> Arc<TenantRegistry> {
+        self.0.load_full()
+    }
+
+    /// One tenant of the current snapshot: what a request runs on.
+    pub(crate) fn get(&self, slug: &str) -> Option<Arc<Tenant>> {
+        self.0.load().get(slug).cloned()
+    }
+
+    pub(crate) fn replace(&self, registry: TenantRegistry) {
+        self.0.store(Arc::new(registry));
+    }
+}
+
+/// Reads, hashes, compiles (or loads from the cache) one component file.
 fn load_one(
     runtime: &Runtime,
     path: &Path,
     stats: &mut LoadStats,
-) -> Result<ProxyPre<RequestState>> {
-    if !path.exists() {
-        bail!("file not found");
-    }
+) -> Result<(ProxyPre<RequestState>, String, u64)> {
+    let wasm = match std::fs::read(path) {
+        Ok(wasm) => wasm,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("file not found"),
+        Err(e) => bail!("cannot read it: {e}"),
+    };
     let started = std::time::Instant::now();
-    let (pre, outcome) = runtime.load(path)?;
+    let (pre, outcome) = runtime.load_bytes(&wasm)?;
     stats.components += 1;
     match outcome {
         CacheOutcome::Hit => stats.cache_hits += 1,
         CacheOutcome::Miss | CacheOutcome::Disabled => stats.compiled += 1,
     }
     tracing::info!(component = %path.display(), ?outcome, elapsed_ms = started.elapsed().as_millis() as u64, "component ready");
-    Ok(pre)
+    Ok((pre, sha256_hex(&wasm), wasm.len() as u64))
+}
+
+/// Lower-case hex SHA-256: how components are named and compared.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

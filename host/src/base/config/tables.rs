@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -54,6 +55,14 @@ pub struct HostSettings {
     /// tenant, else half of it, so no tenant can take every instance (a
     /// tenant may set its own).
     pub max_concurrent_per_tenant: Option<u32>,
+    /// Where servers deployed through the API live (components and the
+    /// server list); `None`: `$XDG_DATA_HOME/mctx-host`, else
+    /// `~/.local/share/mctx-host`.
+    pub state_dir: Option<PathBuf>,
+    /// How long a deleted server's slug stays reserved for its last owner.
+    pub slug_cooling_off_days: u32,
+    /// The largest component the deploy API accepts (413 past it).
+    pub max_component_bytes: u64,
 }
 
 impl Default for HostSettings {
@@ -72,6 +81,9 @@ impl Default for HostSettings {
             request_timeout_ms: 60_000,
             max_request_body_bytes: 16 << 20,
             max_concurrent_per_tenant: None,
+            state_dir: None,
+            slug_cooling_off_days: 7,
+            max_component_bytes: 64 << 20,
         }
     }
 }
@@ -113,6 +125,9 @@ impl HostSettings {
                 problems.push(format!("[host] {key} must be at least 1"));
             }
         }
+        if self.max_component_bytes < 8 {
+            problems.push("[host] max_component_bytes must be at least 8".to_string());
+        }
         if self.max_header_bytes < 8192 {
             problems.push("[host] max_header_bytes must be at least 8192".to_string());
         }
@@ -125,6 +140,10 @@ impl HostSettings {
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_secs(self.header_read_timeout_secs)
     }
+
+    pub fn slug_cooling_off(&self) -> Duration {
+        Duration::from_secs(u64::from(self.slug_cooling_off_days) * 86_400)
+    }
 }
 
 /// The `[auth]` table: who may watch logs.
@@ -136,9 +155,16 @@ pub struct AuthSettings {
     /// Browser origins (besides the control plane's own) allowed to open
     /// log streams, e.g. `https://dashboard.example.com`.
     pub allowed_origins: Vec<String>,
+    /// User ids that may create servers and deploy to, change or delete
+    /// any server (owners may do the last three to their own).
+    pub admins: Vec<String>,
 }
 
 impl AuthSettings {
+    pub fn is_admin(&self, user: &str) -> bool {
+        self.admins.iter().any(|admin| admin == user)
+    }
+
     pub(super) fn check(&mut self) {
         for origin in &mut self.allowed_origins {
             *origin = origin.trim_end_matches('/').to_string();
@@ -155,6 +181,7 @@ impl fmt::Debug for AuthSettings {
                 &self.session_secret.as_ref().map(|_| "[REDACTED]"),
             )
             .field("allowed_origins", &self.allowed_origins)
+            .field("admins", &self.admins)
             .finish()
     }
 }

@@ -76,11 +76,20 @@ impl fmt::Display for SlugError {
 impl std::error::Error for SlugError {}
 
 /// Whether a tenant serves requests (the contract's "server status").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Active,
     Inactive,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Inactive => "inactive",
+        }
+    }
 }
 
 /// One tenant ("server" in the contract) with its deployed versions and

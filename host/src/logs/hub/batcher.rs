@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::viewer::{Closed, ViewerQueue};
+use super::viewer::ViewerQueue;
 use super::{SlugHub, lock};
 use crate::logs::entry::LogEntry;
 use crate::logs::wire::{MAX_BATCH, logs_json};
@@ -29,7 +29,7 @@ pub(super) async fn run(hub: Arc<SlugHub>) {
             (
                 std::mem::take(&mut queue.overflow),
                 std::mem::take(&mut queue.remote_missed),
-                queue.closing,
+                queue.closing.clone(),
             )
         };
         let viewers = lock(&hub.viewers).clone();
@@ -53,9 +53,9 @@ pub(super) async fn run(hub: Arc<SlugHub>) {
                 viewer.push_dropped(overflow);
             }
         }
-        if closing {
+        if let Some(why) = closing {
             for viewer in &viewers {
-                viewer.close(Closed::ShuttingDown);
+                viewer.close(why.clone());
             }
         }
         batch.clear();

@@ -90,8 +90,9 @@ struct Queue {
     overflow: u64,
     /// Entries other hosts produced that never arrived (gaps in their `seq`).
     remote_missed: u64,
-    /// The host is shutting down: after what is queued, close the viewers.
-    closing: bool,
+    /// After what is queued, close the viewers, for this reason (the host
+    /// is shutting down, the server was deleted).
+    closing: Option<Closed>,
     closed: bool,
 }
 
@@ -191,9 +192,19 @@ impl LogHub {
     /// this call is lost to the race.
     pub(crate) fn close_all(&self) {
         for hub in self.hubs() {
-            lock(&hub.queue).closing = true;
+            lock(&hub.queue).closing = Some(Closed::ShuttingDown);
             hub.wake.notify_one();
         }
+    }
+
+    /// Closes every viewer of `slug` here the same way, with `reason` in
+    /// their `closing` frame (the server was deleted).
+    pub(crate) fn close_slug(&self, slug: &str, reason: &str) {
+        let Some(hub) = lock(&self.inner.slugs).get(slug).cloned() else {
+            return;
+        };
+        lock(&hub.queue).closing = Some(Closed::Removed(reason.to_string()));
+        hub.wake.notify_one();
     }
 
     /// Adds a viewer to `slug`'s hub, creating the hub (and its batcher

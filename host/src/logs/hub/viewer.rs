@@ -53,12 +53,15 @@ pub(crate) enum Closed {
     TooSlow(String),
     /// The host is shutting down.
     ShuttingDown,
+    /// The server is gone (deleted through the API, or removed from the
+    /// tenants file); the reason says by whom.
+    Removed(String),
 }
 
 impl Closed {
     pub(crate) fn reason(&self) -> String {
         match self {
-            Closed::TooSlow(reason) => reason.clone(),
+            Closed::TooSlow(reason) | Closed::Removed(reason) => reason.clone(),
             Closed::ShuttingDown => "the host is shutting down".to_string(),
         }
     }
