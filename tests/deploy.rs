@@ -652,3 +652,102 @@ async fn the_deploy_and_servers_commands_drive_the_api() {
     assert!(!ok);
     assert!(stderr.contains("no session token"), "{stderr}");
 }
+
+/// Polls until `slug` answers with `wanted` (`Err` text: until it fails
+/// that way), up to the harness's patience.
+async fn until_served(host: &HostProcess, slug: &str, wanted: Result<&str, u16>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let served = served_version(host, slug).await;
+        let matches = match (&served, wanted) {
+            (Ok(version), Ok(expected)) => version == expected,
+            (Err(failure), Err(status)) => failure.starts_with(&status.to_string()),
+            _ => false,
+        };
+        if matches {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{slug} never answered {wanted:?}: last {served:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_deploy_reaches_every_host() {
+    let nats = support::NatsServer::start();
+    let config = api_only(&format!("[cluster]\nnats_url = \"{}\"\n", nats.url()));
+    let a = HostProcess::multi(&config, &["--node", "a"]);
+    let b = HostProcess::multi(&config, &["--node", "b"]);
+
+    server_with(&a, "app", "alice", &["1.0.0"]).await;
+    until_served(&b, "app", Ok("1.0.0")).await;
+
+    // A viewer on B sees the deploy made on A, and B serves the new version.
+    let mut viewer = b.viewer("app", "type=deploy", "alice").await;
+    a.wait_for_cluster(|s| support::watched_elsewhere(s, "app"))
+        .await;
+    let put = api(
+        &a,
+        "PUT",
+        "/api/servers/app/versions/1.1.0",
+        "alice",
+        Body::Wasm(wasm("hello")),
+    )
+    .await;
+    assert_eq!(put.status, 201, "{}", put.text());
+    until_served(&b, "app", Ok("1.1.0")).await;
+    let entries = viewer.entries_until(|e| e["type"] == "deploy").await;
+    assert_eq!(entries.last().unwrap()["node"], "a");
+
+    // Immutable across hosts too.
+    let changed = api(
+        &b,
+        "PUT",
+        "/api/servers/app/versions/1.1.0",
+        "alice",
+        Body::Wasm(wasm("structured_log")),
+    )
+    .await;
+    assert_eq!(changed.status, 409, "{}", changed.text());
+
+    // A host that joins later catches up before it serves.
+    let c = HostProcess::multi(&config, &["--node", "c"]);
+    assert_eq!(served_version(&c, "app").await, Ok("1.1.0".into()));
+    let listed = api(&c, "GET", "/api/servers/app", "alice", Body::None)
+        .await
+        .json();
+    assert_eq!(listed["versions"].as_array().unwrap().len(), 2, "{listed}");
+
+    // A deletion on one host removes the server everywhere.
+    let deleted = api(&c, "DELETE", "/api/servers/app", "alice", Body::None).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    until_served(&a, "app", Err(404)).await;
+    until_served(&b, "app", Err(404)).await;
+    let closing = loop {
+        let frame = viewer.frame().await;
+        if frame["type"] == "closing" {
+            break frame;
+        }
+    };
+    assert!(
+        closing["reason"].as_str().unwrap().contains("deleted"),
+        "{closing}"
+    );
+    let taken = api(
+        &a,
+        "POST",
+        "/api/servers",
+        ROOT,
+        Body::Json(json!({ "slug": "app", "owner": "bob" })),
+    )
+    .await;
+    assert_eq!(
+        taken.status,
+        409,
+        "the reservation is shared: {}",
+        taken.text()
+    );
+}

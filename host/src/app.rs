@@ -21,7 +21,7 @@ use tracing::Instrument as _;
 use crate::base::auth::Sessions;
 use crate::base::config::Config;
 use crate::base::refusals::Refusals;
-use crate::deploy::{Deployments, Sources};
+use crate::deploy::{Deployments, Sources, StateLocation};
 use crate::edge::connections::{Budget, Connections};
 use crate::edge::control::{ControlConfig, ControlPlane};
 use crate::edge::log_stream::LogStreams;
@@ -36,6 +36,10 @@ use crate::run::dispatch::Dispatcher;
 use crate::run::limits;
 use crate::run::memory;
 use crate::run::runtime::{Runtime, RuntimeSettings};
+
+/// How long a host joining a cluster waits to catch up with the servers
+/// deployed there before it serves without them (and catches up later).
+const CATCH_UP_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Everything a host is built from.
 pub struct AppConfig {
@@ -116,7 +120,11 @@ impl App {
             &config,
             Sources {
                 file: tenants_file,
-                state_dir,
+                // On a cluster the hosts share their deployments instead.
+                state: state_dir.map(|dir| match config.cluster {
+                    Some(_) => StateLocation::Cluster,
+                    None => StateLocation::Dir(dir),
+                }),
             },
             runtime.clone(),
         )?;
@@ -148,6 +156,11 @@ impl App {
         };
         let publisher: Arc<dyn LogSink> = Arc::new(Publisher::new(hub.clone(), cluster.clone()));
         let deployments = Arc::new(loaded.announce_to(publisher.clone(), hub.clone()));
+        if let Some(cluster) = &cluster {
+            deployments
+                .follow_cluster(cluster.client(), CATCH_UP_PATIENCE)
+                .await;
+        }
         let sink: Arc<dyn LogSink> = match guest_logs {
             GuestLogFormat::Off => publisher,
             format => Arc::new(Tee(publisher, Arc::new(ConsoleLog::new(format)))),

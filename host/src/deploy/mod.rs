@@ -19,10 +19,14 @@
 //! slug_cooling_off_days`.
 //!
 //! A change is durable before it is live: the component and the list are
-//! on disk (crash-safely) before the registry swaps, so a host that
-//! answered a deploy serves it again after any crash.
+//! on disk (crash-safely, `store.rs`) or, on a cluster, in JetStream
+//! (`shared.rs`) before the registry swaps, so a host that answered a
+//! deploy serves it again after any crash. On a cluster every host watches
+//! the shared list and applies each change the same way ([`Deployments::
+//! follow_cluster`]); the host that made it has applied it already.
 
 mod reload;
+mod shared;
 mod store;
 
 use std::collections::BTreeMap;
@@ -31,7 +35,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::StatusCode;
 use semver::Version;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard, OnceCell};
+use tracing::Instrument as _;
 
 use crate::base::config::{Config, HostSettings, Slug, Status, TenantSpec};
 use crate::logs::entry::{DeployAction, DeployEvent, LogEntry, RequestMeta, now_ms};
@@ -39,11 +44,14 @@ use crate::logs::hub::LogHub;
 use crate::logs::sink::LogSink;
 use crate::run::capabilities::Capabilities;
 use crate::run::runtime::{Rejected, Runtime};
+use crate::run::state::RequestState;
 use crate::run::tenants::{
     Deployment, LiveTenants, LoadRequest, LoadStats, Provenance, Source, Tenant, TenantRegistry,
     sha256_hex,
 };
+use shared::{Key, Shared, Written};
 use store::{Document, Reservation, ServerRecord, Store};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// Who is asking, once authenticated.
 #[derive(Clone, Debug)]
@@ -93,9 +101,26 @@ pub(crate) enum Deployed {
 pub(crate) struct Sources {
     /// The tenants file (reloadable), or `None` in single-component mode.
     pub(crate) file: Option<std::path::PathBuf>,
-    /// `[host] state_dir`, or `None` where the API is off (single-component
-    /// mode).
-    pub(crate) state_dir: Option<std::path::PathBuf>,
+    /// Where the API's servers are kept; `None` where the API is off
+    /// (single-component mode).
+    pub(crate) state: Option<StateLocation>,
+}
+
+/// Where the API's servers are kept.
+pub(crate) enum StateLocation {
+    /// `[host] state_dir`: one host.
+    Dir(std::path::PathBuf),
+    /// JetStream, shared by a cluster's hosts (`[cluster]`); connected by
+    /// [`Deployments::follow_cluster`].
+    Cluster,
+}
+
+/// Where changes are made durable.
+enum Durable {
+    Dir(Store),
+    /// Set once the cluster's buckets are open (boxed: the handles are
+    /// large, and this is read once per change).
+    Cluster(Box<OnceCell<Shared>>),
 }
 
 /// The server list, and every change to it.
@@ -110,9 +135,9 @@ pub(crate) struct Deployments {
     /// The tenants file, for reloads; its name, for messages.
     file: Option<std::path::PathBuf>,
     source: String,
-    store: Option<Store>,
-    /// The list as stored: held for the whole of a change, so changes
-    /// apply one at a time.
+    durable: Option<Durable>,
+    /// The list as stored (on a cluster, as last seen in the bucket): held
+    /// for the whole of a change, so changes apply one at a time.
     document: Mutex<Document>,
 }
 
@@ -126,7 +151,7 @@ pub(crate) struct Loaded {
     admins: Vec<String>,
     file: Option<std::path::PathBuf>,
     source: String,
-    store: Option<Store>,
+    durable: Option<Durable>,
     document: Document,
     pub(crate) stats: LoadStats,
 }
@@ -144,7 +169,7 @@ impl Loaded {
             hub,
             file: self.file,
             source: self.source,
-            store: self.store,
+            durable: self.durable,
             document: Mutex::new(self.document),
         }
     }
@@ -157,16 +182,20 @@ impl Loaded {
 impl Deployments {
     /// Opens the state directory and loads every tenant: the tenants file's
     /// and the API's. Every problem is reported at once; a slug in both is
-    /// one of them.
+    /// one of them. On a cluster the API's servers come later, from
+    /// [`Deployments::follow_cluster`].
     pub(crate) fn load(
         config: &Config,
         sources: Sources,
         runtime: Arc<Runtime>,
     ) -> anyhow::Result<Loaded> {
-        let (store, document) = match &sources.state_dir {
-            Some(dir) => {
-                let (store, document) = Store::open(dir)?;
-                (Some(store), document)
+        let (durable, document) = match sources.state {
+            Some(StateLocation::Dir(dir)) => {
+                let (store, document) = Store::open(&dir)?;
+                (Some(Durable::Dir(store)), document)
+            }
+            Some(StateLocation::Cluster) => {
+                (Some(Durable::Cluster(Box::default())), Document::default())
             }
             None => (None, Document::default()),
         };
@@ -174,15 +203,9 @@ impl Deployments {
         for spec in &config.tenants {
             if document.servers.contains_key(spec.slug.as_str()) {
                 problems.push(format!(
-                    "tenant {:?} is both in {} and deployed through the API (state_dir {}): \
-                     delete it from one of them",
+                    "tenant {:?} is both in this file and deployed through the API (the state \
+                     directory): delete it from one of them",
                     spec.slug.as_str(),
-                    config.source,
-                    sources
-                        .state_dir
-                        .as_deref()
-                        .unwrap_or(std::path::Path::new("-"))
-                        .display(),
                 ));
             }
         }
@@ -200,7 +223,7 @@ impl Deployments {
                 from_file: true,
             },
         )?;
-        if let Some(store) = &store {
+        if let Some(Durable::Dir(store)) = &durable {
             let specs = api_specs(store, &document);
             let state = store.dir().display().to_string();
             let (mut api, api_stats) = TenantRegistry::load(
@@ -234,7 +257,7 @@ impl Deployments {
             admins: config.auth.admins.clone(),
             file: sources.file,
             source: config.source.clone(),
-            store,
+            durable,
             document,
             stats,
         })
@@ -265,8 +288,10 @@ impl Deployments {
 
     /// One server, if `caller` may see it.
     pub(crate) fn get(&self, caller: &Caller, slug: &str) -> Result<Arc<Tenant>, DeployError> {
-        let tenant = self.find(slug)?;
-        may_change(caller, &tenant)?;
+        let tenant = self.live.get(slug).ok_or_else(|| {
+            DeployError::new(StatusCode::NOT_FOUND, format!("no server {slug:?}"))
+        })?;
+        may_change(caller, &tenant.owner, slug)?;
         Ok(tenant)
     }
 
@@ -277,7 +302,7 @@ impl Deployments {
         slug: &str,
         owner: &str,
     ) -> Result<Arc<Tenant>, DeployError> {
-        let (store, mut document) = self.begin().await?;
+        let (durable, mut document) = self.begin().await?;
         if !caller.admin {
             return Err(DeployError::new(
                 StatusCode::FORBIDDEN,
@@ -287,23 +312,24 @@ impl Deployments {
         let slug = Slug::parse(slug).map_err(|e| {
             DeployError::new(StatusCode::BAD_REQUEST, format!("slug {slug:?}: {e}"))
         })?;
+        let slug = slug.as_str();
         if owner.is_empty() {
             return Err(DeployError::new(
                 StatusCode::BAD_REQUEST,
                 "owner: a user id is required",
             ));
         }
-        if let Some(existing) = self.live.get(slug.as_str()) {
-            return Err(match existing.source {
-                Source::File(_) => self.declared_in_file(slug.as_str()),
-                Source::Api => DeployError::new(
-                    StatusCode::CONFLICT,
-                    format!("server {slug} already exists"),
-                ),
-            });
+        if let Some(Source::File(_)) = self.live.get(slug).map(|t| t.source.clone()) {
+            return Err(self.declared_in_file(slug));
+        }
+        if document.servers.contains_key(slug) {
+            return Err(DeployError::new(
+                StatusCode::CONFLICT,
+                format!("server {slug} already exists"),
+            ));
         }
         let now = now_ms();
-        if let Some(reserved) = document.reservations.get(slug.as_str())
+        if let Some(reserved) = document.reservations.get(slug)
             && reserved.until > now
             && reserved.owner != owner
         {
@@ -316,35 +342,20 @@ impl Deployments {
                 ),
             ));
         }
-        let mut next = document.clone();
-        next.reservations.remove(slug.as_str());
-        next.servers.insert(
-            slug.as_str().to_string(),
-            ServerRecord {
-                owner: owner.to_string(),
-                status: Status::Active,
-                created_at: now,
-                versions: BTreeMap::new(),
-            },
-        );
-        store.save(&next).map_err(DeployError::storage)?;
-        *document = next;
-        let spec = TenantSpec::new(slug.clone(), owner, BTreeMap::new());
-        let mut problems = Vec::new();
-        // Never one tenant alone once tenants come and go: half the pool.
-        let capabilities = Capabilities::settle(&spec, &self.host, 2, &mut problems);
-        debug_assert!(problems.is_empty(), "no secrets, no problems: {problems:?}");
-        let tenant = Arc::new(Tenant {
-            slug,
+        let record = ServerRecord {
             owner: owner.to_string(),
             status: Status::Active,
+            created_at: now,
             versions: BTreeMap::new(),
-            capabilities: Arc::new(capabilities),
-            source: Source::Api,
-        });
-        self.live.replace(self.live.snapshot().with(tenant.clone()));
-        tracing::info!(slug = %tenant.slug, owner, by = caller.user, "server created");
-        Ok(tenant)
+        };
+        let mut next = document.clone();
+        next.reservations.remove(slug);
+        next.servers.insert(slug.to_string(), record);
+        durable.commit(&mut next, slug, true).await?;
+        *document = next;
+        let tenant = self.apply(&document, slug, None, None).await?;
+        tracing::info!(slug, owner, by = caller.user, "server created");
+        tenant.ok_or_else(|| DeployError::new(StatusCode::CONFLICT, "the server vanished"))
     }
 
     /// `PUT /api/servers/{slug}/versions/{version}`: compiles and validates
@@ -357,41 +368,27 @@ impl Deployments {
         wasm: Bytes,
     ) -> Result<Deployed, DeployError> {
         let version = parse_version(version)?;
-        let (store, mut document) = self.begin().await?;
-        let tenant = self.changeable(caller, slug)?;
+        let (durable, mut document) = self.begin().await?;
+        let record = self.changeable(&document, caller, slug)?;
         let sha256 = sha256_hex(&wasm);
-        if let Some(existing) = tenant.versions.get(&version) {
-            return if existing.provenance.sha256 == sha256 {
-                Ok(Deployed::Unchanged(tenant))
+        if let Some(existing) = record.versions.get(&version) {
+            return if existing.sha256 == sha256 {
+                Ok(Deployed::Unchanged(self.get(caller, slug)?))
             } else {
                 Err(DeployError::new(
                     StatusCode::CONFLICT,
                     format!(
                         "version {version} of {slug} is already deployed with other bytes (sha256 {}): \
                          versions are immutable, deploy a new version",
-                        existing.provenance.sha256
+                        existing.sha256
                     ),
                 ))
             };
         }
-        let runtime = self.runtime.clone();
-        let bytes = wasm.clone();
-        let compiled = tokio::task::spawn_blocking(move || runtime.load_bytes(&bytes))
-            .await
-            .map_err(|e| {
-                DeployError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("compiling: {e}"))
-            })?;
-        let (pre, _) = compiled.map_err(|rejected| match rejected {
-            Rejected::Malformed(e) => {
-                DeployError::new(StatusCode::BAD_REQUEST, format!("not a component: {e:#}"))
-            }
-            Rejected::Unfit(e) => DeployError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("this host cannot serve it: {e:#}"),
-            ),
-        })?;
-        store
+        let pre = self.compile(wasm.clone()).await?;
+        durable
             .put_component(&sha256, &wasm)
+            .await
             .map_err(DeployError::storage)?;
         let provenance = Provenance {
             sha256,
@@ -402,17 +399,16 @@ impl Deployments {
         let mut next = document.clone();
         server_record(&mut next, slug)
             .versions
-            .insert(version.clone(), provenance.clone());
-        store.save(&next).map_err(DeployError::storage)?;
+            .insert(version.clone(), provenance);
+        durable.commit(&mut next, slug, false).await?;
         *document = next;
-        let deployment = Deployment::new(version.clone(), pre, provenance);
-        let tenant = Arc::new(tenant.changed(|parts| {
-            parts.versions.insert(version.clone(), deployment);
-        }));
-        self.live.replace(self.live.snapshot().with(tenant.clone()));
+        let tenant = self
+            .apply(&document, slug, Some((&version, pre)), None)
+            .await?
+            .expect("the server was just written");
         tracing::info!(slug, %version, by = caller.user, "version deployed");
         self.announce(
-            &tenant,
+            slug,
             &version.to_string(),
             DeployAction::Deployed,
             &caller.user,
@@ -428,31 +424,29 @@ impl Deployments {
         slug: &str,
         status: Status,
     ) -> Result<Arc<Tenant>, DeployError> {
-        let (store, mut document) = self.begin().await?;
-        let tenant = self.changeable(caller, slug)?;
-        if tenant.status == status {
-            return Ok(tenant);
+        let (durable, mut document) = self.begin().await?;
+        let record = self.changeable(&document, caller, slug)?;
+        if record.status != status {
+            let mut next = document.clone();
+            server_record(&mut next, slug).status = status;
+            durable.commit(&mut next, slug, false).await?;
+            *document = next;
+            self.apply(&document, slug, None, None).await?;
+            tracing::info!(
+                slug,
+                status = status.as_str(),
+                by = caller.user,
+                "status changed"
+            );
+            self.announce(
+                slug,
+                &newest_label(&document.servers[slug]),
+                DeployAction::StatusChanged,
+                &caller.user,
+                format!("{} made the server {}", caller.user, status.as_str()),
+            );
         }
-        let mut next = document.clone();
-        server_record(&mut next, slug).status = status;
-        store.save(&next).map_err(DeployError::storage)?;
-        *document = next;
-        let tenant = Arc::new(tenant.changed(|parts| parts.status = status));
-        self.live.replace(self.live.snapshot().with(tenant.clone()));
-        tracing::info!(
-            slug,
-            status = status.as_str(),
-            by = caller.user,
-            "status changed"
-        );
-        self.announce(
-            &tenant,
-            &newest_label(&tenant),
-            DeployAction::StatusChanged,
-            &caller.user,
-            format!("{} made the server {}", caller.user, status.as_str()),
-        );
-        Ok(tenant)
+        self.get(caller, slug)
     }
 
     /// `DELETE /api/servers/{slug}/versions/{version}`. Requests already
@@ -464,9 +458,9 @@ impl Deployments {
         version: &str,
     ) -> Result<Arc<Tenant>, DeployError> {
         let version = parse_version(version)?;
-        let (store, mut document) = self.begin().await?;
-        let tenant = self.changeable(caller, slug)?;
-        if !tenant.versions.contains_key(&version) {
+        let (durable, mut document) = self.begin().await?;
+        let record = self.changeable(&document, caller, slug)?;
+        if !record.versions.contains_key(&version) {
             return Err(DeployError::new(
                 StatusCode::NOT_FOUND,
                 format!("server {slug} has no version {version}"),
@@ -474,16 +468,16 @@ impl Deployments {
         }
         let mut next = document.clone();
         server_record(&mut next, slug).versions.remove(&version);
-        store.save(&next).map_err(DeployError::storage)?;
+        durable.commit(&mut next, slug, false).await?;
         *document = next;
-        store.sweep(&document);
-        let tenant = Arc::new(tenant.changed(|parts| {
-            parts.versions.remove(&version);
-        }));
-        self.live.replace(self.live.snapshot().with(tenant.clone()));
+        durable.sweep(&document);
+        let tenant = self
+            .apply(&document, slug, None, None)
+            .await?
+            .expect("the server was just written");
         tracing::info!(slug, %version, by = caller.user, "version deleted");
         self.announce(
-            &tenant,
+            slug,
             &version.to_string(),
             DeployAction::VersionDeleted,
             &caller.user,
@@ -495,59 +489,59 @@ impl Deployments {
     /// `DELETE /api/servers/{slug}`: gone at once, its viewers closed with
     /// the reason, its slug reserved for its owner for the cooling-off.
     pub(crate) async fn delete(&self, caller: &Caller, slug: &str) -> Result<(), DeployError> {
-        let (store, mut document) = self.begin().await?;
-        let tenant = self.changeable(caller, slug)?;
+        let (durable, mut document) = self.begin().await?;
+        let record = self.changeable(&document, caller, slug)?;
         let until = now_ms() + self.host.slug_cooling_off().as_millis() as u64;
         let mut next = document.clone();
         next.servers.remove(slug);
         next.reservations.insert(
             slug.to_string(),
             Reservation {
-                owner: tenant.owner.clone(),
+                owner: record.owner.clone(),
                 until,
             },
         );
-        store.save(&next).map_err(DeployError::storage)?;
+        durable.commit(&mut next, slug, true).await?;
         *document = next;
-        store.sweep(&document);
-        self.live.replace(self.live.snapshot().without(slug));
+        durable.sweep(&document);
+        let reason = format!("server {slug} was deleted by {}", caller.user);
+        self.apply(&document, slug, None, Some(&reason)).await?;
         tracing::info!(slug, by = caller.user, "server deleted");
-        self.hub.close_slug(
-            slug,
-            &format!("server {slug} was deleted by {}", caller.user),
-        );
         Ok(())
     }
 
     /// Takes the change lock, once the API is known to be on.
-    async fn begin(&self) -> Result<(&Store, tokio::sync::MutexGuard<'_, Document>), DeployError> {
-        let Some(store) = &self.store else {
+    async fn begin(&self) -> Result<(&Durable, MutexGuard<'_, Document>), DeployError> {
+        let Some(durable) = &self.durable else {
             return Err(DeployError::new(
                 StatusCode::NOT_FOUND,
                 "deployments need multi-tenant mode (mctx-host serve --config FILE)",
             ));
         };
-        Ok((store, self.document.lock().await))
+        Ok((durable, self.document.lock().await))
     }
 
-    fn find(&self, slug: &str) -> Result<Arc<Tenant>, DeployError> {
-        self.live
-            .get(slug)
-            .ok_or_else(|| DeployError::new(StatusCode::NOT_FOUND, format!("no server {slug:?}")))
-    }
-
-    /// A server of the API that `caller` may change.
-    fn changeable(&self, caller: &Caller, slug: &str) -> Result<Arc<Tenant>, DeployError> {
-        let tenant = self.find(slug).map_err(|mut e| {
-            e.message
-                .push_str(": an admin creates it with POST /api/servers");
-            e
-        })?;
-        may_change(caller, &tenant)?;
-        if let Source::File(_) = tenant.source {
+    /// The record of a server of the API that `caller` may change.
+    fn changeable<'a>(
+        &self,
+        document: &'a Document,
+        caller: &Caller,
+        slug: &str,
+    ) -> Result<&'a ServerRecord, DeployError> {
+        if let Some(tenant) = self.live.get(slug)
+            && let Source::File(_) = tenant.source
+        {
+            may_change(caller, &tenant.owner, slug)?;
             return Err(self.declared_in_file(slug));
         }
-        Ok(tenant)
+        let record = document.servers.get(slug).ok_or_else(|| {
+            DeployError::new(
+                StatusCode::NOT_FOUND,
+                format!("no server {slug:?}: an admin creates it with POST /api/servers"),
+            )
+        })?;
+        may_change(caller, &record.owner, slug)?;
+        Ok(record)
     }
 
     fn declared_in_file(&self, slug: &str) -> DeployError {
@@ -560,16 +554,122 @@ impl Deployments {
         )
     }
 
-    /// Tells the slug's viewers (here and, on a cluster, elsewhere).
-    fn announce(
+    /// Compiles a component off the async threads; a refusal says whether
+    /// the bytes are no component (400) or one this host cannot run (422).
+    async fn compile(&self, wasm: Bytes) -> Result<ProxyPre<RequestState>, DeployError> {
+        let runtime = self.runtime.clone();
+        let compiled = tokio::task::spawn_blocking(move || runtime.load_bytes(&wasm))
+            .await
+            .map_err(|e| {
+                DeployError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("compiling: {e}"))
+            })?;
+        compiled
+            .map(|(pre, _)| pre)
+            .map_err(|rejected| match rejected {
+                Rejected::Malformed(e) => {
+                    DeployError::new(StatusCode::BAD_REQUEST, format!("not a component: {e:#}"))
+                }
+                Rejected::Unfit(e) => DeployError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("this host cannot serve it: {e:#}"),
+                ),
+            })
+    }
+
+    /// Makes the registry's `slug` what `document` says: rebuilt from its
+    /// record (each version's compiled component reused when its bytes are
+    /// the same, `fresh` used for the one just compiled, others fetched
+    /// and compiled), or removed, closing its viewers with `removed`'s
+    /// reason. A server of this host's tenants file is never touched.
+    async fn apply(
         &self,
-        tenant: &Tenant,
-        version: &str,
-        action: DeployAction,
-        by: &str,
-        message: String,
-    ) {
-        let slug = tenant.slug.as_str();
+        document: &Document,
+        slug: &str,
+        fresh: Option<(&Version, ProxyPre<RequestState>)>,
+        removed: Option<&str>,
+    ) -> Result<Option<Arc<Tenant>>, DeployError> {
+        let current = self.live.get(slug);
+        if let Some(tenant) = &current
+            && let Source::File(_) = tenant.source
+        {
+            tracing::warn!(
+                slug,
+                "ignoring the API's server {slug}: this host's tenants file declares it"
+            );
+            return Ok(current);
+        }
+        let Some(record) = document.servers.get(slug) else {
+            if current.is_some() {
+                self.live.replace(self.live.snapshot().without(slug));
+                let reason =
+                    removed.map_or_else(|| format!("server {slug} was deleted"), str::to_string);
+                self.hub.close_slug(slug, &reason);
+            }
+            return Ok(None);
+        };
+        let mut versions = BTreeMap::new();
+        for (version, provenance) in &record.versions {
+            let reusable = current
+                .as_ref()
+                .and_then(|t| t.versions.get(version))
+                .filter(|d| d.provenance.sha256 == provenance.sha256)
+                .map(|d| d.pre.clone());
+            let pre = match (reusable, &fresh) {
+                (Some(pre), _) => pre,
+                (None, Some((fresh_version, pre))) if *fresh_version == version => pre.clone(),
+                (None, _) => {
+                    let wasm = self
+                        .durable
+                        .as_ref()
+                        .expect("only the API's servers are applied")
+                        .fetch_component(&provenance.sha256)
+                        .await
+                        .map_err(DeployError::storage)?;
+                    if sha256_hex(&wasm) != provenance.sha256 {
+                        return Err(DeployError::storage(anyhow::anyhow!(
+                            "component {} of {slug} {version} does not match its digest",
+                            provenance.sha256
+                        )));
+                    }
+                    self.compile(Bytes::from(wasm)).await?
+                }
+            };
+            versions.insert(
+                version.clone(),
+                Deployment::new(version.clone(), pre, provenance.clone()),
+            );
+        }
+        let capabilities = match &current {
+            Some(tenant) => tenant.capabilities.clone(),
+            None => {
+                let spec = TenantSpec::new(
+                    Slug::parse(slug).map_err(|e| {
+                        DeployError::new(StatusCode::BAD_REQUEST, format!("slug {slug:?}: {e}"))
+                    })?,
+                    &record.owner,
+                    BTreeMap::new(),
+                );
+                let mut problems = Vec::new();
+                // Never one tenant alone once tenants come and go: half the pool.
+                let settled = Capabilities::settle(&spec, &self.host, 2, &mut problems);
+                debug_assert!(problems.is_empty(), "no secrets, no problems: {problems:?}");
+                Arc::new(settled)
+            }
+        };
+        let tenant = Arc::new(Tenant {
+            slug: Slug::parse(slug).expect("checked above"),
+            owner: record.owner.clone(),
+            status: record.status,
+            versions,
+            capabilities,
+            source: Source::Api,
+        });
+        self.live.replace(self.live.snapshot().with(tenant.clone()));
+        Ok(Some(tenant))
+    }
+
+    /// Tells the slug's viewers (here and, on a cluster, elsewhere).
+    fn announce(&self, slug: &str, version: &str, action: DeployAction, by: &str, message: String) {
         if !self.events.wants(slug) {
             return;
         }
@@ -585,16 +685,234 @@ impl Deployments {
         self.events
             .publish(slug, vec![LogEntry::deploy_event(meta, event, message)]);
     }
+
+    /// On a cluster: opens the shared buckets (retrying while NATS is
+    /// unreachable), applies every server they hold, then every change any
+    /// host makes, for as long as the host runs. Resolves once this host
+    /// has caught up with the servers already deployed, or after `patience`
+    /// (the host then serves its file's tenants and catches up later).
+    pub(crate) async fn follow_cluster(
+        self: &Arc<Self>,
+        client: async_nats::Client,
+        patience: std::time::Duration,
+    ) {
+        let (caught_up, on_caught_up) = tokio::sync::oneshot::channel();
+        let me = self.clone();
+        tokio::spawn(
+            async move { me.watch_cluster(client, caught_up).await }
+                .instrument(tracing::info_span!("deployments")),
+        );
+        if tokio::time::timeout(patience, on_caught_up).await.is_err() {
+            tracing::warn!(
+                "not caught up with the cluster's deployments after {patience:?}: serving without them for now"
+            );
+        }
+    }
+
+    async fn watch_cluster(
+        &self,
+        client: async_nats::Client,
+        caught_up: tokio::sync::oneshot::Sender<()>,
+    ) {
+        use futures_util::StreamExt as _;
+        let Some(Durable::Cluster(cell)) = &self.durable else {
+            return;
+        };
+        let mut caught_up = Some(caught_up);
+        let mut attempt = 0u32;
+        loop {
+            let opened = match cell.get() {
+                Some(shared) => Ok(shared.clone()),
+                None => Shared::open(client.clone()).await.inspect(|shared| {
+                    let _ = cell.set(shared.clone());
+                }),
+            };
+            let watched = match opened {
+                Ok(shared) => shared.watch().await,
+                Err(e) => Err(e),
+            };
+            let (mut changes, values) = match watched {
+                Ok(watched) => watched,
+                Err(e) => {
+                    attempt += 1;
+                    if attempt == 1 || attempt.is_multiple_of(30) {
+                        tracing::warn!("cannot follow the cluster's deployments yet: {e:#}");
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            attempt = 0;
+            if values == 0
+                && let Some(done) = caught_up.take()
+            {
+                let _ = done.send(());
+            }
+            while let Some(change) = changes.next().await {
+                let Ok(change) = change else { break };
+                let last_of_history = change.delta == 0;
+                self.mirror(change).await;
+                if last_of_history && let Some(done) = caught_up.take() {
+                    let _ = done.send(());
+                }
+            }
+            tracing::warn!("the cluster's deployment watch ended; watching again");
+        }
+    }
+
+    /// Applies one change seen in the shared bucket.
+    async fn mirror(&self, change: async_nats::jetstream::kv::Entry) {
+        use async_nats::jetstream::kv::Operation;
+        let Some(key) = Key::parse(&change.key) else {
+            return;
+        };
+        let mut document = self.document.lock().await;
+        if document.revisions.get(&change.key) >= Some(&change.revision) {
+            return; // this host wrote it, or saw it already
+        }
+        document
+            .revisions
+            .insert(change.key.clone(), change.revision);
+        let present = change.operation == Operation::Put;
+        match key {
+            Key::Reserved(slug) => match serde_json::from_slice::<Reservation>(&change.value) {
+                Ok(reservation) if present => {
+                    document.reservations.insert(slug, reservation);
+                }
+                _ => {
+                    document.reservations.remove(&slug);
+                }
+            },
+            Key::Server(slug) => {
+                let record = present
+                    .then(|| serde_json::from_slice::<ServerRecord>(&change.value))
+                    .transpose();
+                match record {
+                    Ok(Some(record)) => {
+                        document.servers.insert(slug.clone(), record);
+                    }
+                    Ok(None) => {
+                        document.servers.remove(&slug);
+                    }
+                    Err(e) => {
+                        tracing::error!(slug, "unreadable server record in the cluster: {e}");
+                        return;
+                    }
+                }
+                if let Err(e) = self.apply(&document, &slug, None, None).await {
+                    tracing::error!(slug, "cannot apply the cluster's change: {}", e.message);
+                }
+            }
+        }
+    }
+}
+
+impl Durable {
+    async fn put_component(&self, sha256: &str, wasm: &Bytes) -> anyhow::Result<()> {
+        match self {
+            Durable::Dir(store) => store.put_component(sha256, wasm).map(|_| ()),
+            Durable::Cluster(_) => self.shared()?.put_component(sha256, wasm).await,
+        }
+    }
+
+    async fn fetch_component(&self, sha256: &str) -> anyhow::Result<Vec<u8>> {
+        match self {
+            Durable::Dir(store) => Ok(std::fs::read(store.component_path(sha256))?),
+            Durable::Cluster(_) => self.shared()?.fetch_component(sha256).await,
+        }
+    }
+
+    /// Makes `next` durable, where it differs from what is stored for
+    /// `slug`: on disk the whole list; on a cluster the server's key (and,
+    /// with `reservation`, its reservation's) by compare-and-set, noting
+    /// the new revisions in `next`.
+    async fn commit(
+        &self,
+        next: &mut Document,
+        slug: &str,
+        reservation: bool,
+    ) -> Result<(), DeployError> {
+        match self {
+            Durable::Dir(store) => store.save(next).map_err(DeployError::storage),
+            Durable::Cluster(_) => {
+                let shared = self.shared().map_err(DeployError::storage)?;
+                let server = next.servers.get(slug).map(to_json);
+                let key = Key::Server(slug.to_string());
+                commit_key(shared, next, key, server).await?;
+                if reservation {
+                    let reserved = next.reservations.get(slug).map(to_json);
+                    commit_key(shared, next, Key::Reserved(slug.to_string()), reserved).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes what the list no longer names (on disk; a cluster's object
+    /// store keeps components, other hosts may still be fetching them).
+    fn sweep(&self, document: &Document) {
+        if let Durable::Dir(store) = self {
+            store.sweep(document);
+        }
+    }
+
+    fn shared(&self) -> anyhow::Result<&Shared> {
+        match self {
+            Durable::Cluster(cell) => cell.get().ok_or_else(|| {
+                anyhow::anyhow!("the cluster's deployment buckets are not reachable yet (NATS)")
+            }),
+            Durable::Dir(_) => unreachable!("only on a cluster"),
+        }
+    }
+}
+
+async fn commit_key(
+    shared: &Shared,
+    next: &mut Document,
+    key: Key,
+    value: Option<Vec<u8>>,
+) -> Result<(), DeployError> {
+    let text = match &key {
+        Key::Server(slug) => format!("server.{slug}"),
+        Key::Reserved(slug) => format!("reserved.{slug}"),
+    };
+    let revision = next.revisions.get(&text).copied();
+    if value.is_none() && revision.is_none() {
+        return Ok(()); // nothing stored, nothing to delete
+    }
+    match shared
+        .write(&key, value, revision)
+        .await
+        .map_err(DeployError::storage)?
+    {
+        Written::At(revision) => {
+            next.revisions.insert(text, revision);
+            Ok(())
+        }
+        Written::Deleted => {
+            // Creating it again is a create, not an update of the marker.
+            next.revisions.remove(&text);
+            Ok(())
+        }
+        Written::Conflict => Err(DeployError::new(
+            StatusCode::CONFLICT,
+            "another host changed this server at the same time: nothing changed here, try again",
+        )),
+    }
+}
+
+fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records serialize")
 }
 
 /// The owner or an admin.
-fn may_change(caller: &Caller, tenant: &Tenant) -> Result<(), DeployError> {
-    if caller.admin || tenant.owner == caller.user {
+fn may_change(caller: &Caller, owner: &str, slug: &str) -> Result<(), DeployError> {
+    if caller.admin || owner == caller.user {
         Ok(())
     } else {
         Err(DeployError::new(
             StatusCode::FORBIDDEN,
-            format!("you do not own server {}", tenant.slug),
+            format!("you do not own server {slug}"),
         ))
     }
 }
@@ -616,8 +934,8 @@ fn server_record<'a>(document: &'a mut Document, slug: &str) -> &'a mut ServerRe
 }
 
 /// The version a status change is reported under: the newest, or `-`.
-fn newest_label(tenant: &Tenant) -> String {
-    tenant
+fn newest_label(record: &ServerRecord) -> String {
+    record
         .versions
         .keys()
         .next_back()

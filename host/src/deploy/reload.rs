@@ -145,9 +145,10 @@ impl Deployments {
             .iter()
             .filter(|t| summary.changed.contains(&t.slug.to_string()))
         {
+            let newest = tenant.versions.keys().next_back();
             self.announce(
-                tenant,
-                &super::newest_label(tenant),
+                tenant.slug.as_str(),
+                &newest.map_or_else(|| "-".to_string(), ToString::to_string),
                 DeployAction::Reloaded,
                 by,
                 format!("{} was reloaded and changed this server", config.source),

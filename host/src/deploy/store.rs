@@ -38,6 +38,11 @@ pub(crate) struct Document {
     pub(crate) servers: BTreeMap<String, ServerRecord>,
     /// Deleted slugs, kept for their last owner until the cooling-off ends.
     pub(crate) reservations: BTreeMap<String, Reservation>,
+    /// On a cluster, the bucket revision of each key this list mirrors
+    /// (`server.{slug}`, `reserved.{slug}`): what a compare-and-set write
+    /// expects. Not stored.
+    #[serde(skip)]
+    pub(crate) revisions: BTreeMap<String, u64>,
 }
 
 /// One server deployed through the API.

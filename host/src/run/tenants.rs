@@ -120,36 +120,6 @@ impl Tenant {
             _ => newest_first().find(|d| selector.accepts(&d.version)),
         }
     }
-
-    /// The same tenant with `change` applied to a copy of its parts; its
-    /// capabilities (and so its gate) are shared with this one.
-    pub(crate) fn changed(&self, change: impl FnOnce(&mut TenantParts)) -> Tenant {
-        let mut parts = TenantParts {
-            owner: self.owner.clone(),
-            status: self.status,
-            versions: self
-                .versions
-                .values()
-                .map(|d| (d.version.clone(), d.share()))
-                .collect(),
-        };
-        change(&mut parts);
-        Tenant {
-            slug: self.slug.clone(),
-            owner: parts.owner,
-            status: parts.status,
-            versions: parts.versions,
-            capabilities: self.capabilities.clone(),
-            source: self.source.clone(),
-        }
-    }
-}
-
-/// What a change to a tenant may replace.
-pub(crate) struct TenantParts {
-    pub(crate) owner: String,
-    pub(crate) status: Status,
-    pub(crate) versions: BTreeMap<Version, Deployment>,
 }
 
 impl Deployment {
@@ -164,15 +134,6 @@ impl Deployment {
             pre,
             provenance,
         }
-    }
-
-    /// Another handle on the same compiled component.
-    fn share(&self) -> Deployment {
-        Deployment::new(
-            self.version.clone(),
-            self.pre.clone(),
-            self.provenance.clone(),
-        )
     }
 }
 

@@ -221,6 +221,12 @@ impl Cluster {
         &self.inner.node
     }
 
+    /// The NATS connection, for the cluster's other shared state (the
+    /// deployments, `crate::deploy`).
+    pub(crate) fn client(&self) -> async_nats::Client {
+        self.inner.client.clone()
+    }
+
     /// The node name as entries carry it.
     pub(crate) fn node_name(&self) -> Arc<str> {
         self.inner.node.clone()
