@@ -751,3 +751,38 @@ async fn on_a_cluster_a_deploy_reaches_every_host() {
         taken.text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_watch_reloads_when_the_file_or_a_component_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let component = dir.path().join("app.wasm");
+    std::fs::copy(guest("hello"), &component).unwrap();
+    let config = dir.path().join("tenants.toml");
+    let one = tenant_toml("one", "alice", "active", &[("1.0.0", &component)]);
+    std::fs::write(&config, &one).unwrap();
+    let host = HostProcess::multi_at(&config, &["--watch"]);
+    assert_eq!(served_version(&host, "one").await, Ok("1.0.0".into()));
+
+    // The file gains a tenant.
+    let two = tenant_toml("two", "bob", "active", &[("2.0.0", &component)]);
+    std::fs::write(&config, format!("{one}{two}")).unwrap();
+    until_served(&host, "two", Ok("2.0.0")).await;
+
+    // A component rebuilt in place (written aside, renamed over, as cargo does).
+    let aside = dir.path().join("app.wasm.part");
+    std::fs::copy(guest("structured_log"), &aside).unwrap();
+    std::fs::rename(&aside, &component).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let reply = host.get("one.localhost", "/").await;
+        if reply.status == 200 && reply.text() == "logged\n" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reloaded: {}",
+            reply.text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -16,6 +16,7 @@ mod deploy;
 mod serve;
 mod tail;
 mod wasmtime;
+mod watch;
 
 /// A multi-tenant host for wasi:http WebAssembly components, with live logs.
 #[derive(Parser, Debug)]

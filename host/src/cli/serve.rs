@@ -90,6 +90,11 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MCTX_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
 
+    /// Reload the tenants file when it or one of its components changes on
+    /// disk (as SIGHUP does; a broken file is reported and changes nothing).
+    #[arg(long, requires = "config")]
+    watch: bool,
+
     /// Compile every component at start instead of using the cache.
     #[arg(long)]
     no_cache: bool,
@@ -254,8 +259,11 @@ impl ServeArgs {
             state_dir,
         })
         .await?;
-        if self.config.is_some() {
+        if let Some(file) = &self.config {
             spawn_reload_on_hangup(app.reloader())?;
+            if self.watch {
+                super::watch::spawn(file.clone(), app.reloader())?;
+            }
         }
         let listener = TcpListener::bind(addr)
             .await
