@@ -39,6 +39,8 @@ fn the_dashboard_works_in_a_real_browser() {
         tenant_toml("bobs", "bob", "active", &[("1.0.0", &hello)]),
     ]
     .concat();
+    // Alice is an admin too: the script deploys a server of its own.
+    let config = format!("[auth]\nadmins = [\"alice\"]\n{config}");
     let host = HostProcess::multi(&config, &[]);
 
     let mut command = Command::new("node");
@@ -46,6 +48,7 @@ fn the_dashboard_works_in_a_real_browser() {
         .arg(browser_dir.join("dashboard.mjs"))
         .env("MCTX_URL", format!("http://localhost:{}", host.addr.port()))
         .env("MCTX_TOKEN", support::token("alice"))
+        .env("MCTX_WASM", &hello)
         .env("CHROMIUM", &chromium);
     if let Some(dir) = std::env::var_os("MCTX_SCREENSHOTS") {
         command.env("MCTX_SCREENSHOTS", repo_root().join(dir));

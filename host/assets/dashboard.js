@@ -5,6 +5,55 @@
 // logs "<script>" must not run anything here.
 "use strict";
 
+// The server page's deployments table, kept current from the deploy API
+// (GET /api/servers/{slug}, same session cookie) while the page is shown,
+// and at once when the log stream reports a deploy.
+const deployments = (() => {
+  const card = document.getElementById("deployments-card");
+  if (!card) return { refresh() {} };
+  const base = document.body.dataset.base || "";
+  const body = card.querySelector("tbody");
+  const pad = (n, width = 2) => String(n).padStart(width, "0");
+  const when = (ms) => {
+    const d = new Date(ms);
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
+      `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  };
+  const cell = (text, tag = "td") => {
+    const td = document.createElement(tag);
+    td.textContent = text;
+    return td;
+  };
+  function render(versions) {
+    const rows = versions.slice().reverse().map((v) => {
+      const tr = document.createElement("tr");
+      tr.dataset.version = v.version;
+      const at = cell(when(v.deployedAt));
+      at.className = "deployed-at";
+      at.dataset.ms = v.deployedAt;
+      const sha = document.createElement("code");
+      sha.title = v.sha256;
+      sha.textContent = v.sha256.slice(0, 12);
+      const shaCell = document.createElement("td");
+      shaCell.append(sha);
+      tr.append(cell(v.version), at, cell(v.deployedBy), shaCell);
+      return tr;
+    });
+    body.replaceChildren(...rows);
+  }
+  for (const td of body.querySelectorAll(".deployed-at")) td.textContent = when(Number(td.dataset.ms));
+  async function refresh() {
+    try {
+      const response = await fetch(`${base}/api/servers/${encodeURIComponent(card.dataset.slug)}`);
+      if (response.ok) render((await response.json()).versions);
+    } catch (_) {
+      // Offline for a moment: the next round tries again.
+    }
+  }
+  setInterval(() => { if (!document.hidden) refresh(); }, 3000);
+  return { refresh };
+})();
+
 (() => {
   const button = document.getElementById("view-logs");
   if (!button || button.disabled) return;
@@ -123,6 +172,7 @@
   function onFrame(frame) {
     if (frame.type === "logs") {
       receive(frame.entries.map(makeRow));
+      if (frame.entries.some((entry) => entry.type === "deploy")) deployments.refresh();
     } else if (frame.type === "dropped") {
       receive([makeNotice(`${frame.count} entries missed (this viewer fell behind, or the cluster link was down)`)]);
     } else if (frame.type === "notice") {

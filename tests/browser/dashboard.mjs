@@ -2,9 +2,11 @@
 // playwright-core), against the real host that tests/dashboard.rs started.
 // Every check is an assertion; the first failure exits non-zero.
 //
-// Env: MCTX_URL (the control plane), MCTX_TOKEN (alice's session token),
-// MCTX_SCREENSHOTS (optional: a folder to save the page and the modal in).
+// Env: MCTX_URL (the control plane), MCTX_TOKEN (alice's session token;
+// alice is an admin), MCTX_WASM (a component to deploy), MCTX_SCREENSHOTS
+// (optional: a folder to save the page and the modal in).
 import assert from "node:assert/strict";
+import { readFile } from "node:fs/promises";
 import { chromium } from "playwright-core";
 
 const url = process.env.MCTX_URL;
@@ -162,8 +164,29 @@ try {
   assert.equal(await page.locator("#log-list li").count(), 5000);
   assert.equal(await page.locator("#log-list li:nth-last-child(2) .message").textContent(), "flood line 9999");
 
+  step("the deployments table follows deploys live");
+  const api = async (method, path, body, type) => {
+    const response = await fetch(`${url}${path}`, {
+      method, body, headers: { authorization: `Bearer ${token}`, ...(type ? { "content-type": type } : {}) },
+    });
+    const text = await response.text();
+    assert.ok(response.ok, `${method} ${path}: ${response.status} ${text}`);
+  };
+  const wasm = await readFile(process.env.MCTX_WASM);
+  await api("POST", "/api/servers", JSON.stringify({ slug: "live", owner: "alice" }), "application/json");
+  await api("PUT", "/api/servers/live/versions/1.0.0", wasm, "application/wasm");
+  await page.goto(`${url}/dev/servers/live`);
+  assert.deepEqual(await page.locator("#deployments tbody tr td:first-child").allTextContents(), ["1.0.0"]);
+  const deployedAt = await page.locator("#deployments .deployed-at").first().textContent();
+  assert.match(deployedAt, /^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$/, "local time");
+  await api("PUT", "/api/servers/live/versions/1.1.0", wasm, "application/wasm");
+  await page.waitForFunction(() => document.querySelectorAll("#deployments tbody tr").length === 2);
+  const newest = await page.locator("#deployments tbody tr:first-child td").allTextContents();
+  assert.equal(newest[0], "1.1.0");
+  assert.equal(newest[2], "alice");
+
   step("a refused stream is explained, not retried");
-  await page.click("#log-close");
+  await page.goto(`${url}/dev/servers/bad`);
   await context.clearCookies();
   await page.click("#view-logs");
   await page.waitForSelector('#log-conn[data-state="closed"]');

@@ -253,6 +253,11 @@ impl Dashboard<'_> {
   </dl>
   {button}
 </div>
+<div class="card" id="deployments-card" data-slug="{slug}">
+  <h2>Deployments</h2>
+  <table id="deployments"><thead><tr><th>Version</th><th>Deployed</th><th>By</th><th>SHA-256</th></tr></thead>
+  <tbody>{deployments}</tbody></table>
+</div>
 <div class="modal" id="log-modal" hidden>
   <div class="modal-body" role="dialog" aria-label="Logs of {slug}">
     <div class="modal-head">
@@ -274,6 +279,7 @@ impl Dashboard<'_> {
 </div>"#,
             status = status_badge(tenant.status),
             versions = escape(&versions(tenant)),
+            deployments = deployment_rows(tenant),
             host = escape(host),
             base = escape(self.base),
             cpu_ms = caps.limits.cpu.as_millis(),
@@ -333,6 +339,29 @@ fn versions(tenant: &Tenant) -> String {
         .map(|v| v.to_string())
         .collect();
     versions.join(", ")
+}
+
+/// One row per version, newest first. The time is UTC here; the page's
+/// script rewrites it in the browser's time zone, and keeps the table
+/// current from the deploy API.
+fn deployment_rows(tenant: &Tenant) -> String {
+    tenant
+        .versions
+        .values()
+        .rev()
+        .map(|d| {
+            let p = &d.provenance;
+            format!(
+                r#"<tr data-version="{version}"><td>{version}</td><td class="deployed-at" data-ms="{ms}">{at}</td><td>{by}</td><td><code title="{sha}">{short}</code></td></tr>"#,
+                version = escape(&d.version_label),
+                ms = p.deployed_at,
+                at = crate::deploy::rfc3339(p.deployed_at),
+                by = escape(&p.deployed_by),
+                sha = escape(&p.sha256),
+                short = escape(p.sha256.get(..12).unwrap_or(&p.sha256)),
+            )
+        })
+        .collect()
 }
 
 fn html(status: StatusCode, page: &str) -> Response<Body> {
