@@ -3,14 +3,15 @@
 //!
 //! # Layout
 //!
-//! Four layers, each using only the ones below it, and a composition root
+//! Five layers, each using only the ones below it, and a composition root
 //! on top:
 //!
 //! | layer | modules | what it owns |
 //! |---|---|---|
 //! | root | [`app`], [`cli`] | `App::build` wires every part from an [`AppConfig`]; `App::serve` runs and shuts down in order. The CLI only turns flags and files into that config (and holds the `tail` client). |
-//! | edge | `edge::{server, routing, control, dashboard, log_stream}` | the network: accept loop, `Host` + path → tenant or control plane, `/healthz`, the dashboard, the log-stream WebSocket. |
-//! | run | `run::{dispatch, runtime, state, limits, tenants, artifacts, guest_logging}` | WebAssembly: one engine and linker, tenants' components compiled once, each request in a fresh instance with its CPU and memory limits. |
+//! | edge | `edge::{server, routing, control, dashboard, log_stream, deploy_api}` | the network: accept loop, `Host` + path → tenant or control plane, `/healthz`, the dashboard, the log-stream WebSocket, the deploy API's HTTP. |
+//! | deploy | `deploy::{store, shared, reload}` | the server list and every change to it, one at a time: the rules, durable (`state_dir`, or JetStream on a cluster) before the tenant registry swaps; reloading the tenants file. |
+//! | run | `run::{dispatch, runtime, state, limits, tenants, artifacts, guest_logging}` | WebAssembly: one engine and linker, tenants' components compiled once, each request in a fresh instance with its CPU and memory limits; the registry of tenants, an immutable snapshot swapped whole. |
 //! | logs | `logs::{capture, entry, publish, hub, wire, cluster, console}` | what guests write becoming entries, numbered once, fanned out to viewers here and on other hosts. |
 //! | base | `base::{config, auth, responses}` | the tenants file (one struct per table), session tokens, the host's own responses. |
 //!
@@ -22,6 +23,13 @@
 //! pre-instantiated component on a task of its own; the guest's response
 //! streams back through hyper, and a `type:"request"` entry records how
 //! it ended.
+//!
+//! **How a deploy travels.** `edge::deploy_api` authenticates and reads
+//! the upload; `deploy` checks the rules, compiles it off the async
+//! threads, writes it and the server list crash-safely, then swaps in a new
+//! `run::tenants` snapshot: requests already running keep the tenant they
+//! started with, the next ones get the new version, and the slug's viewers
+//! get a `type:"deploy"` entry through `logs::publish`.
 //!
 //! **How a log line travels.** The guest writes to stdout or stderr (or
 //! calls `wasi:logging`); `logs::capture` cuts the bytes into lines, applies

@@ -10,7 +10,7 @@ use mctx_host::config::{Config, Slug};
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     if let Ok(config) = Config::parse(text, "fuzz.toml", Path::new("/base")) {
-        assert!(!config.tenants.is_empty());
+        // No tenant at all is valid: they may all come through the deploy API.
         for tenant in &config.tenants {
             assert!(Slug::parse(tenant.slug.as_str()).is_ok());
             assert!(!tenant.versions.is_empty());

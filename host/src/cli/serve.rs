@@ -298,7 +298,12 @@ impl ServeArgs {
             return Vec::new();
         };
         config.auth.session_secret = Some(secret);
-        let mut owners: Vec<&str> = config.tenants.iter().map(|t| t.owner.as_str()).collect();
+        let mut owners: Vec<&str> = config
+            .tenants
+            .iter()
+            .map(|t| t.owner.as_str())
+            .chain(config.auth.admins.iter().map(String::as_str))
+            .collect();
         owners.sort_unstable();
         owners.dedup();
         owners
