@@ -1,4 +1,4 @@
-//! The dashboard in a real browser: Debian's Chromium driven by
+//! The dashboard in a real browser, over https: Debian's Chromium driven by
 //! `tests/browser/dashboard.mjs` (playwright-core, no browser download)
 //! against the real host. The script asserts; this test starts the host,
 //! runs it and fails with its output if it fails.
@@ -11,6 +11,7 @@ mod support;
 
 use std::process::Command;
 
+use support::pki::Ca;
 use support::{HostProcess, guest, repo_root, tenant_toml};
 
 #[test]
@@ -41,12 +42,27 @@ fn the_dashboard_works_in_a_real_browser() {
     .concat();
     // Alice is an admin too: the script deploys a server of its own.
     let config = format!("[auth]\nadmins = [\"alice\"]\n{config}");
-    let host = HostProcess::multi(&config, &[]);
+    // Over https, as a real deployment: a CA made here, trusted by Node
+    // (NODE_EXTRA_CA_CERTS) and, in Chromium, only the host key this CA
+    // signed (--ignore-certificate-errors-spki-list names that key alone;
+    // every other certificate is still verified).
+    let ca = Ca::new("dashboard test CA");
+    let cert = ca.host("host");
+    let (cert_path, key_path) = (
+        cert.cert.display().to_string(),
+        cert.key.display().to_string(),
+    );
+    let host = HostProcess::multi(&config, &["--tls-cert", &cert_path, "--tls-key", &key_path]);
 
     let mut command = Command::new("node");
     command
         .arg(browser_dir.join("dashboard.mjs"))
-        .env("MCTX_URL", format!("http://localhost:{}", host.addr.port()))
+        .env(
+            "MCTX_URL",
+            format!("https://localhost:{}", host.addr.port()),
+        )
+        .env("MCTX_SPKI", &cert.spki_sha256)
+        .env("NODE_EXTRA_CA_CERTS", &ca.pem)
         .env("MCTX_TOKEN", support::token("alice"))
         .env("MCTX_WASM", &hello)
         .env("CHROMIUM", &chromium);

@@ -25,8 +25,10 @@ use crate::deploy::{Deployments, Sources, StateLocation};
 use crate::edge::connections::{Budget, Connections};
 use crate::edge::control::{ControlConfig, ControlPlane};
 use crate::edge::log_stream::LogStreams;
+use crate::edge::redirect;
 use crate::edge::routing::RoutingMode;
 use crate::edge::server::{self, FrontDoor, HttpLimits};
+use crate::edge::tls::Tls;
 use crate::logs::cluster::Cluster;
 use crate::logs::console::{ConsoleLog, GuestLogFormat};
 use crate::logs::hub::LogHub;
@@ -69,19 +71,47 @@ pub struct App {
     door: Arc<FrontDoor>,
     cluster: Option<Cluster>,
     grace: Duration,
+    /// `[host] http_redirect_addr`: plain HTTP answered with redirects.
+    redirect: Option<std::net::SocketAddr>,
     deployments: Arc<Deployments>,
+    tenants_file: bool,
 }
 
-/// Re-reads the tenants file and applies the difference; see `App::reloader`.
+/// Re-reads the TLS certificate and the tenants file and applies what
+/// changed; see `App::reloader`.
 #[derive(Clone)]
-pub struct Reloader(Arc<Deployments>);
+pub struct Reloader {
+    /// Set when there is a tenants file.
+    deployments: Option<Arc<Deployments>>,
+    tls: Option<Arc<Tls>>,
+}
 
 impl Reloader {
-    /// Applies the file as it is now, or changes nothing and says why
-    /// (every problem, as at start). `by` names the trigger in the `deploy`
-    /// entries viewers receive. Returns a one-line summary.
+    /// Applies the files as they are now. Each part that cannot be read
+    /// changes nothing and says why (every problem, as at start); `by`
+    /// names the trigger in the `deploy` entries viewers receive. Returns
+    /// a one-line summary.
     pub async fn reload(&self, by: &str) -> Result<String> {
-        self.0.reload(by).await.map(|summary| summary.to_string())
+        let mut done = Vec::new();
+        let mut failed = Vec::new();
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(summary) => done.push(format!("TLS: {summary}")),
+                Err(e) => failed.push(format!("TLS kept as it was: {e:#}")),
+            }
+        }
+        if let Some(deployments) = &self.deployments {
+            match deployments.reload(by).await {
+                Ok(summary) => done.push(format!("tenants: {summary}")),
+                Err(e) => failed.push(format!("tenants kept as they were: {e:#}")),
+            }
+        }
+        if failed.is_empty() {
+            Ok(done.join("; "))
+        } else {
+            failed.extend(done);
+            anyhow::bail!("{}", failed.join("; "))
+        }
     }
 }
 
@@ -100,6 +130,7 @@ impl App {
             tenants_file,
             state_dir,
         } = app;
+        let has_tenants_file = tenants_file.is_some();
         let host = &config.host;
         // The pool's slots fit the largest memory any tenant may use (those
         // deployed through the API have the host's).
@@ -148,6 +179,14 @@ impl App {
             );
         };
         let sessions = Sessions::new(secret.as_bytes())?;
+        let tls = match (&host.tls_cert, &host.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(Tls::load(cert, key)?)),
+            _ if host.hsts || host.http_redirect_addr.is_some() => anyhow::bail!(
+                "{}: [host] hsts and http_redirect_addr need TLS: set tls_cert and tls_key (or --tls-cert and --tls-key)",
+                config.source
+            ),
+            _ => None,
+        };
 
         let hub = LogHub::new(config.logs.clone());
         let cluster = match &config.cluster {
@@ -195,18 +234,31 @@ impl App {
                 header_read_timeout: host.header_read_timeout(),
                 max_header_bytes: host.max_header_bytes,
             },
+            tls: tls.clone(),
+            hsts: host.hsts,
         };
         Ok(App {
             door: Arc::new(door),
             cluster,
             grace: host.shutdown_grace(),
+            redirect: host.http_redirect_addr,
             deployments,
+            tenants_file: has_tenants_file,
         })
     }
 
-    /// What re-reads the tenants file (on `SIGHUP`, `--watch`).
+    /// What re-reads the TLS certificate and the tenants file (on
+    /// `SIGHUP`, `--watch`).
     pub fn reloader(&self) -> Reloader {
-        Reloader(self.deployments.clone())
+        Reloader {
+            deployments: self.tenants_file.then(|| self.deployments.clone()),
+            tls: self.door.tls.clone(),
+        }
+    }
+
+    /// Whether the front door speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.door.tls.is_some()
     }
 
     /// This host's node name, on a cluster.
@@ -240,7 +292,17 @@ impl App {
             async move { memory::trim_after_bursts(|| door.dispatcher.in_flight()).await }
                 .instrument(tracing::info_span!("memory")),
         );
+        let redirecting = match self.redirect {
+            Some(address) => {
+                let https_port = listener.local_addr()?.port();
+                Some(redirect::spawn(address, https_port, self.door.clone()).await?)
+            }
+            None => None,
+        };
         let connections = server::accept_until(listener, self.door.clone(), shutdown).await;
+        if let Some(redirecting) = redirecting {
+            redirecting.abort();
+        }
         let deadline = tokio::time::Instant::now() + self.grace;
         let drained = async {
             connections.wait().await;

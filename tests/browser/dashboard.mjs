@@ -2,7 +2,9 @@
 // playwright-core), against the real host that tests/dashboard.rs started.
 // Every check is an assertion; the first failure exits non-zero.
 //
-// Env: MCTX_URL (the control plane), MCTX_TOKEN (alice's session token;
+// Env: MCTX_URL (the control plane, https), MCTX_SPKI (the host key's
+// SHA-256, for Chromium), NODE_EXTRA_CA_CERTS (the test CA, for Node's fetch),
+// MCTX_TOKEN (alice's session token;
 // alice is an admin), MCTX_WASM (a component to deploy), MCTX_SCREENSHOTS
 // (optional: a folder to save the page and the modal in).
 import assert from "node:assert/strict";
@@ -39,6 +41,8 @@ const browser = await chromium.launch({
   args: [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    // The host's key, signed by the test's own CA: trusted, and only it.
+    ...(process.env.MCTX_SPKI ? [`--ignore-certificate-errors-spki-list=${process.env.MCTX_SPKI}`] : []),
   ],
 });
 try {
@@ -58,6 +62,12 @@ try {
   await page.fill("#token", token);
   await page.click("#sign-in");
   await page.waitForURL(`${url}/dev/servers`);
+  if (url.startsWith("https:")) {
+    const [session] = (await context.cookies()).filter((c) => c.name === "session");
+    assert.equal(session.secure, true, "the session cookie is Secure over TLS");
+    assert.equal(session.httpOnly, true);
+    assert.equal(session.sameSite, "Strict");
+  }
   const servers = await page.locator("#servers tbody tr td:first-child").allTextContents();
   assert.deepEqual(servers, ["bad", "hello", "sleepy"], "only alice's servers are listed");
 

@@ -24,6 +24,8 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
+pub mod pki;
+
 /// How long any single wait in a test may take before the test fails. A
 /// safety net against hangs, never a synchronisation point.
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -221,6 +223,11 @@ impl HostProcess {
         let addr = banner
             .trim()
             .strip_prefix("mctx-host listening on http://")
+            .or_else(|| {
+                banner
+                    .trim()
+                    .strip_prefix("mctx-host listening on https://")
+            })
             .unwrap_or_else(|| {
                 panic!("unexpected first line from mctx-host: {banner:?} (args {args:?})")
             })
@@ -519,6 +526,11 @@ impl Lines {
             }
         }
     }
+
+    /// The lines that have arrived, without waiting for more.
+    fn arrived(&self) -> Vec<String> {
+        self.0.lock().unwrap().try_iter().collect()
+    }
 }
 
 /// A running `mctx-host tail`, killed when dropped.
@@ -558,6 +570,11 @@ impl TailProcess {
     /// The next stderr line satisfying `wanted`.
     pub fn stderr_line(&self, wanted: impl Fn(&str) -> bool) -> String {
         self.stderr.wait(wanted).expect("tail's stderr ended")
+    }
+
+    /// What tail has written on stderr so far (and not yet been waited for).
+    pub fn stderr_so_far(&self) -> Vec<String> {
+        self.stderr.arrived()
     }
 
     /// Waits for tail to exit; returns whether it succeeded and its stderr.

@@ -1,6 +1,7 @@
 //! `hello`: the smallest useful tenant.
 //!
-//! Answers every request with its method, path and headers as JSON, and logs
+//! Answers every request with its method, scheme, authority, path and headers
+//! as JSON (the scheme is `https` when the host received it over TLS), and logs
 //! one line at each level the way the platform's docs show (`console.log`-style
 //! plain lines and `[INFO]`/`[WARN]`/`[ERROR]`/`[DEBUG]` prefixes, on stdout and
 //! stderr), so a viewer sees every level the host can produce. `/quiet` answers
@@ -60,8 +61,14 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
                 }
             }
         }
+        let scheme = request.scheme().map(|scheme| match scheme {
+            Scheme::Http => "http".to_string(),
+            Scheme::Https => "https".to_string(),
+            Scheme::Other(other) => other,
+        });
         let body = json!({
             "method": method,
+            "scheme": scheme,
             "authority": request.authority(),
             "path": path,
             "headers": headers,

@@ -6,3 +6,4 @@ pub mod config;
 pub(crate) mod refusals;
 pub(crate) mod responses;
 pub(crate) mod tls;
+pub(crate) mod transport;

@@ -29,10 +29,13 @@ pub(crate) enum Refusal {
     BodyTooLarge,
     /// A request past the tenant's wall-clock limit.
     WallTimeout,
+    /// A TLS handshake that failed or did not finish in time (plain HTTP
+    /// to the TLS port, a client that does not trust the certificate).
+    TlsHandshake,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 8] = [
+    const ALL: [Refusal; KINDS] = [
         Refusal::ConnectionsFromAddress,
         Refusal::ConnectionsFull,
         Refusal::AcceptFailed,
@@ -41,6 +44,7 @@ impl Refusal {
         Refusal::TenantBusy,
         Refusal::BodyTooLarge,
         Refusal::WallTimeout,
+        Refusal::TlsHandshake,
     ];
 
     /// Its name in `/healthz` and log lines.
@@ -54,15 +58,19 @@ impl Refusal {
             Refusal::TenantBusy => "tenantAtConcurrencyLimit",
             Refusal::BodyTooLarge => "bodyTooLarge",
             Refusal::WallTimeout => "wallTimeLimit",
+            Refusal::TlsHandshake => "tlsHandshakeFailed",
         }
     }
 }
 
+/// How many kinds of refusal there are.
+const KINDS: usize = 9;
+
 /// Counts per kind: since start, and since the last summary.
 #[derive(Default)]
 pub(crate) struct Refusals {
-    total: [AtomicU64; 8],
-    recent: [AtomicU64; 8],
+    total: [AtomicU64; KINDS],
+    recent: [AtomicU64; KINDS],
 }
 
 impl Refusals {

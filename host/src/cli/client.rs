@@ -14,10 +14,16 @@ use serde_json::Value;
 pub(crate) struct ControlPlane {
     base: Uri,
     token: String,
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl ControlPlane {
-    pub(crate) fn new(url: &str, token: Option<String>) -> Result<Self> {
+    /// `ca_cert`: a private CA to trust besides the system's (https only).
+    pub(crate) fn new(
+        url: &str,
+        token: Option<String>,
+        ca_cert: Option<&std::path::Path>,
+    ) -> Result<Self> {
         let Some(token) = token else {
             bail!(
                 "no session token: pass --token or set MCTX_TOKEN (`mctx-host token --user YOU` prints one)"
@@ -29,7 +35,13 @@ impl ControlPlane {
         if !matches!(base.scheme_str(), Some("http" | "https")) || base.authority().is_none() {
             bail!("--url {url:?} must look like http://HOST[:PORT] or https://HOST[:PORT]");
         }
-        Ok(ControlPlane { base, token })
+        let tls = match base.scheme_str() {
+            Some("https") => Some(tokio_rustls::TlsConnector::from(
+                crate::base::tls::cli_client_config(ca_cert)?,
+            )),
+            _ => None,
+        };
+        Ok(ControlPlane { base, token, tls })
     }
 
     /// Sends one request to `path` (under the URL's own path) and returns
@@ -43,7 +55,7 @@ impl ControlPlane {
         body: Bytes,
     ) -> Result<(u16, Value)> {
         let authority = self.base.authority().expect("checked in new").clone();
-        let https = self.base.scheme_str() == Some("https");
+        let https = self.tls.is_some();
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let target = format!("{}{path}", self.base.path().trim_end_matches('/'));
         let mut request = Request::builder()
@@ -63,13 +75,18 @@ impl ControlPlane {
         let tcp = tokio::net::TcpStream::connect((authority.host(), port))
             .await
             .with_context(|| format!("cannot connect to {}", self.base))?;
-        let response = if https {
+        let response = if let Some(connector) = &self.tls {
             let name = rustls::pki_types::ServerName::try_from(authority.host().to_string())
                 .with_context(|| format!("{:?} is not a host name", authority.host()))?;
-            let tls = crate::base::tls::web_connector()
+            let tls = connector
                 .connect(name, tcp)
                 .await
-                .with_context(|| format!("TLS with {} failed", self.base))?;
+                .with_context(|| {
+                    format!(
+                        "TLS with {} failed (if its certificate comes from a private CA, pass it with --ca-cert)",
+                        self.base
+                    )
+                })?;
             send(TokioIo::new(tls), request).await?
         } else {
             send(TokioIo::new(tcp), request).await?

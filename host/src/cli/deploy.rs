@@ -24,11 +24,16 @@ pub(crate) struct Connection {
     /// --user YOU` prints one).
     #[arg(long, env = "MCTX_TOKEN", hide_env_values = true)]
     token: Option<String>,
+
+    /// A CA certificate (PEM) to trust besides the system's, for a host
+    /// whose certificate comes from a private CA.
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
 }
 
 impl Connection {
     fn control_plane(&self) -> Result<ControlPlane> {
-        ControlPlane::new(&self.url, self.token.clone())
+        ControlPlane::new(&self.url, self.token.clone(), self.ca_cert.as_deref())
     }
 }
 

@@ -83,6 +83,15 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MCTX_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
 
+    /// Serve https (and HTTP/2) with this PEM certificate chain, leaf first
+    /// [default: the config's `[host] tls_cert`]. Needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert [default: `[host] tls_key`].
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
     /// Where servers deployed through the API live: their components and
     /// the server list [default: the config's `[host] state_dir`, else
     /// $XDG_DATA_HOME/mctx-host or ~/.local/share/mctx-host]. Multi-tenant
@@ -164,6 +173,10 @@ impl ServeArgs {
         };
         if let Some(addr) = self.addr {
             config.host.addr = addr;
+        }
+        if self.tls_cert.is_some() {
+            config.host.tls_cert = self.tls_cert.clone();
+            config.host.tls_key = self.tls_key.clone();
         }
         if let Some(ms) = self.cpu_limit_ms {
             config.host.cpu_limit_ms = ms;
@@ -259,17 +272,18 @@ impl ServeArgs {
             state_dir,
         })
         .await?;
-        if let Some(file) = &self.config {
+        if self.config.is_some() || app.is_tls() {
             spawn_reload_on_hangup(app.reloader())?;
-            if self.watch {
-                super::watch::spawn(file.clone(), app.reloader())?;
-            }
+        }
+        if let (Some(file), true) = (&self.config, self.watch) {
+            super::watch::spawn(file.clone(), app.reloader())?;
         }
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         announce(
             listener.local_addr()?,
+            app.is_tls(),
             &routing,
             &dev_tokens,
             app.cluster_node(),
@@ -349,28 +363,34 @@ const DEV_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// http://ADDR`): scripts and tests read the port from it.
 fn announce(
     addr: SocketAddr,
+    tls: bool,
     mode: &RoutingMode,
     dev_tokens: &[(String, String)],
     cluster_node: Option<&str>,
 ) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "mctx-host listening on http://{addr}");
+    let (http, ws) = if tls {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
+    let _ = writeln!(out, "mctx-host listening on {http}://{addr}");
     let _ = match mode {
         RoutingMode::Single { slug } => writeln!(
             out,
-            "  serving one component as tenant {slug:?}; host endpoints under http://{addr}{SINGLE_MODE_CONTROL_PREFIX}/"
+            "  serving one component as tenant {slug:?}; host endpoints under {http}://{addr}{SINGLE_MODE_CONTROL_PREFIX}/"
         ),
         RoutingMode::Multi { base_domain } => writeln!(
             out,
-            "  tenants at http://{{slug}}.{base_domain}:{port}/ or http://{addr}/t/{{slug}}/",
+            "  tenants at {http}://{{slug}}.{base_domain}:{port}/ or {http}://{addr}/t/{{slug}}/",
             port = addr.port()
         ),
     };
     let base = mode.control_base();
-    let _ = writeln!(out, "  dashboard at http://{addr}{base}/dev/servers");
+    let _ = writeln!(out, "  dashboard at {http}://{addr}{base}/dev/servers");
     let _ = writeln!(
         out,
-        "  log streams at ws://{addr}{base}/log-stream/{{slug}}"
+        "  log streams at {ws}://{addr}{base}/log-stream/{{slug}}"
     );
     if let Some(node) = cluster_node {
         let _ = writeln!(out, "  cluster node {node:?}: log hubs shared over NATS");
@@ -379,7 +399,7 @@ fn announce(
         let _ = writeln!(out, "  dev session token for {owner:?} (24 h): {token}");
         let _ = writeln!(
             out,
-            "  sign in as {owner:?}: http://{addr}{base}/login?token={token}"
+            "  sign in as {owner:?}: {http}://{addr}{base}/login?token={token}"
         );
     }
     let _ = out.flush();

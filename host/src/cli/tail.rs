@@ -64,6 +64,15 @@ pub(crate) struct TailArgs {
     #[arg(long)]
     request_id: Option<String>,
 
+    /// A CA certificate (PEM) to trust besides the system's, for a host
+    /// whose certificate comes from a private CA (https/wss only).
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
+
+    /// The TLS settings, made from `ca_cert` once (`run`).
+    #[arg(skip)]
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+
     /// Only `log` entries, `request` events or `deploy` events.
     #[arg(long = "type", value_parser = ["log", "request", "deploy"])]
     kind: Option<String>,
@@ -78,13 +87,18 @@ enum Ended {
 }
 
 impl TailArgs {
-    pub(crate) async fn run(self) -> Result<()> {
+    pub(crate) async fn run(mut self) -> Result<()> {
         let Some(token) = self.token.clone() else {
             bail!(
                 "no session token: pass --token or set MCTX_TOKEN (`mctx-host token --user YOU` prints one)"
             );
         };
         let url = self.stream_url()?;
+        if url.starts_with("wss://") {
+            self.tls = Some(crate::base::tls::cli_client_config(
+                self.ca_cert.as_deref(),
+            )?);
+        }
         let mut backoff = Duration::from_secs(1);
         loop {
             let ended = tokio::select! {
@@ -160,8 +174,27 @@ impl TailArgs {
         request
             .headers_mut()
             .insert(http::header::AUTHORIZATION, bearer);
-        let mut socket = match tokio_tungstenite::connect_async(request).await {
+        let connector = match &self.tls {
+            Some(config) => tokio_tungstenite::Connector::Rustls(config.clone()),
+            None => tokio_tungstenite::Connector::Plain,
+        };
+        let connected =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector))
+                .await;
+        let mut socket = match connected {
             Ok((socket, _)) => socket,
+            // A certificate that does not verify will not verify next time
+            // either: say so and stop, rather than retrying forever.
+            Err(WsError::Tls(e)) => {
+                return Ended::Refused(format!(
+                    "TLS with {url} failed: {e} (if the host's certificate comes from a private CA, pass it with --ca-cert)"
+                ));
+            }
+            Err(WsError::Io(e)) if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) => {
+                return Ended::Refused(format!(
+                    "TLS with {url} failed: {e} (if the host's certificate comes from a private CA, pass it with --ca-cert)"
+                ));
+            }
             Err(WsError::Http(response)) => {
                 let status = response.status();
                 let body = response.body().as_deref().unwrap_or_default();
@@ -240,6 +273,8 @@ mod tests {
             search: Some("tool called".into()),
             request_id: Some("abc".into()),
             kind: Some("log".into()),
+            ca_cert: None,
+            tls: None,
         }
     }
 

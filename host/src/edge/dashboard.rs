@@ -61,13 +61,14 @@ impl Dashboard<'_> {
             }
             (&Method::GET, "/assets/dashboard.css") => asset(STYLE, "text/css; charset=utf-8"),
             (&Method::GET, "/login") => match query_token(query) {
-                Some(token) => self.sign_in(request.headers(), &token),
+                Some(token) => self.sign_in(&request, &token),
                 None => self.login_page(StatusCode::OK, None),
             },
             (&Method::POST, "/login") => {
-                let headers = request.headers().clone();
-                match read_form_token(request).await {
-                    Some(token) => self.sign_in(&headers, &token),
+                let (parts, body) = request.into_parts();
+                let head = Request::from_parts(parts, ());
+                match read_form_token(body).await {
+                    Some(token) => self.sign_in(&head, &token),
                     None => self.login_page(StatusCode::BAD_REQUEST, Some("paste a token")),
                 }
             }
@@ -107,21 +108,27 @@ impl Dashboard<'_> {
         response
     }
 
-    /// Verifies a pasted token and sets it as the session cookie.
-    fn sign_in(&self, headers: &HeaderMap, token: &str) -> Response<Body> {
+    /// Verifies a pasted token and sets it as the session cookie: over TLS
+    /// (ours, or a proxy's that says so) `Secure` and `SameSite=Strict`.
+    fn sign_in<B>(&self, request: &Request<B>, token: &str) -> Response<Body> {
+        let headers = request.headers();
         let claims = match self.sessions.verify_claims(token) {
             Ok(claims) => claims,
             Err(e) => return self.login_page(StatusCode::UNAUTHORIZED, Some(&e.to_string())),
         };
         let max_age = claims.exp.saturating_sub(crate::base::auth::unix_now());
-        // Behind a TLS-terminating proxy the cookie must be Secure.
-        let secure = headers
-            .get("x-forwarded-proto")
-            .is_some_and(|proto| proto.as_bytes().eq_ignore_ascii_case(b"https"));
-        let cookie = format!(
-            "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{}",
-            if secure { "; Secure" } else { "" }
-        );
+        // Behind a TLS-terminating proxy the cookie must be Secure too.
+        let secure = crate::base::transport::over_tls(request)
+            || headers
+                .get("x-forwarded-proto")
+                .is_some_and(|proto| proto.as_bytes().eq_ignore_ascii_case(b"https"));
+        let cookie = if secure {
+            format!(
+                "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}; Secure"
+            )
+        } else {
+            format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}")
+        };
         let mut response = self.redirect("/dev/servers");
         match HeaderValue::from_str(&cookie) {
             Ok(cookie) => {
@@ -401,8 +408,8 @@ fn query_token(query: &str) -> Option<String> {
         .filter(|token| !token.is_empty())
 }
 
-async fn read_form_token(request: Request<Incoming>) -> Option<String> {
-    let body = Limited::new(request.into_body(), MAX_FORM_BYTES)
+async fn read_form_token(body: Incoming) -> Option<String> {
+    let body = Limited::new(body, MAX_FORM_BYTES)
         .collect()
         .await
         .ok()?

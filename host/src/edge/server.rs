@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -19,9 +19,11 @@ use tracing::Instrument as _;
 use crate::base::config::Status;
 use crate::base::refusals::{Refusal, Refusals};
 use crate::base::responses::{Body, busy_response, error_response};
+use crate::base::transport::OverTls;
 use crate::edge::connections::{BusyGuard, Connections, Refused, Ticket};
 use crate::edge::control::ControlPlane;
 use crate::edge::routing::{Route, RoutingMode, route};
+use crate::edge::tls::{ALPN_H2, Tls};
 use crate::run::dispatch::Dispatcher;
 use crate::run::tenants::LiveTenants;
 
@@ -36,6 +38,10 @@ pub(crate) struct FrontDoor {
     pub(crate) connections: Arc<Connections>,
     pub(crate) refusals: Arc<Refusals>,
     pub(crate) http: HttpLimits,
+    /// Set when the front door speaks TLS (`[host] tls_cert`/`tls_key`).
+    pub(crate) tls: Option<Arc<Tls>>,
+    /// `Strict-Transport-Security` on every response over TLS.
+    pub(crate) hsts: bool,
 }
 
 /// How much a client may take of a connection (`[host]`).
@@ -202,32 +208,99 @@ fn refuse_connection(stream: &tokio::net::TcpStream, refused: Refused) {
     let _ = stream.try_write(response.as_bytes());
 }
 
+/// Serves one admitted connection: TLS first when the front door has it
+/// (the handshake within `header_read_timeout`), then HTTP/2 if ALPN chose
+/// it, else HTTP/1.1 (with upgrades: the log stream's WebSocket).
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     ticket: Ticket,
     door: Arc<FrontDoor>,
-    mut stopping: watch::Receiver<bool>,
+    stopping: watch::Receiver<bool>,
 ) {
-    let standing = ticket.connection.clone();
-    let limits = door.http;
-    let refusals = door.refusals.clone();
-    let service = hyper::service::service_fn(move |request| {
+    let Some(tls) = door.tls.clone() else {
+        return serve_http1(TokioIo::new(stream), ticket, door, stopping, false).await;
+    };
+    let handshake =
+        tokio::time::timeout(door.http.header_read_timeout, tls.acceptor().accept(stream));
+    let stream = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                door.refusals.count(Refusal::TlsHandshake);
+                tracing::debug!("TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                door.refusals.count(Refusal::TlsHandshake);
+                return;
+            }
+        },
+        () = ticket.connection.evicted() => {
+            door.refusals.count(Refusal::Evicted);
+            return;
+        }
+    };
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(ALPN_H2);
+    if h2 {
+        serve_http2(TokioIo::new(stream), ticket, door, stopping).await
+    } else {
+        serve_http1(TokioIo::new(stream), ticket, door, stopping, true).await
+    }
+}
+
+/// The service every connection runs: each request handled by the front
+/// door, its connection marked busy until the response body ends; over TLS
+/// the request is marked [`OverTls`] and the response gets HSTS if asked.
+fn service(
+    door: Arc<FrontDoor>,
+    standing: Arc<crate::edge::connections::Connection>,
+    secure: bool,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<BusyBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<BusyBody>, Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |mut request: Request<Incoming>| {
         let door = door.clone();
         // Busy until the response body is sent: never evicted meanwhile.
         let busy = standing.busy();
         let reserve = standing.reserved();
         async move {
-            let response = door.handle(request, reserve).await;
+            if secure {
+                request.extensions_mut().insert(OverTls);
+            }
+            let mut response = door.handle(request, reserve).await;
+            if secure && door.hsts {
+                response.headers_mut().insert(
+                    http::header::STRICT_TRANSPORT_SECURITY,
+                    http::HeaderValue::from_static("max-age=31536000"),
+                );
+            }
             // Not boxed again: hyper takes any body type.
             Ok::<_, Infallible>(response.map(|body| BusyBody { body, _busy: busy }))
         }
-    });
+    })
+}
+
+async fn serve_http1<I>(
+    io: I,
+    ticket: Ticket,
+    door: Arc<FrontDoor>,
+    mut stopping: watch::Receiver<bool>,
+    secure: bool,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let limits = door.http;
+    let refusals = door.refusals.clone();
+    let service = service(door, ticket.connection.clone(), secure);
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(io, service)
         .with_upgrades();
     tokio::pin!(connection);
     let result = tokio::select! {
@@ -250,6 +323,46 @@ async fn serve_connection(
         tracing::debug!("connection ended with an error: {e}");
     }
 }
+
+/// HTTP/2: every stream is a request like any other (same routing, tenant
+/// gates and limits); [`MAX_STREAMS`] bounds what one connection may have
+/// in flight, as `max_connections_per_ip` bounds connections.
+async fn serve_http2<I>(
+    io: I,
+    ticket: Ticket,
+    door: Arc<FrontDoor>,
+    mut stopping: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let limits = door.http;
+    let refusals = door.refusals.clone();
+    let service = service(door, ticket.connection.clone(), true);
+    let connection = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .serve_connection(io, service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stopping.changed() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+        () = ticket.connection.evicted() => {
+            refusals.count(Refusal::Evicted);
+            return;
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!("HTTP/2 connection ended with an error: {e}");
+    }
+}
+
+/// Requests one HTTP/2 connection may have in flight at once.
+const MAX_STREAMS: u32 = 100;
 
 /// A response body that keeps its connection marked busy until it ends.
 struct BusyBody {

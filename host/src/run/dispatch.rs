@@ -231,10 +231,15 @@ impl Dispatcher {
             limit: limits.body_bytes,
             too_large: too_large.clone(),
         });
+        let scheme = if crate::base::transport::over_tls(&request) {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        };
         let prepared = store
             .data_mut()
             .http()
-            .new_incoming_request(Scheme::Http, request)
+            .new_incoming_request(scheme, request)
             .and_then(|req| {
                 let out = store
                     .data_mut()

@@ -71,6 +71,7 @@ impl Config {
             tenants: tables,
         } = file;
         let mut problems = Vec::new();
+        host.resolve_paths(base);
         host.check(&mut problems);
         auth.check();
         logs.check(&mut problems);

@@ -63,6 +63,15 @@ pub struct HostSettings {
     pub slug_cooling_off_days: u32,
     /// The largest component the deploy API accepts (413 past it).
     pub max_component_bytes: u64,
+    /// PEM certificate chain (leaf first) and private key: with both, the
+    /// host serves https (and h2) instead of http. Relative to the file.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// `Strict-Transport-Security` on every response over TLS.
+    pub hsts: bool,
+    /// A plain-HTTP listener that answers every request with a redirect to
+    /// the https origin (never a tenant, never a token).
+    pub http_redirect_addr: Option<SocketAddr>,
 }
 
 impl Default for HostSettings {
@@ -84,6 +93,10 @@ impl Default for HostSettings {
             state_dir: None,
             slug_cooling_off_days: 7,
             max_component_bytes: 64 << 20,
+            tls_cert: None,
+            tls_key: None,
+            hsts: false,
+            http_redirect_addr: None,
         }
     }
 }
@@ -125,6 +138,10 @@ impl HostSettings {
                 problems.push(format!("[host] {key} must be at least 1"));
             }
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            problems
+                .push("[host] tls_cert and tls_key go together: set both or neither".to_string());
+        }
         if self.max_component_bytes < 8 {
             problems.push("[host] max_component_bytes must be at least 8".to_string());
         }
@@ -139,6 +156,16 @@ impl HostSettings {
 
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_secs(self.header_read_timeout_secs)
+    }
+
+    /// Resolves the TLS files against the tenants file's directory.
+    pub(super) fn resolve_paths(&mut self, base: &std::path::Path) {
+        for path in [&mut self.tls_cert, &mut self.tls_key]
+            .into_iter()
+            .flatten()
+        {
+            *path = base.join(&*path);
+        }
     }
 
     pub fn slug_cooling_off(&self) -> Duration {

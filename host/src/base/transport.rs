@@ -1,0 +1,13 @@
+//! How a request reached the host, as the edge marks it for the layers
+//! above: a request that arrived over TLS carries [`OverTls`] in its
+//! extensions, so the guest sees scheme `https` (`run::dispatch`) and the
+//! session cookie is `Secure` (`edge::dashboard`).
+
+/// The request arrived over TLS.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OverTls;
+
+/// Whether `request` arrived over TLS.
+pub(crate) fn over_tls<B>(request: &http::Request<B>) -> bool {
+    request.extensions().get::<OverTls>().is_some()
+}
