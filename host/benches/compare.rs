@@ -72,6 +72,12 @@ fn cpu_us(pid: u32) -> f64 {
 /// `wrk` against `http://addr/path` with `Host: host`; `pid` is the server
 /// whose CPU time to charge.
 fn wrk(addr: SocketAddr, host: &str, path: &str, connections: usize, pid: u32) -> Load {
+    wrk_url(&format!("http://{addr}{path}"), host, connections, pid)
+}
+
+/// `wrk` against `url` (http or https; wrk keeps connections alive, so a
+/// TLS handshake is paid once per connection, as by a real client).
+fn wrk_url(url: &str, host: &str, connections: usize, pid: u32) -> Load {
     let cpu_before = cpu_us(pid);
     let output = Command::new("wrk")
         .args([
@@ -81,7 +87,7 @@ fn wrk(addr: SocketAddr, host: &str, path: &str, connections: usize, pid: u32) -
             "--latency",
         ])
         .args(["-H", &format!("Host: {host}")])
-        .arg(format!("http://{addr}{path}"))
+        .arg(url)
         .output()
         .expect("running wrk (apt-get install wrk)");
     let text = String::from_utf8_lossy(&output.stdout);
@@ -285,6 +291,54 @@ async fn run() {
         chart.push((theirs.name.clone(), theirs.median(|r| r.rps)));
     }
     drop((wasmtime, single));
+    println!("{section}");
+    report.push_str(&section);
+
+    // 1b. The same host over TLS (rustls, keep-alive) against plain HTTP.
+    let ca = support::pki::Ca::new("bench CA");
+    let cert = ca.host("bench");
+    let (cert_path, key_path) = (
+        cert.cert.display().to_string(),
+        cert.key.display().to_string(),
+    );
+    let plain = HostProcess::single(&hello, &["--guest-logs", "off"]);
+    let tls = HostProcess::single(
+        &hello,
+        &[
+            "--guest-logs",
+            "off",
+            "--tls-cert",
+            &cert_path,
+            "--tls-key",
+            &key_path,
+        ],
+    );
+    let mut section = format!(
+        "\n### 1b. Over TLS: `mctx-host serve --tls-cert …` vs plain HTTP (hello.wasm, {CONNECTIONS} keep-alive connections)\n\n{header}\n"
+    );
+    for path in ["/quiet", "/"] {
+        let (secure, clear) = interleave(
+            (&format!("https, {path}"), &mut || {
+                wrk_url(
+                    &format!("https://{}{path}", tls.addr),
+                    "localhost",
+                    CONNECTIONS,
+                    tls.pid(),
+                )
+            }),
+            (&format!("http, {path}"), &mut || {
+                wrk(plain.addr, "localhost", path, CONNECTIONS, plain.pid())
+            }),
+        );
+        let _ = writeln!(
+            section,
+            "{}\n{}\n| **https/http** | **{:.2}×** | | | | |",
+            secure.row(),
+            clear.row(),
+            secure.median(|r| r.rps) / clear.median(|r| r.rps)
+        );
+    }
+    drop((plain, tls));
     println!("{section}");
     report.push_str(&section);
 
