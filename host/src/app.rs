@@ -71,8 +71,9 @@ pub struct App {
     door: Arc<FrontDoor>,
     cluster: Option<Cluster>,
     grace: Duration,
-    /// `[host] http_redirect_addr`: plain HTTP answered with redirects.
-    redirect: Option<std::net::SocketAddr>,
+    /// `[host] http_redirect_addr`, bound: plain HTTP answered with
+    /// redirects.
+    redirect: Option<TcpListener>,
     deployments: Arc<Deployments>,
     tenants_file: bool,
 }
@@ -241,7 +242,10 @@ impl App {
             door: Arc::new(door),
             cluster,
             grace: host.shutdown_grace(),
-            redirect: host.http_redirect_addr,
+            redirect: match host.http_redirect_addr {
+                Some(address) => Some(redirect::bind(address).await?),
+                None => None,
+            },
             deployments,
             tenants_file: has_tenants_file,
         })
@@ -292,13 +296,10 @@ impl App {
             async move { memory::trim_after_bursts(|| door.dispatcher.in_flight()).await }
                 .instrument(tracing::info_span!("memory")),
         );
-        let redirecting = match self.redirect {
-            Some(address) => {
-                let https_port = listener.local_addr()?.port();
-                Some(redirect::spawn(address, https_port, self.door.clone()).await?)
-            }
-            None => None,
-        };
+        let https_port = listener.local_addr()?.port();
+        let redirecting = self
+            .redirect
+            .map(|plain| redirect::spawn(plain, https_port, self.door.clone()));
         let connections = server::accept_until(listener, self.door.clone(), shutdown).await;
         if let Some(redirecting) = redirecting {
             redirecting.abort();

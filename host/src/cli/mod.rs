@@ -124,7 +124,9 @@ fn client_runtime() -> Result<tokio::runtime::Runtime> {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("mctx_host=info,warn"));
+        // rustls warns about what clients send (an IP address as SNI, as
+        // wrk does): the client's business, not the operator's.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("mctx_host=info,warn,rustls=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -100,7 +100,8 @@ pub(crate) struct ServeArgs {
     state_dir: Option<PathBuf>,
 
     /// Reload the tenants file when it or one of its components changes on
-    /// disk (as SIGHUP does; a broken file is reported and changes nothing).
+    /// disk, and the TLS certificate when its files do (as SIGHUP does; a
+    /// broken file is reported and changes nothing).
     #[arg(long, requires = "config")]
     watch: bool,
 
@@ -251,6 +252,11 @@ impl ServeArgs {
             })
         };
         let addr = config.host.addr;
+        let tls_files: Vec<PathBuf> = [&config.host.tls_cert, &config.host.tls_key]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
         let state_dir = match routing {
             RoutingMode::Single { .. } => None,
             RoutingMode::Multi { .. } => Some(
@@ -276,7 +282,7 @@ impl ServeArgs {
             spawn_reload_on_hangup(app.reloader())?;
         }
         if let (Some(file), true) = (&self.config, self.watch) {
-            super::watch::spawn(file.clone(), app.reloader())?;
+            super::watch::spawn(file.clone(), tls_files, app.reloader())?;
         }
         let listener = TcpListener::bind(addr)
             .await

@@ -1,5 +1,5 @@
 //! `serve --watch`: reload the tenants file when it or one of its
-//! components changes on disk.
+//! components changes on disk, and the TLS certificate when its files do.
 //!
 //! The watcher follows the *directories* of the file and of every
 //! component (editors and `cargo build` replace files by renaming over
@@ -24,9 +24,9 @@ use crate::base::config::Config;
 /// How long the watched paths must stay unchanged before a reload.
 const QUIET: Duration = Duration::from_millis(300);
 
-/// Starts watching `file` (and its components) for as long as the process
-/// runs.
-pub(crate) fn spawn(file: PathBuf, reloader: Reloader) -> Result<()> {
+/// Starts watching `file` (and its components) and `also` (the TLS files)
+/// for as long as the process runs.
+pub(crate) fn spawn(file: PathBuf, also: Vec<PathBuf>, reloader: Reloader) -> Result<()> {
     let (events, mut changed) = mpsc::unbounded_channel::<notify::Event>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
@@ -34,7 +34,10 @@ pub(crate) fn spawn(file: PathBuf, reloader: Reloader) -> Result<()> {
         }
     })
     .context("--watch: cannot watch files on this system")?;
-    let mut watched = Watched::default();
+    let mut watched = Watched {
+        also: also.iter().map(|p| absolute(p)).collect(),
+        ..Watched::default()
+    };
     watched.follow(&mut watcher, &file)?;
     let span = tracing::info_span!("watch", file = %file.display());
     tokio::spawn(
@@ -72,13 +75,15 @@ pub(crate) fn spawn(file: PathBuf, reloader: Reloader) -> Result<()> {
 struct Watched {
     paths: HashSet<PathBuf>,
     dirs: HashSet<PathBuf>,
+    /// Always watched: the TLS certificate and key.
+    also: Vec<PathBuf>,
 }
 
 impl Watched {
     /// Watches the file and the components it names now (a file that does
     /// not parse keeps the components it named before).
     fn follow(&mut self, watcher: &mut impl notify::Watcher, file: &Path) -> Result<()> {
-        let mut paths: HashSet<PathBuf> = HashSet::new();
+        let mut paths: HashSet<PathBuf> = self.also.iter().cloned().collect();
         paths.insert(absolute(file));
         match Config::load(file) {
             Ok(config) => paths.extend(

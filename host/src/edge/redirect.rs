@@ -21,16 +21,23 @@ use crate::base::responses::{Body, error_response, full_body};
 use crate::edge::routing::{Route, route};
 use crate::edge::server::FrontDoor;
 
-/// Binds `address` and serves redirects to `https_port` until aborted.
-pub(crate) async fn spawn(
-    address: SocketAddr,
+/// Binds the redirect listener (at build time, so that it is there as soon
+/// as the host says it listens).
+pub(crate) async fn bind(address: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("[host] http_redirect_addr: cannot listen on {address}"))
+}
+
+/// Serves redirects to `https_port` on `listener` until aborted.
+pub(crate) fn spawn(
+    listener: TcpListener,
     https_port: u16,
     door: Arc<FrontDoor>,
-) -> Result<JoinHandle<()>> {
-    let listener = TcpListener::bind(address)
-        .await
-        .with_context(|| format!("[host] http_redirect_addr: cannot listen on {address}"))?;
-    tracing::info!(%address, "redirecting plain HTTP to https");
+) -> JoinHandle<()> {
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "redirecting plain HTTP to https");
+    }
     let task = async move {
         loop {
             let Ok((stream, peer)) = listener.accept().await else {
@@ -56,9 +63,7 @@ pub(crate) async fn spawn(
             });
         }
     };
-    Ok(tokio::spawn(
-        task.instrument(tracing::info_span!("redirect")),
-    ))
+    tokio::spawn(task.instrument(tracing::info_span!("redirect")))
 }
 
 /// `308` to `https://{host}[:port]{path}` for a host this front door
