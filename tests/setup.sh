@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh machine (idempotent, quick
 # when everything is there): the wasm target, Debian's Chromium for the
-# dashboard test, Debian's nats-server for the cluster tests, the npm packages
+# dashboard test, Debian's nats-server for the cluster tests and prometheus for
+# the metrics test, the npm packages
 # of the browser test, the MCP conformance suite (with its Node 22) and the
 # JavaScript tenant's toolchain, and wasmtime-cli 48.0.8 for the
 # `wasmtime serve` parity tests (built once, cached in ~/.cache/mctx-tools or
@@ -34,6 +35,7 @@ rustup target add wasm32-wasip2
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 [ -x /usr/sbin/nats-server ] || command -v nats-server >/dev/null || missing+=(nats-server)
+[ -x /usr/bin/prometheus ] || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   step "apt-get install ${missing[*]}"
   retry apt-get update -qq

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
@@ -20,6 +20,7 @@ use tracing::Instrument as _;
 
 use crate::base::auth::Sessions;
 use crate::base::config::Config;
+use crate::base::metrics::{Metrics, Sampled};
 use crate::base::refusals::Refusals;
 use crate::deploy::{Deployments, Sources, StateLocation};
 use crate::edge::connections::{Budget, Connections};
@@ -74,6 +75,9 @@ pub struct App {
     /// `[host] http_redirect_addr`, bound: plain HTTP answered with
     /// redirects.
     redirect: Option<TcpListener>,
+    /// `[metrics] addr`, bound.
+    metrics_listener: Option<TcpListener>,
+    metrics: Arc<Metrics>,
     deployments: Arc<Deployments>,
     tenants_file: bool,
 }
@@ -161,6 +165,12 @@ impl App {
             runtime.clone(),
         )?;
         let stats = loaded.stats;
+        let metrics = Metrics::new();
+        for (cache, count) in [("hit", stats.cache_hits), ("miss", stats.compiled)] {
+            for _ in 0..count {
+                metrics.component_loaded(cache);
+            }
+        }
         tracing::info!(
             tenants = loaded.live().snapshot().len(),
             components = stats.components,
@@ -194,8 +204,14 @@ impl App {
             Some(settings) => Some(Cluster::start(settings, hub.clone()).await?),
             None => None,
         };
-        let publisher: Arc<dyn LogSink> = Arc::new(Publisher::new(hub.clone(), cluster.clone()));
-        let deployments = Arc::new(loaded.announce_to(publisher.clone(), hub.clone()));
+        hub.count_losses(metrics.clone());
+        let publisher: Arc<dyn LogSink> = Arc::new(Publisher::new(
+            hub.clone(),
+            cluster.clone(),
+            metrics.clone(),
+        ));
+        let deployments =
+            Arc::new(loaded.announce_to(publisher.clone(), hub.clone(), metrics.clone()));
         if let Some(cluster) = &cluster {
             deployments
                 .follow_cluster(cluster.client(), CATCH_UP_PATIENCE)
@@ -206,13 +222,29 @@ impl App {
             format => Arc::new(Tee(publisher, Arc::new(ConsoleLog::new(format)))),
         };
         let streams = LogStreams {
-            hub,
+            hub: hub.clone(),
             cluster: cluster.clone(),
             sessions,
             allowed_origins: config.auth.allowed_origins.clone(),
             viewers: TaskTracker::new(),
+            refused: Arc::default(),
         };
         let refusals = Arc::new(Refusals::default());
+        metrics.sample(Sampled {
+            viewers: Box::new(move || hub.viewer_counts()),
+            refusals: {
+                let refusals = refusals.clone();
+                Box::new(move || refusals.counts())
+            },
+            stream_refusals: {
+                let refused = streams.refused.clone();
+                Box::new(move || refused.totals())
+            },
+            cluster: {
+                let cluster = cluster.clone();
+                Box::new(move || cluster.as_ref().map(Cluster::sample))
+            },
+        });
         let connections = Connections::new(Budget::new(
             host.max_connections,
             host.max_connections_per_ip,
@@ -228,7 +260,7 @@ impl App {
                 refusals: refusals.clone(),
             }),
             mode: routing,
-            dispatcher: Dispatcher::new(runtime, sink, refusals.clone()),
+            dispatcher: Dispatcher::new(runtime, sink, refusals.clone(), metrics.clone()),
             connections,
             refusals,
             http: HttpLimits {
@@ -246,6 +278,15 @@ impl App {
                 Some(address) => Some(redirect::bind(address).await?),
                 None => None,
             },
+            metrics_listener: match config.metrics.addr {
+                Some(address) => Some(
+                    TcpListener::bind(address)
+                        .await
+                        .with_context(|| format!("[metrics] addr: cannot listen on {address}"))?,
+                ),
+                None => None,
+            },
+            metrics,
             deployments,
             tenants_file: has_tenants_file,
         })
@@ -258,6 +299,13 @@ impl App {
             deployments: self.tenants_file.then(|| self.deployments.clone()),
             tls: self.door.tls.clone(),
         }
+    }
+
+    /// Where `/metrics` is served, if anywhere.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// Whether the front door speaks TLS.
@@ -300,9 +348,15 @@ impl App {
         let redirecting = self
             .redirect
             .map(|plain| redirect::spawn(plain, https_port, self.door.clone()));
+        let scraped = self
+            .metrics_listener
+            .map(|listener| crate::edge::metrics::spawn(listener, self.metrics.clone()));
         let connections = server::accept_until(listener, self.door.clone(), shutdown).await;
         if let Some(redirecting) = redirecting {
             redirecting.abort();
+        }
+        if let Some(scraped) = scraped {
+            scraped.abort();
         }
         let deadline = tokio::time::Instant::now() + self.grace;
         let drained = async {

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod config;
+pub(crate) mod metrics;
 pub(crate) mod refusals;
 pub(crate) mod responses;
 pub(crate) mod tls;

@@ -82,16 +82,20 @@ impl Refusals {
 
     /// Totals since start, by name.
     pub(crate) fn totals(&self) -> serde_json::Value {
-        let map = Refusal::ALL
-            .iter()
-            .map(|r| {
-                (
-                    r.name().to_string(),
-                    self.total[*r as usize].load(Ordering::Relaxed).into(),
-                )
-            })
+        let map = self
+            .counts()
+            .into_iter()
+            .map(|(name, count)| (name.to_string(), count.into()))
             .collect::<serde_json::Map<_, _>>();
         serde_json::Value::Object(map)
+    }
+
+    /// Totals since start, by name, every kind included.
+    pub(crate) fn counts(&self) -> Vec<(&'static str, u64)> {
+        Refusal::ALL
+            .iter()
+            .map(|r| (r.name(), self.total[*r as usize].load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// What was refused since the last call, as one line; `None` if nothing.

@@ -92,6 +92,11 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics, on this listener only
+    /// [default: the config's `[metrics] addr`; none: no metrics].
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
+
     /// Where servers deployed through the API live: their components and
     /// the server list [default: the config's `[host] state_dir`, else
     /// $XDG_DATA_HOME/mctx-host or ~/.local/share/mctx-host]. Multi-tenant
@@ -166,6 +171,7 @@ impl ServeArgs {
                     host: HostSettings::default(),
                     auth: Default::default(),
                     logs: Default::default(),
+                    metrics: Default::default(),
                     cluster: None,
                     tenants: vec![spec],
                 }
@@ -174,6 +180,9 @@ impl ServeArgs {
         };
         if let Some(addr) = self.addr {
             config.host.addr = addr;
+        }
+        if self.metrics_addr.is_some() {
+            config.metrics.addr = self.metrics_addr;
         }
         if self.tls_cert.is_some() {
             config.host.tls_cert = self.tls_cert.clone();
@@ -293,6 +302,7 @@ impl ServeArgs {
             &routing,
             &dev_tokens,
             app.cluster_node(),
+            app.metrics_address(),
         );
         let shutdown = shutdown_signal(self.wasmtime.shutdown_addr).await?;
         app.serve(listener, shutdown).await
@@ -373,6 +383,7 @@ fn announce(
     mode: &RoutingMode,
     dev_tokens: &[(String, String)],
     cluster_node: Option<&str>,
+    metrics: Option<SocketAddr>,
 ) {
     let mut out = std::io::stdout().lock();
     let (http, ws) = if tls {
@@ -398,6 +409,9 @@ fn announce(
         out,
         "  log streams at {ws}://{addr}{base}/log-stream/{{slug}}"
     );
+    if let Some(metrics) = metrics {
+        let _ = writeln!(out, "  metrics at http://{metrics}/metrics");
+    }
     if let Some(node) = cluster_node {
         let _ = writeln!(out, "  cluster node {node:?}: log hubs shared over NATS");
     }

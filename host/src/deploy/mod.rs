@@ -39,6 +39,7 @@ use tokio::sync::{Mutex, MutexGuard, OnceCell};
 use tracing::Instrument as _;
 
 use crate::base::config::{Config, HostSettings, Slug, Status, TenantSpec};
+use crate::base::metrics::Metrics;
 use crate::logs::entry::{DeployAction, DeployEvent, LogEntry, RequestMeta, now_ms};
 use crate::logs::hub::LogHub;
 use crate::logs::sink::LogSink;
@@ -132,6 +133,8 @@ pub(crate) struct Deployments {
     /// Where `deploy` entries go (the publisher: viewers, the cluster).
     events: Arc<dyn LogSink>,
     hub: LogHub,
+    /// Counts changes (`deploys`) and compiled components.
+    metrics: Arc<Metrics>,
     /// The tenants file, for reloads; its name, for messages.
     file: Option<std::path::PathBuf>,
     source: String,
@@ -159,8 +162,14 @@ pub(crate) struct Loaded {
 impl Loaded {
     /// Where `deploy` entries go (the publisher: viewers here and on other
     /// hosts) and whose viewers a deletion closes.
-    pub(crate) fn announce_to(self, events: Arc<dyn LogSink>, hub: LogHub) -> Deployments {
+    pub(crate) fn announce_to(
+        self,
+        events: Arc<dyn LogSink>,
+        hub: LogHub,
+        metrics: Arc<Metrics>,
+    ) -> Deployments {
         Deployments {
+            metrics,
             live: self.live,
             runtime: self.runtime,
             host: self.host,
@@ -355,6 +364,7 @@ impl Deployments {
         *document = next;
         let tenant = self.apply(&document, slug, None, None).await?;
         tracing::info!(slug, owner, by = caller.user, "server created");
+        self.metrics.deploy("created");
         tenant.ok_or_else(|| DeployError::new(StatusCode::CONFLICT, "the server vanished"))
     }
 
@@ -507,6 +517,7 @@ impl Deployments {
         let reason = format!("server {slug} was deleted by {}", caller.user);
         self.apply(&document, slug, None, Some(&reason)).await?;
         tracing::info!(slug, by = caller.user, "server deleted");
+        self.metrics.deploy("deleted");
         Ok(())
     }
 
@@ -564,7 +575,14 @@ impl Deployments {
                 DeployError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("compiling: {e}"))
             })?;
         compiled
-            .map(|(pre, _)| pre)
+            .map(|(pre, outcome)| {
+                self.metrics.component_loaded(match outcome {
+                    crate::run::artifacts::CacheOutcome::Hit => "hit",
+                    crate::run::artifacts::CacheOutcome::Miss => "miss",
+                    crate::run::artifacts::CacheOutcome::Disabled => "disabled",
+                });
+                pre
+            })
             .map_err(|rejected| match rejected {
                 Rejected::Malformed(e) => {
                     DeployError::new(StatusCode::BAD_REQUEST, format!("not a component: {e:#}"))
@@ -668,8 +686,15 @@ impl Deployments {
         Ok(Some(tenant))
     }
 
-    /// Tells the slug's viewers (here and, on a cluster, elsewhere).
+    /// Counts the change and tells the slug's viewers (here and, on a
+    /// cluster, elsewhere).
     fn announce(&self, slug: &str, version: &str, action: DeployAction, by: &str, message: String) {
+        self.metrics.deploy(match action {
+            DeployAction::Deployed => "deployed",
+            DeployAction::VersionDeleted => "versionDeleted",
+            DeployAction::StatusChanged => "statusChanged",
+            DeployAction::Reloaded => "reloaded",
+        });
         if !self.events.wants(slug) {
             return;
         }

@@ -11,6 +11,7 @@
 //! `ping_interval`; a viewer that sends nothing (pongs count) for
 //! `idle_timeout` is closed, after a `closing` frame that says why.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -44,6 +45,28 @@ pub(crate) struct LogStreams {
     pub(crate) allowed_origins: Vec<String>,
     /// The viewers' tasks, so that shutdown can wait for their goodbyes.
     pub(crate) viewers: TaskTracker,
+    /// Refused viewers since start, by HTTP status (for the metrics).
+    pub(crate) refused: Arc<StreamRefusals>,
+}
+
+/// Log-stream refusals by HTTP status.
+#[derive(Debug, Default)]
+pub(crate) struct StreamRefusals(std::sync::Mutex<std::collections::BTreeMap<u16, u64>>);
+
+impl StreamRefusals {
+    fn count(&self, status: StatusCode) {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *counts.entry(status.as_u16()).or_default() += 1;
+    }
+
+    /// Each status with its count.
+    pub(crate) fn totals(&self) -> Vec<(u16, u64)> {
+        let counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        counts
+            .iter()
+            .map(|(status, count)| (*status, *count))
+            .collect()
+    }
 }
 
 /// How often a viewer is pinged, and how long it may stay silent.
@@ -104,12 +127,17 @@ impl LogStreams {
             });
         let (accept, subscription) = match admitted {
             Ok(admitted) => admitted,
-            Err(refusal) => return refusal.into_response(),
+            Err(refusal) => {
+                self.refused.count(refusal.status);
+                return refusal.into_response();
+            }
         };
         if let Some(cluster) = &self.cluster {
             let max = self.hub.settings().max_viewers_per_slug;
             if let Admission::Full { max } = cluster.admit(&subscription, max).await {
-                return full_across_hosts(slug, max).into_response();
+                let refusal = full_across_hosts(slug, max);
+                self.refused.count(refusal.status);
+                return refusal.into_response();
             }
         }
 

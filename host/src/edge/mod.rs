@@ -15,6 +15,7 @@ pub(crate) mod control;
 pub(crate) mod dashboard;
 pub(crate) mod deploy_api;
 pub(crate) mod log_stream;
+pub(crate) mod metrics;
 pub(crate) mod redirect;
 pub(crate) mod routing;
 pub(crate) mod server;

@@ -267,6 +267,13 @@ impl RequestCapture {
         let state = self.lock();
         state.accepted + state.dropped
     }
+
+    /// Bytes the guest wrote, and of those the bytes dropped past the
+    /// budget.
+    pub(crate) fn output_bytes(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.accepted + state.dropped, state.dropped)
+    }
 }
 
 #[cfg(test)]

@@ -14,8 +14,9 @@
 //! a slug write at once.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use crate::base::metrics::Metrics;
 use crate::logs::cluster::Cluster;
 use crate::logs::entry::LogEntry;
 use crate::logs::hub::LogHub;
@@ -26,15 +27,17 @@ use crate::logs::sink::LogSink;
 pub(crate) struct Publisher {
     hub: LogHub,
     cluster: Option<Cluster>,
+    metrics: Arc<Metrics>,
     /// Per slug, the `seq` of the next entry.
     next_seq: Mutex<HashMap<String, u64>>,
 }
 
 impl Publisher {
-    pub(crate) fn new(hub: LogHub, cluster: Option<Cluster>) -> Self {
+    pub(crate) fn new(hub: LogHub, cluster: Option<Cluster>, metrics: Arc<Metrics>) -> Self {
         Publisher {
             hub,
             cluster,
+            metrics,
             next_seq: Mutex::default(),
         }
     }
@@ -71,6 +74,8 @@ impl LogSink for Publisher {
             entry.node = node.clone();
             entry.seq = *next;
             *next += 1;
+            self.metrics
+                .entry(slug, entry.level.as_str(), entry.truncated);
         }
         match remote {
             // Copied only when this host's viewers need them too.
@@ -117,7 +122,8 @@ mod tests {
     #[tokio::test]
     async fn entries_are_numbered_per_slug_from_1_without_gaps_only_when_watched() {
         let hub = LogHub::new(LogSettings::default());
-        let publisher = Publisher::new(hub.clone(), None);
+        let metrics = Metrics::new();
+        let publisher = Publisher::new(hub.clone(), None, metrics.clone());
         assert!(!publisher.wants("s"));
         publisher.publish("s", vec![line("nobody watches")]);
         let viewer = hub.subscribe("s", Filter::default()).unwrap();
@@ -131,5 +137,10 @@ mod tests {
         }
         assert_eq!(got, (1..=250).collect::<Vec<u64>>());
         assert_eq!(seqs(other.recv().await), [1], "each slug counts alone");
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"mctx_log_entries_total{slug="s",level="log"} 250"#),
+            "published entries are counted, the unwatched one is not: {text}"
+        );
     }
 }

@@ -9,7 +9,7 @@
 //! request's [`Outcome`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
@@ -20,6 +20,7 @@ use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
+use crate::base::metrics::Metrics;
 use crate::base::refusals::{Refusal, Refusals};
 use crate::base::responses::{Body, busy_response, error_response};
 use crate::logs::capture::RequestCapture;
@@ -27,7 +28,7 @@ use crate::logs::entry::RequestMeta;
 use crate::logs::sink::LogSink;
 use crate::run::gate;
 use crate::run::limits::{Metered, RequestMeter};
-use crate::run::outbound::{Outbound, OutboundContext};
+use crate::run::outbound::{Outbound, OutboundContext, OutboundCounts};
 use crate::run::report::{RequestReport, outcome_response};
 use crate::run::runtime::Runtime;
 use crate::run::state::RequestState;
@@ -43,6 +44,7 @@ pub(crate) struct Dispatcher {
     sink: Arc<dyn LogSink>,
     outbound: Arc<OutboundContext>,
     refusals: Arc<Refusals>,
+    metrics: Arc<Metrics>,
     /// Bounds the requests in flight to what the instance pool holds; a
     /// request beyond it waits for a slot instead of failing.
     slots: Arc<Semaphore>,
@@ -53,6 +55,7 @@ impl Dispatcher {
         runtime: Arc<Runtime>,
         sink: Arc<dyn LogSink>,
         refusals: Arc<Refusals>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let slots = Arc::new(Semaphore::new(
             runtime.settings().max_concurrent_requests as usize,
@@ -62,6 +65,7 @@ impl Dispatcher {
             sink,
             outbound: Arc::new(OutboundContext::new()),
             refusals,
+            metrics,
             slots,
         }
     }
@@ -177,7 +181,7 @@ impl Dispatcher {
             capabilities.secrets.values().clone(),
         );
         let meter = Arc::new(RequestMeter::new(limits.cpu, limits.wall));
-        let subrequests = Arc::new(AtomicU32::new(0));
+        let subrequests = Arc::new(OutboundCounts::default());
         let outbound = Outbound::new(
             capabilities.outbound.clone(),
             self.outbound.clone(),
@@ -188,6 +192,7 @@ impl Dispatcher {
             capture: capture.clone(),
             meter: meter.clone(),
             subrequests,
+            metrics: self.metrics.clone(),
             method: request.method().to_string(),
             path: request
                 .uri()

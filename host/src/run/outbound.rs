@@ -67,13 +67,22 @@ impl OutboundContext {
     }
 }
 
-/// One request's outbound calls: the rules of its tenant, and a count.
+/// One request's outbound calls: the rules of its tenant, and counts.
 pub(crate) struct Outbound {
     spec: Arc<OutboundSpec>,
     context: Arc<OutboundContext>,
     capture: Arc<RequestCapture>,
-    /// Outbound calls this request has made (refused ones included).
-    calls: Arc<AtomicU32>,
+    calls: Arc<OutboundCounts>,
+}
+
+/// What one request's outbound calls came to, for its request event and
+/// the metrics.
+#[derive(Debug, Default)]
+pub(crate) struct OutboundCounts {
+    /// Calls made, refused ones included.
+    pub(crate) made: AtomicU32,
+    /// Calls refused by the tenant's rules.
+    pub(crate) refused: AtomicU32,
 }
 
 impl Outbound {
@@ -81,7 +90,7 @@ impl Outbound {
         spec: Arc<OutboundSpec>,
         context: Arc<OutboundContext>,
         capture: Arc<RequestCapture>,
-        calls: Arc<AtomicU32>,
+        calls: Arc<OutboundCounts>,
     ) -> Self {
         Outbound {
             spec,
@@ -100,7 +109,8 @@ impl WasiHttpHooks for Outbound {
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = Result<Sent, Error>> + Send> {
         let call = Call {
-            number: self.calls.fetch_add(1, Ordering::Relaxed) + 1,
+            number: self.calls.made.fetch_add(1, Ordering::Relaxed) + 1,
+            counts: self.calls.clone(),
             spec: self.spec.clone(),
             context: self.context.clone(),
             capture: self.capture.clone(),
@@ -113,6 +123,7 @@ impl WasiHttpHooks for Outbound {
 struct Call {
     /// 1 for the request's first outbound call.
     number: u32,
+    counts: Arc<OutboundCounts>,
     spec: Arc<OutboundSpec>,
     context: Arc<OutboundContext>,
     capture: Arc<RequestCapture>,
@@ -122,6 +133,7 @@ impl Call {
     /// Refuses the call: a `warn` entry for the tenant, and
     /// `HTTP-request-denied` for the guest.
     fn refuse(&self, method: &http::Method, url: &str, why: &str) -> Error {
+        self.counts.refused.fetch_add(1, Ordering::Relaxed);
         self.capture.publish_host_entry(
             Level::Warn,
             format!("[mctx] outbound request refused: {method} {url}: {why}"),

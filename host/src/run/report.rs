@@ -3,14 +3,16 @@
 //! gets when the guest sent none.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use http::{Response, StatusCode};
 
+use crate::base::metrics::{Metrics, RequestDone};
 use crate::base::responses::{Body, error_response};
 use crate::logs::capture::RequestCapture;
 use crate::logs::entry::{Level, LogEntry, Outcome, RequestEvent};
 use crate::run::limits::RequestMeter;
+use crate::run::outbound::OutboundCounts;
 
 /// Reports how a request ended, exactly once: when the guest task
 /// completes, or, if the task is aborted (client gone), when it is dropped.
@@ -19,7 +21,8 @@ pub(crate) struct RequestReport {
     pub(crate) capture: Arc<RequestCapture>,
     pub(crate) meter: Arc<RequestMeter>,
     /// Outbound calls the guest made.
-    pub(crate) subrequests: Arc<AtomicU32>,
+    pub(crate) subrequests: Arc<OutboundCounts>,
+    pub(crate) metrics: Arc<Metrics>,
     pub(crate) method: String,
     /// The path the guest saw.
     pub(crate) path: String,
@@ -82,9 +85,25 @@ impl RequestReport {
             outcome,
             wall_ms: self.meter.wall().as_millis() as u64,
             cpu_ms: self.meter.cpu_used().as_millis() as u64,
-            subrequests: self.subrequests.load(Ordering::Relaxed),
+            subrequests: self.subrequests.made.load(Ordering::Relaxed),
         };
         tracing::debug!(?event, "request finished");
+        let meta = self.capture.meta();
+        let made = self.subrequests.made.load(Ordering::Relaxed);
+        let refused = self.subrequests.refused.load(Ordering::Relaxed);
+        let (written, capped) = self.capture.output_bytes();
+        self.metrics.request(&RequestDone {
+            slug: &meta.slug,
+            version: &meta.version,
+            outcome: outcome.as_str(),
+            status,
+            wall: self.meter.wall(),
+            cpu: self.meter.cpu_used(),
+            output_bytes: written as u64,
+            capped_bytes: capped as u64,
+            outbound_sent: made.saturating_sub(refused),
+            outbound_refused: refused,
+        });
         self.capture
             .publish_entry(LogEntry::request_event(self.capture.meta().clone(), event));
     }

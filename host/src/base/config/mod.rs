@@ -22,7 +22,7 @@ pub use addresses::{is_own_address, is_public};
 pub use outbound::{AllowList, Allowed, Scheme, Target};
 pub use tables::{
     AuthSettings, ClusterSettings, DEFAULT_ADDR, DEFAULT_BASE_DOMAIN, DEFAULT_CPU_LIMIT_MS,
-    DEFAULT_MEMORY_LIMIT_MB, HostSettings, LogSettings,
+    DEFAULT_MEMORY_LIMIT_MB, HostSettings, LogSettings, MetricsSettings,
 };
 pub use tenant::{OutboundSpec, SecretSource, Slug, SlugError, Status, TenantSpec};
 
@@ -34,6 +34,7 @@ pub struct Config {
     pub host: HostSettings,
     pub auth: AuthSettings,
     pub logs: LogSettings,
+    pub metrics: MetricsSettings,
     /// `None`: one host, hubs in process (the default).
     pub cluster: Option<ClusterSettings>,
     pub tenants: Vec<TenantSpec>,
@@ -46,6 +47,7 @@ struct File {
     host: HostSettings,
     auth: AuthSettings,
     logs: LogSettings,
+    metrics: MetricsSettings,
     cluster: Option<ClusterSettings>,
     tenants: Vec<tenant::TenantTable>,
 }
@@ -67,6 +69,7 @@ impl Config {
             mut host,
             mut auth,
             mut logs,
+            metrics,
             cluster,
             tenants: tables,
         } = file;
@@ -104,6 +107,7 @@ impl Config {
             host,
             auth,
             logs,
+            metrics,
             cluster,
             tenants,
         })

@@ -213,6 +213,15 @@ impl fmt::Debug for AuthSettings {
     }
 }
 
+/// The `[metrics]` table: where Prometheus scrapes the host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// `GET /metrics` on this address (never the tenant-facing one); `None`:
+    /// no metrics listener.
+    pub addr: Option<SocketAddr>,
+}
+
 /// The `[logs]` table: log streaming limits, read by the hubs (viewers,
 /// queues) and by the log-stream endpoint (timers).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]

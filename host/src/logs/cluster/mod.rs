@@ -281,6 +281,18 @@ impl Cluster {
         let _ = tokio::time::timeout(NATS_TIMEOUT, inner.client.flush()).await;
     }
 
+    /// The link and its counters, for the metrics.
+    pub(crate) fn sample(&self) -> crate::base::metrics::ClusterSample {
+        let inner = &self.inner;
+        crate::base::metrics::ClusterSample {
+            up: inner.link.is_up(),
+            sent: inner.outbound.sent(),
+            unsent: inner.outbound.unsent(),
+            received: inner.inbound.received(),
+            missed: inner.inbound.missed(),
+        }
+    }
+
     /// The link's state for `/healthz`.
     pub(crate) fn status(&self) -> serde_json::Value {
         let inner = &self.inner;

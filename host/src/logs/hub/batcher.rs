@@ -36,6 +36,14 @@ pub(super) async fn run(hub: Arc<SlugHub>) {
         if overflow > 0 {
             tracing::warn!(overflow, "log hub fell behind; entries dropped");
         }
+        if let Some(metrics) = &hub.metrics {
+            if overflow > 0 {
+                metrics.entries_dropped("hub", overflow);
+            }
+            if remote_missed > 0 {
+                metrics.entries_dropped("cluster", remote_missed);
+            }
+        }
         // Other hosts' missing entries were due before the ones that
         // revealed the gap: report them first.
         if remote_missed > 0 {

@@ -40,6 +40,7 @@ use tokio::sync::Notify;
 use tracing::Instrument as _;
 
 use crate::base::config::LogSettings;
+use crate::base::metrics::Metrics;
 use crate::logs::entry::LogEntry;
 use crate::logs::wire::Filter;
 pub(crate) use remote::{Following, Remote};
@@ -71,6 +72,8 @@ struct Registry {
     settings: LogSettings,
     /// Set once on a cluster. Weak: the cluster holds this hub.
     remote: OnceLock<Weak<dyn Remote>>,
+    /// Where lost entries are counted, once set.
+    metrics: OnceLock<Arc<Metrics>>,
 }
 
 /// One slug's channel.
@@ -81,6 +84,7 @@ struct SlugHub {
     viewers: Mutex<Vec<Arc<ViewerQueue>>>,
     /// Other hosts' entries of this slug, followed while this hub lives.
     following: Mutex<Option<Following>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 #[derive(Default)]
@@ -112,8 +116,14 @@ impl LogHub {
                 viewers: AtomicUsize::new(0),
                 settings,
                 remote: OnceLock::new(),
+                metrics: OnceLock::new(),
             }),
         }
+    }
+
+    /// Counts the entries viewers lose into `metrics` from now on.
+    pub(crate) fn count_losses(&self, metrics: Arc<Metrics>) {
+        let _ = self.inner.metrics.set(metrics);
     }
 
     pub(crate) fn settings(&self) -> &LogSettings {
@@ -226,6 +236,7 @@ impl LogHub {
                     wake: Notify::new(),
                     viewers: Mutex::default(),
                     following: Mutex::new(remote.as_ref().map(|r| r.follow(slug))),
+                    metrics: self.inner.metrics.get().cloned(),
                 });
                 let span = tracing::info_span!("hub", slug);
                 tokio::spawn(batcher::run(hub.clone()).instrument(span));
@@ -242,7 +253,7 @@ impl LogHub {
             entries: settings.viewer_queue_entries as u64,
             grace: settings.slow_viewer_grace(),
         };
-        let queue = Arc::new(ViewerQueue::new(filter, limits));
+        let queue = Arc::new(ViewerQueue::new(filter, limits, hub.metrics.clone()));
         viewers.push(queue.clone());
         self.inner.viewers.fetch_add(1, Ordering::Relaxed);
         drop(viewers);

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::lock;
+use crate::base::metrics::Metrics;
 use crate::logs::wire::{Filter, Frame};
 
 /// What waits in a viewer's queue, in the order it is sent.
@@ -81,6 +82,7 @@ pub(super) struct ViewerQueue {
     limits: QueueLimits,
     state: Mutex<ViewerState>,
     pub(super) ready: Notify,
+    metrics: Option<Arc<Metrics>>,
 }
 
 #[derive(Default)]
@@ -105,12 +107,13 @@ impl ViewerState {
 }
 
 impl ViewerQueue {
-    pub(super) fn new(filter: Filter, limits: QueueLimits) -> Self {
+    pub(super) fn new(filter: Filter, limits: QueueLimits, metrics: Option<Arc<Metrics>>) -> Self {
         ViewerQueue {
             filter,
             limits,
             state: Mutex::default(),
             ready: Notify::new(),
+            metrics,
         }
     }
 
@@ -127,6 +130,9 @@ impl ViewerQueue {
         let full = !state.frames.is_empty() && state.queued_entries + count > self.limits.entries;
         if full {
             state.missed += count;
+            if let Some(metrics) = &self.metrics {
+                metrics.entries_dropped("viewer", count);
+            }
             let since = *state.behind_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= self.limits.grace {
                 let reason = format!(
@@ -197,7 +203,7 @@ mod tests {
     use super::*;
 
     fn queue(entries: u64, grace: Duration) -> ViewerQueue {
-        ViewerQueue::new(Filter::default(), QueueLimits { entries, grace })
+        ViewerQueue::new(Filter::default(), QueueLimits { entries, grace }, None)
     }
 
     #[test]

@@ -1,0 +1,424 @@
+//! The operator's numbers: Prometheus metrics, kept by the parts that see
+//! the events and served in the OpenMetrics text format on their own
+//! listener (`edge::metrics`, `[metrics] addr`).
+//!
+//! Built on `prometheus-client` (the Prometheus project's Rust client),
+//! never hand-written text. Two kinds:
+//!
+//! - **counted as they happen** ([`Metrics`]): requests, their durations
+//!   and CPU, log entries published, bytes of guest output and what was
+//!   cut or capped, outbound calls, deploys, compiled components;
+//! - **sampled at scrape time** ([`Sampled`], a collector the composition
+//!   root fills in): viewers per slug, the front door's refusals, the log
+//!   stream's refusals, the cluster link and its counters — values those
+//!   parts already keep, read rather than duplicated.
+//!
+//! **Cardinality.** The `slug` and `version` labels only ever take values of
+//! tenants the host serves: a request reaches these counters after routing
+//! found its tenant, so a client cannot mint label values with made-up
+//! hosts or paths. A deleted server's series stay until restart (Prometheus
+//! sees them go stale); everything else is a fixed, small set.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+/// `{slug}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct SlugLabel {
+    pub(crate) slug: String,
+}
+
+/// `{slug, version, outcome, status}`: `status` is the class (`2xx`…), or
+/// `none` when the client went away before a status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RequestLabels {
+    pub(crate) slug: String,
+    pub(crate) version: String,
+    pub(crate) outcome: &'static str,
+    pub(crate) status: &'static str,
+}
+
+/// `{slug, level}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct EntryLabels {
+    pub(crate) slug: String,
+    pub(crate) level: &'static str,
+}
+
+/// `{reason}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabel {
+    pub(crate) reason: &'static str,
+}
+
+/// `{slug, result}`: an outbound call `sent` or `refused`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OutboundLabels {
+    pub(crate) slug: String,
+    pub(crate) result: &'static str,
+}
+
+/// `{action}` of a deploy.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ActionLabel {
+    pub(crate) action: &'static str,
+}
+
+/// `{cache}`: `hit`, `miss` or `disabled`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CacheLabel {
+    pub(crate) cache: &'static str,
+}
+
+/// The metrics counted as things happen. Cheap to share (`Arc`); every
+/// method takes `&self`.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<SlugLabel, Histogram>,
+    cpu: Family<SlugLabel, Histogram>,
+    output_bytes: Family<SlugLabel, Counter>,
+    output_capped_bytes: Family<SlugLabel, Counter>,
+    entries: Family<EntryLabels, Counter>,
+    entries_truncated: Family<SlugLabel, Counter>,
+    entries_dropped: Family<ReasonLabel, Counter>,
+    outbound: Family<OutboundLabels, Counter>,
+    deploys: Family<ActionLabel, Counter>,
+    components: Family<CacheLabel, Counter>,
+    /// The scrape-time values, once the composition root has wired them.
+    sampled: Arc<SampledSlot>,
+    registry: Registry,
+}
+
+/// Where [`Sampled`] goes once the parts it reads exist.
+#[derive(Debug, Default)]
+struct SampledSlot(std::sync::OnceLock<Sampled>);
+
+impl Collector for SampledSlot {
+    fn encode(&self, encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        match self.0.get() {
+            Some(sampled) => sampled.encode(encoder),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Request durations: 1 ms to ~65 s.
+fn seconds_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+impl Metrics {
+    /// The metrics, registered; [`Metrics::sample`] adds the scrape-time
+    /// ones.
+    pub(crate) fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("mctx");
+        let metrics = Metrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(seconds_buckets),
+            cpu: Family::new_with_constructor(seconds_buckets),
+            output_bytes: Family::default(),
+            output_capped_bytes: Family::default(),
+            entries: Family::default(),
+            entries_truncated: Family::default(),
+            entries_dropped: Family::default(),
+            outbound: Family::default(),
+            deploys: Family::default(),
+            components: Family::default(),
+            sampled: Arc::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests a tenant handled, by how they ended",
+            metrics.requests.clone(),
+        );
+        registry.register_with_unit(
+            "request_duration",
+            "Wall-clock time of a tenant's requests, arrival to end",
+            Unit::Seconds,
+            metrics.duration.clone(),
+        );
+        registry.register_with_unit(
+            "request_cpu",
+            "Guest CPU time of a tenant's requests",
+            Unit::Seconds,
+            metrics.cpu.clone(),
+        );
+        registry.register_with_unit(
+            "guest_output",
+            "Bytes guests wrote to stdout, stderr and wasi:logging",
+            Unit::Bytes,
+            metrics.output_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "guest_output_capped",
+            "Bytes of guest output dropped past a request's 256 KiB budget",
+            Unit::Bytes,
+            metrics.output_capped_bytes.clone(),
+        );
+        registry.register(
+            "log_entries",
+            "Log entries published (made only while someone watches the slug)",
+            metrics.entries.clone(),
+        );
+        registry.register(
+            "log_entries_truncated",
+            "Published entries whose message was cut at 10 KB",
+            metrics.entries_truncated.clone(),
+        );
+        registry.register(
+            "log_entries_dropped",
+            "Entries a viewer never got: the hub fell behind (hub), a viewer fell behind (viewer), another host's never arrived (cluster)",
+            metrics.entries_dropped.clone(),
+        );
+        registry.register(
+            "outbound_requests",
+            "Outbound HTTP calls of tenants, sent or refused",
+            metrics.outbound.clone(),
+        );
+        registry.register(
+            "deploys",
+            "Changes to deployed servers (deploy API and reloads), by action",
+            metrics.deploys.clone(),
+        );
+        registry.register(
+            "components_loaded",
+            "Components made ready, by whether the compiled-code cache had them",
+            metrics.components.clone(),
+        );
+        registry.register_collector(Box::new(SharedCollector(metrics.sampled.clone())));
+        Arc::new(Metrics {
+            registry,
+            ..metrics
+        })
+    }
+
+    /// Where the scrape-time values come from (set once, by the
+    /// composition root).
+    pub(crate) fn sample(&self, sampled: Sampled) {
+        let _ = self.sampled.0.set(sampled);
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub(crate) fn render(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+
+    /// A request that ended.
+    pub(crate) fn request(&self, done: &RequestDone<'_>) {
+        let status = match done.status {
+            None => "none",
+            Some(100..=199) => "1xx",
+            Some(200..=299) => "2xx",
+            Some(300..=399) => "3xx",
+            Some(400..=499) => "4xx",
+            Some(_) => "5xx",
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                slug: done.slug.to_string(),
+                version: done.version.to_string(),
+                outcome: done.outcome,
+                status,
+            })
+            .inc();
+        let slug = SlugLabel {
+            slug: done.slug.to_string(),
+        };
+        self.duration
+            .get_or_create(&slug)
+            .observe(done.wall.as_secs_f64());
+        self.cpu
+            .get_or_create(&slug)
+            .observe(done.cpu.as_secs_f64());
+        if done.output_bytes > 0 {
+            self.output_bytes
+                .get_or_create(&slug)
+                .inc_by(done.output_bytes);
+        }
+        if done.capped_bytes > 0 {
+            self.output_capped_bytes
+                .get_or_create(&slug)
+                .inc_by(done.capped_bytes);
+        }
+        for (result, count) in [
+            ("sent", done.outbound_sent),
+            ("refused", done.outbound_refused),
+        ] {
+            if count > 0 {
+                self.outbound
+                    .get_or_create(&OutboundLabels {
+                        slug: done.slug.to_string(),
+                        result,
+                    })
+                    .inc_by(u64::from(count));
+            }
+        }
+    }
+
+    /// An entry published for `slug`.
+    pub(crate) fn entry(&self, slug: &str, level: &'static str, truncated: bool) {
+        self.entries
+            .get_or_create(&EntryLabels {
+                slug: slug.to_string(),
+                level,
+            })
+            .inc();
+        if truncated {
+            self.entries_truncated
+                .get_or_create(&SlugLabel {
+                    slug: slug.to_string(),
+                })
+                .inc();
+        }
+    }
+
+    /// Entries some viewer never got, and why (`hub`, `viewer`, `cluster`).
+    pub(crate) fn entries_dropped(&self, reason: &'static str, count: u64) {
+        self.entries_dropped
+            .get_or_create(&ReasonLabel { reason })
+            .inc_by(count);
+    }
+
+    pub(crate) fn deploy(&self, action: &'static str) {
+        self.deploys.get_or_create(&ActionLabel { action }).inc();
+    }
+
+    pub(crate) fn component_loaded(&self, cache: &'static str) {
+        self.components.get_or_create(&CacheLabel { cache }).inc();
+    }
+}
+
+/// The facts of one finished request, for [`Metrics::request`].
+pub(crate) struct RequestDone<'a> {
+    pub(crate) slug: &'a str,
+    pub(crate) version: &'a str,
+    pub(crate) outcome: &'static str,
+    pub(crate) status: Option<u16>,
+    pub(crate) wall: Duration,
+    pub(crate) cpu: Duration,
+    pub(crate) output_bytes: u64,
+    pub(crate) capped_bytes: u64,
+    pub(crate) outbound_sent: u32,
+    pub(crate) outbound_refused: u32,
+}
+
+/// Values read at scrape time from the parts that keep them.
+pub(crate) struct Sampled {
+    /// Each slug watched here, with its number of viewers.
+    pub(crate) viewers: Box<dyn Fn() -> Vec<(String, usize)> + Send + Sync>,
+    /// The front door's refusals since start, by reason.
+    pub(crate) refusals: Box<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>,
+    /// The log stream's refusals since start, by HTTP status.
+    pub(crate) stream_refusals: Box<dyn Fn() -> Vec<(u16, u64)> + Send + Sync>,
+    /// On a cluster: link up, entries sent, unsent, received, missed.
+    pub(crate) cluster: Box<dyn Fn() -> Option<ClusterSample> + Send + Sync>,
+}
+
+/// The cluster link, sampled.
+pub(crate) struct ClusterSample {
+    pub(crate) up: bool,
+    pub(crate) sent: u64,
+    pub(crate) unsent: u64,
+    pub(crate) received: u64,
+    pub(crate) missed: u64,
+}
+
+impl fmt::Debug for Sampled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Sampled")
+    }
+}
+
+#[derive(Debug)]
+struct SharedCollector(Arc<dyn Collector>);
+
+impl Collector for SharedCollector {
+    fn encode(&self, encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        self.0.encode(encoder)
+    }
+}
+
+/// `{status}` of a refused log stream.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: u16,
+}
+
+/// `{direction}` of cluster entries.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: &'static str,
+}
+
+impl Collector for Sampled {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let viewers = (self.viewers)();
+        let mut family = encoder.encode_descriptor(
+            "viewers",
+            "Log viewers connected to this host, by slug",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (slug, count) in viewers {
+            let gauge = ConstGauge::new(count as i64);
+            gauge.encode(family.encode_family(&SlugLabel { slug })?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "connections_refused",
+            "Connections and requests the front door refused, by reason",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (reason, count) in (self.refusals)() {
+            ConstCounter::new(count).encode(family.encode_family(&ReasonLabel { reason })?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "log_stream_refusals",
+            "Log-stream connections refused, by HTTP status",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (status, count) in (self.stream_refusals)() {
+            ConstCounter::new(count).encode(family.encode_family(&StatusLabel { status })?)?;
+        }
+        if let Some(cluster) = (self.cluster)() {
+            let up = encoder.encode_descriptor(
+                "cluster_link_up",
+                "1 while this host's NATS link is up",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            ConstGauge::new(i64::from(cluster.up)).encode(up)?;
+            let mut family = encoder.encode_descriptor(
+                "cluster_entries",
+                "Entries between hosts: sent, unsent (could not be sent), received, missed (gaps seen)",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (direction, count) in [
+                ("sent", cluster.sent),
+                ("unsent", cluster.unsent),
+                ("received", cluster.received),
+                ("missed", cluster.missed),
+            ] {
+                ConstCounter::new(count)
+                    .encode(family.encode_family(&DirectionLabel { direction })?)?;
+            }
+        }
+        Ok(())
+    }
+}
