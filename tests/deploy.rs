@@ -187,8 +187,10 @@ async fn broken_uploads_are_refused_and_the_old_version_keeps_serving() {
         corrupt.text()
     );
 
+    // Cut inside the last section: a cut on a section boundary would leave
+    // a valid, smaller component.
     let mut truncated = wasm("hello").to_vec();
-    truncated.truncate(truncated.len() / 2);
+    truncated.truncate(truncated.len() - 1);
     let truncated = put("2.0.0", Bytes::from(truncated)).await;
     assert_eq!(truncated.status, 400, "{}", truncated.text());
 
