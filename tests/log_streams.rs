@@ -121,6 +121,33 @@ async fn multi_line_writes_split_and_long_lines_are_truncated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_line_arrives_structured_and_searchable() {
+    let host = host();
+    let mut viewer = host.viewer("hello", "", "alice").await;
+    let mut searching = host.viewer("hello", "search=USER%3A42", "alice").await;
+    let id = request_id(&host.get("hello.localhost", "/structured").await);
+    let entries = viewer.request_entries(&id).await;
+    let structured = &entries[0];
+    assert_eq!(structured["level"], "warn");
+    assert_eq!(structured["message"], "cache miss");
+    assert_eq!(
+        structured["fields"],
+        serde_json::json!({ "key": "user:42", "ms": 12 })
+    );
+    assert_eq!(entries[1]["message"], "not JSON, a plain line");
+    assert!(
+        entries[1].get("fields").is_none(),
+        "a plain line is untouched"
+    );
+
+    // The search looks inside the fields: only the structured line matches.
+    let found = searching.frame().await;
+    let found = found["entries"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["message"], "cache miss");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_past_256_kib_is_dropped_with_one_warning() {
     let host = host();
     let mut viewer = host.viewer("bad", "type=log", "alice").await;
@@ -193,6 +220,42 @@ async fn a_trap_message_becomes_an_error_entry() {
     assert!(
         trap["message"].as_str().unwrap().contains("unreachable"),
         "{trap}"
+    );
+
+    // The request event carries the exception with the guest's own
+    // functions, demangled, innermost first: the panic machinery, then the
+    // handler that panicked (inlined into its export,
+    // `wasi:http/incoming-handler@0.2.x#handle`, in a release build).
+    let event = entries.last().unwrap();
+    assert_eq!(event["outcome"], "exception");
+    let exception = &event["exception"];
+    assert_eq!(exception["name"], "UnreachableCodeReached", "{exception}");
+    assert!(
+        exception["message"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"),
+        "{exception}"
+    );
+    let stack: Vec<&str> = exception["stack"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    let handler = stack
+        .iter()
+        .position(|f| f.ends_with("handle"))
+        .unwrap_or_else(|| panic!("the handler is in the stack: {stack:#?}"));
+    assert!(
+        stack[..handler].iter().any(|f| f.contains("panic")),
+        "the panic comes before the handler: {stack:#?}"
+    );
+    assert!(
+        stack
+            .iter()
+            .all(|f| !f.starts_with("_ZN") && !f.starts_with("_R")),
+        "demangled: {stack:#?}"
     );
 }
 

@@ -90,7 +90,10 @@ const deployments = (() => {
     const entry = li.entry;
     if (!entry) return true; // notices always show
     if (!levels.has(entry.level)) return false;
-    return !needle || entry.message.toLowerCase().includes(needle);
+    if (!needle || entry.message.toLowerCase().includes(needle)) return true;
+    // A structured line's fields are searched too, names and values.
+    return Object.entries(entry.fields || {}).some(([key, value]) =>
+      `${key}=${typeof value === "string" ? value : JSON.stringify(value)}`.toLowerCase().includes(needle));
   }
 
   function makeRow(entry) {
@@ -117,6 +120,24 @@ const deployments = (() => {
     // On a cluster, which host served the request (hover to see).
     if (entry.node) li.title = `served by ${entry.node}`;
     li.append(time, badge, message);
+    // A trap's exception, collapsed under the request row.
+    if (entry.exception) {
+      const details = document.createElement("details");
+      details.className = "exception";
+      const summary = document.createElement("summary");
+      summary.textContent = `${entry.exception.name}: ${entry.exception.message}`;
+      const stack = document.createElement("pre");
+      stack.textContent = entry.exception.stack.map((frame) => `at ${frame}`).join("\n");
+      details.append(summary, stack);
+      li.append(details);
+    }
+    // A structured line's other fields, as key=value chips (text, never HTML).
+    for (const [key, value] of Object.entries(entry.fields || {})) {
+      const chip = document.createElement("span");
+      chip.className = "chip";
+      chip.textContent = `${key}=${typeof value === "string" ? value : JSON.stringify(value)}`;
+      li.append(chip);
+    }
     return li;
   }
 

@@ -5,7 +5,8 @@
 //! one line at each level the way the platform's docs show (`console.log`-style
 //! plain lines and `[INFO]`/`[WARN]`/`[ERROR]`/`[DEBUG]` prefixes, on stdout and
 //! stderr), so a viewer sees every level the host can produce. `/quiet` answers
-//! without logging, for measuring what capture costs.
+//! without logging, for measuring what capture costs; `/structured` prints one
+//! structured (JSON object) line and one plain line.
 //!
 //! Two paths show what a tenant may reach (the host's `allowed_outbound_hosts`,
 //! `env` and `secrets`):
@@ -37,6 +38,12 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
             "/read" => return read(out, query_param(query, "path").unwrap_or_default()),
             "/fetch" => return fetch(&request, out),
             _ => {}
+        }
+        if route == "/structured" {
+            // What a structured logger prints: one JSON object a line.
+            println!(r#"{{"level":"warn","msg":"cache miss","key":"user:42","ms":12}}"#);
+            println!("not JSON, a plain line");
+            return respond(out, 200, "text/plain", b"logged\n");
         }
         let quiet = route == "/quiet";
 

@@ -127,14 +127,43 @@ pub(crate) fn pretty_line(entry: &LogEntry, color: bool) -> String {
         .node
         .as_deref()
         .map_or(String::new(), |node| format!(" on {node}"));
-    format!(
+    let mut line = format!(
         "{} {label} [{}@{}{node}] {}",
         clock_local(entry.timestamp),
         entry.meta.slug,
         entry.meta.version,
         entry.message
-    )
+    );
+    // A trap's exception, under the request's line, innermost frame first.
+    if let Some(exception) = entry.request.as_ref().and_then(|r| r.exception.as_ref()) {
+        let _ = write!(line, "\n    {}: {}", exception.name, exception.message);
+        for frame in exception.stack.iter().take(MAX_FRAMES) {
+            let _ = write!(line, "\n      at {frame}");
+        }
+        if exception.stack.len() > MAX_FRAMES {
+            let _ = write!(
+                line,
+                "\n      … {} more",
+                exception.stack.len() - MAX_FRAMES
+            );
+        }
+    }
+    // A structured line's fields, as `key=value` after the message.
+    for (key, value) in entry.fields.iter().flat_map(|fields| fields.iter()) {
+        match value {
+            serde_json::Value::String(text) => {
+                let _ = write!(line, " {key}={text}");
+            }
+            other => {
+                let _ = write!(line, " {key}={other}");
+            }
+        }
+    }
+    line
 }
+
+/// The most stack frames a terminal gets for one exception.
+const MAX_FRAMES: usize = 20;
 
 /// A level as a terminal shows it.
 fn level_label(level: Level) -> &'static str {

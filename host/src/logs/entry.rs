@@ -88,6 +88,49 @@ pub fn prefix_level(line: &str) -> Option<Level> {
         .find_map(|(prefix, level)| line.starts_with(prefix).then_some(level))
 }
 
+/// The level a structured line names (`"level": "warning"` and the like):
+/// the contract's five, plus the names logging libraries use for them.
+fn structured_level(name: &str) -> Option<Level> {
+    Level::parse(name).or_else(|| match name.to_ascii_lowercase().as_str() {
+        "trace" => Some(Level::Debug),
+        "warning" => Some(Level::Warn),
+        "err" | "fatal" | "critical" | "crit" | "panic" | "emerg" | "alert" => Some(Level::Error),
+        "notice" => Some(Level::Info),
+        _ => None,
+    })
+}
+
+/// A line that is one JSON object (`{"level":"warn","msg":"…","key":1}`,
+/// as structured loggers print): its level and message, and its other
+/// fields. `None` for any other line, which stays as it is.
+fn structured(line: &str) -> Option<(Option<Level>, Option<String>, Fields)> {
+    if !line.trim_start().starts_with('{') {
+        return None; // the common case costs one byte's look
+    }
+    let serde_json::Value::Object(mut object) = serde_json::from_str(line).ok()? else {
+        return None;
+    };
+    let level = match object.get("level") {
+        Some(serde_json::Value::String(name)) => structured_level(name),
+        _ => None,
+    };
+    if level.is_some() {
+        object.remove("level");
+    }
+    let message = ["message", "msg"].into_iter().find_map(|key| {
+        let text = match object.get(key)? {
+            serde_json::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        object.remove(key);
+        Some(text)
+    });
+    Some((level, message, object))
+}
+
+/// A structured line's other fields.
+pub type Fields = serde_json::Map<String, serde_json::Value>;
+
 /// Cuts `message` to at most `max` bytes on a char boundary. Returns whether
 /// anything was cut.
 pub fn truncate_message(message: &mut String, max: usize) -> bool {
@@ -211,6 +254,19 @@ pub struct RequestEvent {
     /// Outbound HTTP calls the request made (refused ones included).
     #[serde(default)]
     pub subrequests: u32,
+    /// What went wrong when the guest trapped (outcome `exception`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exception: Option<Exception>,
+}
+
+/// A guest's failure, as Cloudflare's tail events carry it: the kind of
+/// trap, its message, and the guest's functions from the innermost out
+/// (from the component's name section, Rust names demangled).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exception {
+    pub name: String,
+    pub message: String,
+    pub stack: Vec<String>,
 }
 
 /// One log entry. `seq` (and, on a cluster, `node`) are given when it is
@@ -241,6 +297,9 @@ pub struct LogEntry {
     pub request: Option<Box<RequestEvent>>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<Box<DeployEvent>>,
+    /// A structured line's fields other than its level and message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Box<Fields>>,
     /// The guest stream a line came from (`None` for the host's entries and
     /// `wasi:logging`); not on the wire, for printing as `wasmtime serve`.
     #[serde(skip)]
@@ -265,21 +324,39 @@ impl LogEntry {
             meta,
             request: None,
             deploy: None,
+            fields: None,
             stream: None,
         }
     }
 
     /// An entry for one line of guest output: level from the prefix, else
-    /// from the stream; message cut to [`MAX_MESSAGE_BYTES`].
+    /// from the stream; message cut to [`MAX_MESSAGE_BYTES`]. A line that is
+    /// one JSON object gives its own level and message (`message` or
+    /// `msg`) and keeps its other fields under `fields`; without a message
+    /// the line itself stays the message, so nothing is lost.
     pub fn from_line(
         meta: Arc<RequestMeta>,
         stream: Stream,
         timestamp: u64,
         mut line: String,
     ) -> Self {
-        let level = prefix_level(&line).unwrap_or(stream.default_level());
         let truncated = truncate_message(&mut line, MAX_MESSAGE_BYTES);
-        let mut entry = LogEntry::log(meta, timestamp, level, line);
+        // A cut line is no longer JSON: it stays a plain line.
+        let parsed = if truncated { None } else { structured(&line) };
+        let mut entry = match parsed {
+            Some((level, message, fields)) => {
+                let level = level.unwrap_or(stream.default_level());
+                let mut entry = LogEntry::log(meta, timestamp, level, message.unwrap_or(line));
+                if !fields.is_empty() {
+                    entry.fields = Some(Box::new(fields));
+                }
+                entry
+            }
+            None => {
+                let level = prefix_level(&line).unwrap_or(stream.default_level());
+                LogEntry::log(meta, timestamp, level, line)
+            }
+        };
         entry.truncated = truncated;
         entry.stream = Some(stream);
         entry
@@ -328,6 +405,46 @@ impl LogEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_json_object_line_gives_its_level_message_and_fields() {
+        let line = |text: &str| LogEntry::from_line(meta(), Stream::Stdout, 1, text.into());
+        let entry = line(r#"{"level":"warning","msg":"cache miss","key":"user:42","ms":12}"#);
+        assert_eq!(
+            (entry.level, entry.message.as_str()),
+            (Level::Warn, "cache miss")
+        );
+        let fields = entry.fields.as_deref().unwrap();
+        assert_eq!(fields["key"], "user:42");
+        assert_eq!(fields["ms"], 12);
+        assert!(!fields.contains_key("level") && !fields.contains_key("msg"));
+
+        // No message: the line stays the message; no level: the stream's.
+        let entry = line(r#"{"event":"start"}"#);
+        assert_eq!(
+            (entry.level, entry.message.as_str()),
+            (Level::Log, r#"{"event":"start"}"#)
+        );
+        assert_eq!(entry.fields.as_deref().unwrap()["event"], "start");
+        let entry = line(r#"{"level":"nonsense","message":{"nested":true}}"#);
+        assert_eq!(entry.level, Level::Log);
+        assert_eq!(entry.message, r#"{"nested":true}"#);
+        assert_eq!(
+            entry.fields.as_deref().unwrap()["level"],
+            "nonsense",
+            "kept when not a level"
+        );
+
+        // Anything else is untouched.
+        for plain in ["[WARN] {\"a\":1}", "[1,2]", "{not json", "\"text\""] {
+            let entry = line(plain);
+            assert_eq!(entry.message, plain);
+            assert!(entry.fields.is_none(), "{plain}");
+        }
+        let json = serde_json::to_value(line(r#"{"level":"info","msg":"m","k":"v"}"#)).unwrap();
+        assert_eq!(json["fields"], serde_json::json!({ "k": "v" }));
+        assert_eq!(json["level"], "info");
+    }
 
     fn meta() -> Arc<RequestMeta> {
         Arc::new(RequestMeta {
@@ -396,6 +513,7 @@ mod tests {
             wall_ms: 12,
             cpu_ms: 10,
             subrequests: 2,
+            exception: None,
         };
         let entry = LogEntry::request_event(meta(), event);
         assert_eq!(entry.level, Level::Error);
@@ -427,6 +545,7 @@ mod tests {
             wall_ms: 3,
             cpu_ms: 1,
             subrequests: 0,
+            exception: None,
         };
         let request = LogEntry::request_event(meta(), event.clone());
         for entry in [line, request] {

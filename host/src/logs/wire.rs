@@ -59,7 +59,8 @@ pub(crate) fn logs_json(entries: &[&LogEntry]) -> Arc<str> {
 pub(crate) struct Filter {
     /// Only these levels (empty: all).
     pub(crate) levels: Vec<Level>,
-    /// Only messages containing this text, case-insensitively (lower case).
+    /// Only messages (or structured fields, names or values) containing this
+    /// text, case-insensitively (lower case).
     pub(crate) search: Option<String>,
     pub(crate) request_id: Option<String>,
     pub(crate) kind: Option<EntryKind>,
@@ -77,10 +78,20 @@ impl Filter {
                 .request_id
                 .as_deref()
                 .is_none_or(|id| id == entry.meta.request_id)
-            && self
-                .search
-                .as_deref()
-                .is_none_or(|needle| entry.message.to_lowercase().contains(needle))
+            && self.search.as_deref().is_none_or(|needle| {
+                entry.message.to_lowercase().contains(needle)
+                    || entry.fields.as_ref().is_some_and(|fields| {
+                        fields.iter().any(|(key, value)| {
+                            key.to_lowercase().contains(needle)
+                                || match value {
+                                    serde_json::Value::String(text) => {
+                                        text.to_lowercase().contains(needle)
+                                    }
+                                    other => other.to_string().to_lowercase().contains(needle),
+                                }
+                        })
+                    })
+            })
     }
 
     /// Parses a comma-separated list of level names (`warn,error`).

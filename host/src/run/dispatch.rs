@@ -201,6 +201,7 @@ impl Dispatcher {
                 .to_string(),
             status: Arc::new(AtomicU16::new(0)),
             done: false,
+            exception: None,
         };
 
         let mut store = Store::new(

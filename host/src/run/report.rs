@@ -10,7 +10,7 @@ use http::{Response, StatusCode};
 use crate::base::metrics::{Metrics, RequestDone};
 use crate::base::responses::{Body, error_response};
 use crate::logs::capture::RequestCapture;
-use crate::logs::entry::{Level, LogEntry, Outcome, RequestEvent};
+use crate::logs::entry::{Exception, Level, LogEntry, Outcome, RequestEvent};
 use crate::run::limits::RequestMeter;
 use crate::run::outbound::OutboundCounts;
 
@@ -29,6 +29,8 @@ pub(crate) struct RequestReport {
     /// The status the guest sent, 0 until it sends one.
     pub(crate) status: Arc<AtomicU16>,
     pub(crate) done: bool,
+    /// Set when the guest trapped: what and where.
+    pub(crate) exception: Option<Exception>,
 }
 
 impl RequestReport {
@@ -59,10 +61,15 @@ impl RequestReport {
                     self.meter.cpu_used().as_millis()
                 ),
             ),
-            (Err(e), _) => self.capture.publish_host_entry(
-                Level::Error,
-                format!("[mctx] {}: {e:?}", trap_title(outcome)),
-            ),
+            (Err(e), _) => {
+                if outcome == Outcome::Exception {
+                    self.exception = Some(exception(e));
+                }
+                self.capture.publish_host_entry(
+                    Level::Error,
+                    format!("[mctx] {}: {e:?}", trap_title(outcome)),
+                )
+            }
         }
         if let Err(e) = &result {
             tracing::debug!(outcome = outcome.as_str(), "guest failed: {e:#}");
@@ -86,6 +93,7 @@ impl RequestReport {
             wall_ms: self.meter.wall().as_millis() as u64,
             cpu_ms: self.meter.cpu_used().as_millis() as u64,
             subrequests: self.subrequests.made.load(Ordering::Relaxed),
+            exception: self.exception.clone(),
         };
         tracing::debug!(?event, "request finished");
         let meta = self.capture.meta();
@@ -119,6 +127,36 @@ impl Drop for RequestReport {
             );
             self.publish_event(Outcome::Canceled);
         }
+    }
+}
+
+/// The trap's kind, message and the guest's stack (innermost first), from
+/// wasmtime's error and the backtrace it attaches.
+fn exception(error: &wasmtime::Error) -> Exception {
+    let name = match error.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => format!("{trap:?}"),
+        None => "Error".to_string(),
+    };
+    let message = error
+        .downcast_ref::<wasmtime::Trap>()
+        .map_or_else(|| error.root_cause().to_string(), ToString::to_string);
+    let stack = error
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .map(|backtrace| {
+            backtrace
+                .frames()
+                .iter()
+                .map(|frame| match frame.func_name() {
+                    Some(name) => format!("{:#}", rustc_demangle::demangle(name)),
+                    None => format!("<function {}>", frame.func_index()),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Exception {
+        name,
+        message,
+        stack,
     }
 }
 
