@@ -75,7 +75,11 @@ async fn every_fault_stays_inside_its_request() {
         ("/flood?lines=200000", Some(200), "ok"),
         ("/big?kb=10240", Some(200), "ok"),
         ("unread 8 MB body", Some(200), "ok"),
-        ("/stream, client leaves", Some(200), "ok"),
+        (
+            "/stream, client leaves",
+            Some(200),
+            "responseStreamDisconnected",
+        ),
         ("/slow, client leaves", None, "canceled"),
     ];
     for (what, status, outcome) in cases {

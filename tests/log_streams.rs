@@ -148,6 +148,19 @@ async fn a_json_line_arrives_structured_and_searchable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_nobody_reads_by_design_is_no_disconnection() {
+    // hyper sends no body for HEAD (nor 204/304): the guest's unread body
+    // must not be reported as the client going away.
+    let host = host();
+    let mut viewer = host.viewer("hello", "type=request", "alice").await;
+    let reply = host.request("HEAD", "hello.localhost", "/", &[]).await;
+    assert_eq!(reply.status, 200);
+    let id = request_id(&reply);
+    let event = viewer.request_entries(&id).await.pop().unwrap();
+    assert_eq!(event["outcome"], "ok", "{event}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_past_256_kib_is_dropped_with_one_warning() {
     let host = host();
     let mut viewer = host.viewer("bad", "type=log", "alice").await;

@@ -11,3 +11,9 @@ pub(crate) struct OverTls;
 pub(crate) fn over_tls<B>(request: &http::Request<B>) -> bool {
     request.extensions().get::<OverTls>().is_some()
 }
+
+/// Put on a tenant's response by the dispatcher: set by the edge when the
+/// response body is dropped before its end (the client went away
+/// mid-body), so the request event can say `responseStreamDisconnected`.
+#[derive(Clone, Debug)]
+pub(crate) struct BodyWatch(pub(crate) std::sync::Arc<std::sync::atomic::AtomicBool>);

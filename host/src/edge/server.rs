@@ -270,6 +270,7 @@ fn service(
             if secure {
                 request.extensions_mut().insert(OverTls);
             }
+            let head = request.method() == http::Method::HEAD;
             let mut response = door.handle(request, reserve).await;
             if secure && door.hsts {
                 response.headers_mut().insert(
@@ -277,8 +278,19 @@ fn service(
                     http::HeaderValue::from_static("max-age=31536000"),
                 );
             }
+            let watch = response
+                .extensions_mut()
+                .remove::<crate::base::transport::BodyWatch>()
+                // hyper sends no body for these, so not reading one is no
+                // disconnection.
+                .filter(|_| !head && !matches!(response.status().as_u16(), 100..=199 | 204 | 304));
             // Not boxed again: hyper takes any body type.
-            Ok::<_, Infallible>(response.map(|body| BusyBody { body, _busy: busy }))
+            Ok::<_, Infallible>(response.map(|body| BusyBody {
+                body,
+                _busy: busy,
+                watch,
+                ended: false,
+            }))
         }
     })
 }
@@ -364,10 +376,25 @@ async fn serve_http2<I>(
 /// Requests one HTTP/2 connection may have in flight at once.
 const MAX_STREAMS: u32 = 100;
 
-/// A response body that keeps its connection marked busy until it ends.
+/// A response body that keeps its connection marked busy until it ends,
+/// and says so when it is dropped before its end (a tenant's response: the
+/// client went away mid-body).
 struct BusyBody {
     body: Body,
     _busy: BusyGuard,
+    watch: Option<crate::base::transport::BodyWatch>,
+    ended: bool,
+}
+
+impl Drop for BusyBody {
+    fn drop(&mut self) {
+        if let Some(watch) = &self.watch
+            && !self.ended
+            && !http_body::Body::is_end_stream(&self.body)
+        {
+            watch.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 impl http_body::Body for BusyBody {
@@ -378,7 +405,11 @@ impl http_body::Body for BusyBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(None) = polled {
+            self.ended = true;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -225,6 +225,9 @@ pub enum Outcome {
     ExceededWallTime,
     /// The client went away before the guest finished.
     Canceled,
+    /// The guest answered, and the client went away while the response
+    /// body was still streaming (Cloudflare's tail events say the same).
+    ResponseStreamDisconnected,
 }
 
 impl Outcome {
@@ -236,6 +239,7 @@ impl Outcome {
             Outcome::ExceededMemory => "exceededMemory",
             Outcome::ExceededWallTime => "exceededWallTime",
             Outcome::Canceled => "canceled",
+            Outcome::ResponseStreamDisconnected => "responseStreamDisconnected",
         }
     }
 }
@@ -373,7 +377,7 @@ impl LogEntry {
     pub fn request_event(meta: Arc<RequestMeta>, event: RequestEvent) -> Self {
         let level = match (event.outcome, event.status) {
             (Outcome::Ok, Some(status)) if status < 500 => Level::Info,
-            (Outcome::Canceled, _) => Level::Warn,
+            (Outcome::Canceled | Outcome::ResponseStreamDisconnected, _) => Level::Warn,
             _ => Level::Error,
         };
         let status = event.status.map_or("-".to_string(), |s| s.to_string());

@@ -202,7 +202,9 @@ impl Dispatcher {
             status: Arc::new(AtomicU16::new(0)),
             done: false,
             exception: None,
+            disconnected: Arc::new(AtomicBool::new(false)),
         };
+        let disconnected = report.disconnected.clone();
 
         let mut store = Store::new(
             self.runtime.engine(),
@@ -295,7 +297,13 @@ impl Dispatcher {
         let mut abort_guard = AbortOnDrop(Some(task.abort_handle()));
 
         let response = match response_rx.await {
-            Ok(Ok(response)) => response.map(|body| body.boxed_unsync()),
+            Ok(Ok(response)) => {
+                let mut response = response.map(|body| body.boxed_unsync());
+                response
+                    .extensions_mut()
+                    .insert(crate::base::transport::BodyWatch(disconnected));
+                response
+            }
             Ok(Err(code)) => error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &format!("the tenant answered with an error: {code:?}"),

@@ -31,12 +31,17 @@ pub(crate) struct RequestReport {
     pub(crate) done: bool,
     /// Set when the guest trapped: what and where.
     pub(crate) exception: Option<Exception>,
+    /// Set by the edge when the response body was dropped before its end.
+    pub(crate) disconnected: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RequestReport {
     pub(crate) fn finish(mut self, result: wasmtime::Result<()>) -> Outcome {
         self.done = true;
         let outcome = match &result {
+            Ok(()) if self.disconnected.load(Ordering::Relaxed) => {
+                Outcome::ResponseStreamDisconnected
+            }
             Ok(()) => Outcome::Ok,
             Err(_) if self.meter.wall_exceeded() => Outcome::ExceededWallTime,
             Err(_) if self.meter.cpu_exceeded() => Outcome::ExceededCpu,
@@ -172,7 +177,10 @@ fn outcome_status(outcome: Outcome) -> StatusCode {
     match outcome {
         Outcome::ExceededCpu | Outcome::ExceededMemory => StatusCode::SERVICE_UNAVAILABLE,
         Outcome::ExceededWallTime => StatusCode::GATEWAY_TIMEOUT,
-        Outcome::Ok | Outcome::Exception | Outcome::Canceled => StatusCode::INTERNAL_SERVER_ERROR,
+        Outcome::Ok
+        | Outcome::Exception
+        | Outcome::Canceled
+        | Outcome::ResponseStreamDisconnected => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -189,7 +197,9 @@ pub(crate) fn outcome_response(outcome: Outcome, meter: &RequestMeter) -> Respon
         ),
         Outcome::Exception => "the tenant's code failed (trap)".to_string(),
         Outcome::Ok => "the tenant returned without sending a response".to_string(),
-        Outcome::Canceled => "the request was canceled".to_string(),
+        Outcome::Canceled | Outcome::ResponseStreamDisconnected => {
+            "the request was canceled".to_string()
+        }
     };
     error_response(outcome_status(outcome), &message)
 }
