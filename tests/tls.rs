@@ -191,13 +191,22 @@ async fn https_serves_tenants_over_http1_and_http2_and_the_guest_sees_https() {
         !reply.contains("HTTP/1.1 200") && !reply.contains("x-tenant-slug"),
         "{reply}"
     );
-    let health = https(&host, ca.client(&[b"h2"]), "localhost", "/healthz")
-        .await
-        .json();
-    assert!(
-        health["refused"]["tlsHandshakeFailed"].as_u64().unwrap() >= 1,
-        "{health}"
-    );
+    // Counted by the connection's task right after it closed the socket:
+    // poll until the count shows (the close and the count are not ordered).
+    let deadline = std::time::Instant::now() + support::PATIENCE;
+    loop {
+        let health = https(&host, ca.client(&[b"h2"]), "localhost", "/healthz")
+            .await
+            .json();
+        if health["refused"]["tlsHandshakeFailed"].as_u64().unwrap() >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never counted: {health}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
