@@ -862,10 +862,17 @@ impl Durable {
             Durable::Cluster(_) => {
                 let shared = self.shared().map_err(DeployError::storage)?;
                 let server = next.servers.get(slug).map(to_json);
-                let key = Key::Server(slug.to_string());
-                commit_key(shared, next, key, server).await?;
-                if reservation {
-                    let reserved = next.reservations.get(slug).map(to_json);
+                let reserved = reservation.then(|| next.reservations.get(slug).map(to_json));
+                // Hosts apply the bucket in order: a deletion's reservation
+                // goes first, so no host sees the slug free before it sees
+                // it reserved; a creation's server goes first, so a lost
+                // race leaves the reservation in place.
+                let deleting = server.is_none();
+                if deleting && let Some(reserved) = reserved.clone() {
+                    commit_key(shared, next, Key::Reserved(slug.to_string()), reserved).await?;
+                }
+                commit_key(shared, next, Key::Server(slug.to_string()), server).await?;
+                if !deleting && let Some(reserved) = reserved {
                     commit_key(shared, next, Key::Reserved(slug.to_string()), reserved).await?;
                 }
                 Ok(())
