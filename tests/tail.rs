@@ -213,3 +213,53 @@ async fn each_refusal_is_a_clear_error_and_a_failed_exit() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sampling_rate_picks_whole_requests_by_id() {
+    let host = HostProcess::multi(&config(""), &[]);
+    let tail = TailProcess::start(
+        &[
+            "hello",
+            "--url",
+            &url(&host),
+            "--format",
+            "json",
+            "--sampling-rate",
+            "0.5",
+        ],
+        Some(&token("alice")),
+    );
+    tail.stderr_line(connected);
+    // The documented rule at rate 0.5: ids below 2^63, i.e. whose first hex
+    // digit is 0-7. Send until both kinds were seen and the last one sent
+    // is picked, so that a wrongly delivered one would show before it.
+    let picked = |id: &str| id.as_bytes()[0] < b'8';
+    let (mut wanted, mut unwanted) = (Vec::new(), Vec::new());
+    for _ in 0..400 {
+        let reply = host.get("hello.localhost", "/").await;
+        let id = reply.header("x-request-id").unwrap().to_string();
+        if picked(&id) {
+            wanted.push(id);
+            if unwanted.len() >= 3 && wanted.len() >= 3 {
+                break;
+            }
+        } else {
+            unwanted.push(id);
+        }
+    }
+    assert!(wanted.len() >= 3 && unwanted.len() >= 3, "both kinds seen");
+    let last = wanted.last().unwrap().clone();
+    let mut events = Vec::new();
+    loop {
+        let entry: Value = serde_json::from_str(&tail.stdout_line(|_| true)).unwrap();
+        let id = entry["requestId"].as_str().unwrap().to_string();
+        assert!(!unwanted.contains(&id), "{id} is not in the sample");
+        if entry["type"] == "request" {
+            events.push(id.clone());
+            if id == last {
+                break;
+            }
+        }
+    }
+    assert_eq!(events, wanted, "every picked request, whole, in order");
+}

@@ -64,6 +64,12 @@ pub(crate) struct TailArgs {
     #[arg(long)]
     request_id: Option<String>,
 
+    /// Only a sample of the requests, 0 to 1 (`0.1`: one in ten), each with
+    /// all its entries; decided in the host by request id, so every viewer
+    /// with the same rate sees the same requests.
+    #[arg(long, value_name = "RATE", value_parser = crate::logs::wire::Sample::parse)]
+    sampling_rate: Option<crate::logs::wire::Sample>,
+
     /// A CA certificate (PEM) to trust besides the system's, for a host
     /// whose certificate comes from a private CA (https/wss only).
     #[arg(long, value_name = "FILE")]
@@ -160,6 +166,7 @@ impl TailArgs {
             search: self.search.as_ref().map(|s| s.to_lowercase()),
             request_id: self.request_id.clone(),
             kind: self.kind.as_deref().and_then(EntryKind::parse),
+            sample: self.sampling_rate,
         })
     }
 
@@ -275,6 +282,7 @@ mod tests {
             kind: Some("log".into()),
             ca_cert: None,
             tls: None,
+            sampling_rate: None,
         }
     }
 

@@ -64,6 +64,52 @@ pub(crate) struct Filter {
     pub(crate) search: Option<String>,
     pub(crate) request_id: Option<String>,
     pub(crate) kind: Option<EntryKind>,
+    /// Only a sample of the requests: parts per million (`samplingRate`).
+    pub(crate) sample: Option<Sample>,
+}
+
+/// A sample of requests, decided by request id alone, so that every
+/// viewer and every host with the same rate picks the same requests, and
+/// a picked request comes with all its entries: a request is in a sample of
+/// rate `r` when its id, read as a 64-bit hexadecimal number, is below
+/// `r × 2^64` (an id that is not one is hashed). Entries of no request
+/// (`deploy`) are always in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Sample {
+    pub(crate) per_million: u32,
+}
+
+impl Sample {
+    pub(crate) fn parse(text: &str) -> Result<Sample, String> {
+        let rate: f64 = text
+            .parse()
+            .ok()
+            .filter(|r: &f64| (0.0..=1.0).contains(r))
+            .ok_or_else(|| format!("sampling rate {text:?}: use a number from 0 to 1"))?;
+        Ok(Sample {
+            per_million: (rate * 1e6).round() as u32,
+        })
+    }
+
+    pub(crate) fn rate(self) -> f64 {
+        f64::from(self.per_million) / 1e6
+    }
+
+    pub(crate) fn picks(self, request_id: &str) -> bool {
+        if request_id.is_empty() {
+            return true;
+        }
+        let value = u64::from_str_radix(request_id, 16).unwrap_or_else(|_| {
+            // FNV-1a: ids from elsewhere that are not 64-bit hex.
+            request_id
+                .bytes()
+                .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+                    (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+                })
+        });
+        // In integers: floats cannot tell 2^63 - 1 from 2^63.
+        u128::from(value) < (u128::from(self.per_million) << 64) / 1_000_000
+    }
 }
 
 impl Filter {
@@ -78,6 +124,9 @@ impl Filter {
                 .request_id
                 .as_deref()
                 .is_none_or(|id| id == entry.meta.request_id)
+            && self
+                .sample
+                .is_none_or(|sample| sample.picks(&entry.meta.request_id))
             && self.search.as_deref().is_none_or(|needle| {
                 entry.message.to_lowercase().contains(needle)
                     || entry.fields.as_ref().is_some_and(|fields| {
@@ -106,8 +155,8 @@ impl Filter {
             .collect()
     }
 
-    /// Parses `level=warn,error&search=text&requestId=…&type=log|request`
-    /// (unknown parameters are ignored).
+    /// Parses `level=warn,error&search=text&requestId=…&type=log|request|deploy
+    /// &samplingRate=0.1` (unknown parameters are ignored).
     pub(crate) fn from_query(query: &str) -> Result<Filter, String> {
         let mut filter = Filter::default();
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
@@ -116,10 +165,12 @@ impl Filter {
                 "search" if !value.is_empty() => filter.search = Some(value.to_lowercase()),
                 "requestId" if !value.is_empty() => filter.request_id = Some(value.into_owned()),
                 "type" => {
-                    let kind = EntryKind::parse(&value)
-                        .ok_or_else(|| format!("unknown type {value:?}: use log or request"))?;
+                    let kind = EntryKind::parse(&value).ok_or_else(|| {
+                        format!("unknown type {value:?}: use log, request or deploy")
+                    })?;
                     filter.kind = Some(kind);
                 }
+                "samplingRate" => filter.sample = Some(Sample::parse(&value)?),
                 _ => {}
             }
         }
@@ -142,7 +193,38 @@ impl Filter {
         if let Some(kind) = self.kind {
             query.append_pair("type", kind.as_str());
         }
+        if let Some(sample) = self.sample {
+            query.append_pair("samplingRate", &sample.rate().to_string());
+        }
         query.finish()
+    }
+}
+
+#[cfg(test)]
+mod sample_tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_is_decided_by_the_request_id_alone() {
+        let half = Sample::parse("0.5").unwrap();
+        assert!(half.picks("0000000000000000"));
+        assert!(half.picks("7fffffffffffffff"));
+        assert!(!half.picks("8000000000000001"));
+        assert!(!half.picks("ffffffffffffffff"));
+        assert!(half.picks(""), "entries of no request are always in");
+        assert!(!Sample::parse("0").unwrap().picks("0000000000000001"));
+        assert!(Sample::parse("1").unwrap().picks("ffffffffffffffff"));
+        for bad in ["1.5", "-0.1", "half", "NaN"] {
+            assert!(Sample::parse(bad).is_err(), "{bad}");
+        }
+        let filter = Filter::from_query("samplingRate=0.25").unwrap();
+        assert_eq!(
+            filter.sample,
+            Some(Sample {
+                per_million: 250_000
+            })
+        );
+        assert_eq!(Filter::from_query(&filter.to_query()).unwrap(), filter);
     }
 }
 
