@@ -43,12 +43,12 @@ use crate::base::metrics::Metrics;
 use crate::logs::entry::{DeployAction, DeployEvent, LogEntry, RequestMeta, now_ms};
 use crate::logs::hub::LogHub;
 use crate::logs::sink::LogSink;
+use crate::run::artifacts::sha256_hex;
 use crate::run::capabilities::Capabilities;
 use crate::run::runtime::{Rejected, Runtime};
 use crate::run::state::RequestState;
 use crate::run::tenants::{
     Deployment, LiveTenants, LoadRequest, LoadStats, Provenance, Source, Tenant, TenantRegistry,
-    sha256_hex,
 };
 use shared::{Key, Shared, Written};
 use store::{Document, Reservation, ServerRecord, Store};
@@ -395,7 +395,7 @@ impl Deployments {
                 ))
             };
         }
-        let pre = self.compile(wasm.clone()).await?;
+        let pre = self.compile(wasm.clone(), sha256.clone()).await?;
         durable
             .put_component(&sha256, &wasm)
             .await
@@ -567,9 +567,13 @@ impl Deployments {
 
     /// Compiles a component off the async threads; a refusal says whether
     /// the bytes are no component (400) or one this host cannot run (422).
-    async fn compile(&self, wasm: Bytes) -> Result<ProxyPre<RequestState>, DeployError> {
+    async fn compile(
+        &self,
+        wasm: Bytes,
+        sha256: String,
+    ) -> Result<ProxyPre<RequestState>, DeployError> {
         let runtime = self.runtime.clone();
-        let compiled = tokio::task::spawn_blocking(move || runtime.load_bytes(&wasm))
+        let compiled = tokio::task::spawn_blocking(move || runtime.load_bytes(&wasm, &sha256))
             .await
             .map_err(|e| {
                 DeployError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("compiling: {e}"))
@@ -649,7 +653,8 @@ impl Deployments {
                             provenance.sha256
                         )));
                     }
-                    self.compile(Bytes::from(wasm)).await?
+                    self.compile(Bytes::from(wasm), provenance.sha256.clone())
+                        .await?
                 }
             };
             versions.insert(
@@ -904,10 +909,7 @@ async fn commit_key(
     key: Key,
     value: Option<Vec<u8>>,
 ) -> Result<(), DeployError> {
-    let text = match &key {
-        Key::Server(slug) => format!("server.{slug}"),
-        Key::Reserved(slug) => format!("reserved.{slug}"),
-    };
+    let text = key.text();
     let revision = next.revisions.get(&text).copied();
     if value.is_none() && revision.is_none() {
         return Ok(()); // nothing stored, nothing to delete

@@ -25,8 +25,9 @@ use anyhow::{Context as _, Result, bail};
 use super::Deployments;
 use crate::base::config::{Config, TenantSpec};
 use crate::logs::entry::DeployAction;
+use crate::run::artifacts::sha256_hex;
 use crate::run::capabilities::Capabilities;
-use crate::run::tenants::{LoadRequest, Source, Tenant, TenantRegistry, sha256_hex};
+use crate::run::tenants::{LoadRequest, Source, Tenant, TenantRegistry};
 
 /// What a reload changed, by slug.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -47,7 +47,7 @@ impl Key {
         }
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         match self {
             Key::Server(slug) => format!("server.{slug}"),
             Key::Reserved(slug) => format!("reserved.{slug}"),
@@ -67,26 +67,13 @@ impl Shared {
     /// up with the same ones).
     pub(crate) async fn open(client: async_nats::Client) -> Result<Shared> {
         let jetstream = jetstream::new(client);
-        let servers = match jetstream.get_key_value(SERVERS_BUCKET).await {
-            Ok(found) => found,
-            Err(_) => {
-                let config = kv::Config {
-                    bucket: SERVERS_BUCKET.to_string(),
-                    description: "mctx-host: servers deployed through the API, reserved slugs"
-                        .to_string(),
-                    history: 1,
-                    ..Default::default()
-                };
-                match jetstream.create_key_value(config).await {
-                    Ok(created) => created,
-                    Err(create) => jetstream.get_key_value(SERVERS_BUCKET).await.map_err(|_| {
-                        anyhow!(
-                            "cannot create the key-value bucket {SERVERS_BUCKET:?} (is JetStream enabled: nats-server -js?): {create}"
-                        )
-                    })?,
-                }
-            }
+        let config = kv::Config {
+            bucket: SERVERS_BUCKET.to_string(),
+            description: "mctx-host: servers deployed through the API, reserved slugs".to_string(),
+            history: 1,
+            ..Default::default()
         };
+        let servers = crate::logs::cluster::key_value_bucket(&jetstream, config).await?;
         let components = match jetstream.get_object_store(COMPONENTS_BUCKET).await {
             Ok(found) => found,
             Err(_) => {

@@ -236,12 +236,19 @@ fn lock(dir: &Path) -> Result<File> {
 mod tests {
     use super::*;
 
-    fn provenance(sha256: &str) -> Provenance {
-        Provenance {
+    /// Alice's server with version 1.0.0, the component `sha256`.
+    fn record(sha256: &str) -> ServerRecord {
+        let provenance = Provenance {
             sha256: sha256.to_string(),
             size: 4,
             deployed_at: 1,
             deployed_by: "alice".into(),
+        };
+        ServerRecord {
+            owner: "alice".into(),
+            status: Status::Active,
+            created_at: 1,
+            versions: [(Version::new(1, 0, 0), provenance)].into(),
         }
     }
 
@@ -253,15 +260,7 @@ mod tests {
         store.put_component("aa", b"kept").unwrap();
         store.put_component("bb", b"orphan").unwrap();
         std::fs::write(dir.path().join(".tmp-1-0-servers.json"), b"{half").unwrap();
-        document.servers.insert(
-            "hello".into(),
-            ServerRecord {
-                owner: "alice".into(),
-                status: Status::Active,
-                created_at: 1,
-                versions: [(Version::new(1, 0, 0), provenance("aa"))].into(),
-            },
-        );
+        document.servers.insert("hello".into(), record("aa"));
         store.save(&document).unwrap();
         drop(store);
 
@@ -284,15 +283,7 @@ mod tests {
     fn a_named_component_that_is_missing_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let (store, mut document) = Store::open(dir.path()).unwrap();
-        document.servers.insert(
-            "hello".into(),
-            ServerRecord {
-                owner: "alice".into(),
-                status: Status::Active,
-                created_at: 1,
-                versions: [(Version::new(1, 0, 0), provenance("cc"))].into(),
-            },
-        );
+        document.servers.insert("hello".into(), record("cc"));
         store.save(&document).unwrap();
         drop(store);
         let err = format!("{:#}", Store::open(dir.path()).unwrap_err());

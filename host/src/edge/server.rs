@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -315,24 +316,43 @@ async fn serve_http1<I>(
         .serve_connection(io, service)
         .with_upgrades();
     tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = stopping.changed() => {
-            // Finish the response in progress, then close.
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-        () = ticket.connection.evicted() => {
-            // Idle or half-open: nothing in flight is lost.
-            refusals.count(Refusal::Evicted);
-            return;
-        }
+    let shutdown =
+        |connection: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(connection);
+    let Some(result) = drive(connection, shutdown, &mut stopping, &ticket, &refusals).await else {
+        return;
     };
     if let Err(e) = result {
         if e.is_timeout() {
             refusals.count(Refusal::HeaderTimeout);
         }
         tracing::debug!("connection ended with an error: {e}");
+    }
+}
+
+/// Runs a connection until it ends; when the host stops, lets it finish
+/// the response in progress and close; when it is evicted (idle or
+/// half-open: nothing in flight is lost), drops it and returns `None`.
+/// `shutdown` is the protocol's graceful shutdown.
+async fn drive<C>(
+    mut connection: Pin<&mut C>,
+    shutdown: impl FnOnce(Pin<&mut C>),
+    stopping: &mut watch::Receiver<bool>,
+    ticket: &Ticket,
+    refusals: &Refusals,
+) -> Option<hyper::Result<()>>
+where
+    C: Future<Output = hyper::Result<()>>,
+{
+    tokio::select! {
+        result = connection.as_mut() => Some(result),
+        _ = stopping.changed() => {
+            shutdown(connection.as_mut());
+            Some(connection.await)
+        }
+        () = ticket.connection.evicted() => {
+            refusals.count(Refusal::Evicted);
+            None
+        }
     }
 }
 
@@ -357,16 +377,9 @@ async fn serve_http2<I>(
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .serve_connection(io, service);
     tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = stopping.changed() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-        () = ticket.connection.evicted() => {
-            refusals.count(Refusal::Evicted);
-            return;
-        }
+    let shutdown = |connection: Pin<&mut _>| http2::Connection::graceful_shutdown(connection);
+    let Some(result) = drive(connection, shutdown, &mut stopping, &ticket, &refusals).await else {
+        return;
     };
     if let Err(e) = result {
         tracing::debug!("HTTP/2 connection ended with an error: {e}");

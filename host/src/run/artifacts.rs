@@ -18,6 +18,15 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
+/// Lower-case hex SHA-256: how components are named and compared, in this
+/// cache, in the state directory and by the deploy API.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// A directory of compiled components.
 #[derive(Clone, Debug)]
 pub(crate) struct ArtifactCache {
@@ -54,25 +63,25 @@ impl ArtifactCache {
         Some(base.join("mctx-host"))
     }
 
-    fn path_for(&self, engine: &Engine, wasm: &[u8]) -> PathBuf {
+    fn path_for(&self, engine: &Engine, sha256: &str) -> PathBuf {
         let mut engine_hash = DefaultHasher::new();
         engine
             .precompile_compatibility_hash()
             .hash(&mut engine_hash);
-        let digest = Sha256::digest(wasm);
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         self.dir
-            .join(format!("{hex}-{:016x}.cwasm", engine_hash.finish()))
+            .join(format!("{sha256}-{:016x}.cwasm", engine_hash.finish()))
     }
 
-    /// Loads the compiled form of `wasm` from the cache, or compiles and
-    /// stores it. A cache that cannot be written only costs a warning.
+    /// Loads the compiled form of `wasm` (whose [`sha256_hex`] the caller
+    /// has already) from the cache, or compiles and stores it. A cache that
+    /// cannot be written only costs a warning.
     pub(crate) fn load_or_compile(
         &self,
         engine: &Engine,
         wasm: &[u8],
+        sha256: &str,
     ) -> Result<(Component, CacheOutcome)> {
-        let path = self.path_for(engine, wasm);
+        let path = self.path_for(engine, sha256);
         if path.exists() {
             // SAFETY: files in the cache directory are only ever written by
             // `Component::serialize` below, under a name that includes the
@@ -114,11 +123,17 @@ mod tests {
         let cache = ArtifactCache::open(dir.path().join("nested")).unwrap();
         let engine = Engine::default();
         assert_eq!(
-            cache.load_or_compile(&engine, EMPTY_COMPONENT).unwrap().1,
+            cache
+                .load_or_compile(&engine, EMPTY_COMPONENT, &sha256_hex(EMPTY_COMPONENT))
+                .unwrap()
+                .1,
             CacheOutcome::Miss
         );
         assert_eq!(
-            cache.load_or_compile(&engine, EMPTY_COMPONENT).unwrap().1,
+            cache
+                .load_or_compile(&engine, EMPTY_COMPONENT, &sha256_hex(EMPTY_COMPONENT))
+                .unwrap()
+                .1,
             CacheOutcome::Hit
         );
 
@@ -126,7 +141,10 @@ mod tests {
         config.epoch_interruption(true);
         let other = Engine::new(&config).unwrap();
         assert_eq!(
-            cache.load_or_compile(&other, EMPTY_COMPONENT).unwrap().1,
+            cache
+                .load_or_compile(&other, EMPTY_COMPONENT, &sha256_hex(EMPTY_COMPONENT))
+                .unwrap()
+                .1,
             CacheOutcome::Miss
         );
         let files = std::fs::read_dir(&cache.dir).unwrap().count();
@@ -141,7 +159,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = ArtifactCache::open(dir.path()).unwrap();
         let engine = Engine::default();
-        cache.load_or_compile(&engine, EMPTY_COMPONENT).unwrap();
+        cache
+            .load_or_compile(&engine, EMPTY_COMPONENT, &sha256_hex(EMPTY_COMPONENT))
+            .unwrap();
         let artifact = std::fs::read_dir(dir.path())
             .unwrap()
             .next()
@@ -150,11 +170,17 @@ mod tests {
             .path();
         std::fs::write(&artifact, b"garbage").unwrap();
         assert_eq!(
-            cache.load_or_compile(&engine, EMPTY_COMPONENT).unwrap().1,
+            cache
+                .load_or_compile(&engine, EMPTY_COMPONENT, &sha256_hex(EMPTY_COMPONENT))
+                .unwrap()
+                .1,
             CacheOutcome::Miss
         );
         assert_eq!(
-            cache.load_or_compile(&engine, EMPTY_COMPONENT).unwrap().1,
+            cache
+                .load_or_compile(&engine, EMPTY_COMPONENT, &sha256_hex(EMPTY_COMPONENT))
+                .unwrap()
+                .1,
             CacheOutcome::Hit
         );
     }

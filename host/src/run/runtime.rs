@@ -85,12 +85,15 @@ impl Runtime {
     /// it, checking that it is a `wasi:http/proxy` whose imports this host
     /// provides. The error says which of those failed, and whether the
     /// bytes are no component at all or a component this host cannot run.
+    /// `sha256` is the bytes' [`sha256_hex`](crate::run::artifacts::sha256_hex),
+    /// which every caller has already.
     pub(crate) fn load_bytes(
         &self,
         wasm: &[u8],
+        sha256: &str,
     ) -> Result<(ProxyPre<RequestState>, CacheOutcome), Rejected> {
         let (component, outcome) = match &self.cache {
-            Some(cache) => cache.load_or_compile(&self.engine, wasm),
+            Some(cache) => cache.load_or_compile(&self.engine, wasm, sha256),
             None => Component::new(&self.engine, wasm)
                 .map(|c| (c, CacheOutcome::Disabled))
                 .map_err(anyhow::Error::from),

@@ -19,11 +19,10 @@ use std::sync::Arc;
 use anyhow::{Result, bail};
 use arc_swap::ArcSwap;
 use semver::Version;
-use sha2::{Digest as _, Sha256};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::base::config::{HostSettings, Slug, Status, TenantSpec};
-use crate::run::artifacts::CacheOutcome;
+use crate::run::artifacts::{CacheOutcome, sha256_hex};
 use crate::run::capabilities::Capabilities;
 use crate::run::runtime::Runtime;
 use crate::run::state::RequestState;
@@ -311,20 +310,13 @@ fn load_one(
         Err(e) => bail!("cannot read it: {e}"),
     };
     let started = std::time::Instant::now();
-    let (pre, outcome) = runtime.load_bytes(&wasm)?;
+    let sha256 = sha256_hex(&wasm);
+    let (pre, outcome) = runtime.load_bytes(&wasm, &sha256)?;
     stats.components += 1;
     match outcome {
         CacheOutcome::Hit => stats.cache_hits += 1,
         CacheOutcome::Miss | CacheOutcome::Disabled => stats.compiled += 1,
     }
     tracing::info!(component = %path.display(), ?outcome, elapsed_ms = started.elapsed().as_millis() as u64, "component ready");
-    Ok((pre, sha256_hex(&wasm), wasm.len() as u64))
-}
-
-/// Lower-case hex SHA-256: how components are named and compared.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Ok((pre, sha256, wasm.len() as u64))
 }

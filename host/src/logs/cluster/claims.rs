@@ -112,29 +112,16 @@ impl Claims {
             return Ok(store.clone());
         }
         let jetstream = async_nats::jetstream::new(self.client.clone());
-        let found = match jetstream.get_key_value(BUCKET).await {
-            Ok(found) => found,
-            Err(_) => {
-                let config = kv::Config {
-                    bucket: BUCKET.to_string(),
-                    description: "mctx-host: log viewers per slug, per host (leases)".to_string(),
-                    history: 1,
-                    // Claims are rewritten while they matter; a key nobody
-                    // wrote for a while is only clutter.
-                    max_age: (self.lease * 4).max(Duration::from_secs(60)),
-                    ..Default::default()
-                };
-                match jetstream.create_key_value(config).await {
-                    Ok(created) => created,
-                    // Another host may have created it meanwhile.
-                    Err(create) => jetstream.get_key_value(BUCKET).await.map_err(|_| {
-                        anyhow!(
-                            "cannot create the key-value bucket {BUCKET:?} (is JetStream enabled: nats-server -js?): {create}"
-                        )
-                    })?,
-                }
-            }
+        let config = kv::Config {
+            bucket: BUCKET.to_string(),
+            description: "mctx-host: log viewers per slug, per host (leases)".to_string(),
+            history: 1,
+            // Claims are rewritten while they matter; a key nobody wrote
+            // for a while is only clutter.
+            max_age: (self.lease * 4).max(Duration::from_secs(60)),
+            ..Default::default()
         };
+        let found = super::key_value_bucket(&jetstream, config).await?;
         *store = Some(found.clone());
         Ok(found)
     }

@@ -117,6 +117,29 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The key-value bucket `config` names: found, or created by the first
+/// host that needs it (hosts racing to create it end up with the same
+/// bucket). Used for the viewer claims and, in `crate::deploy`, the
+/// server list.
+pub(crate) async fn key_value_bucket(
+    jetstream: &async_nats::jetstream::Context,
+    config: async_nats::jetstream::kv::Config,
+) -> Result<async_nats::jetstream::kv::Store> {
+    if let Ok(found) = jetstream.get_key_value(&config.bucket).await {
+        return Ok(found);
+    }
+    let bucket = config.bucket.clone();
+    match jetstream.create_key_value(config).await {
+        Ok(created) => Ok(created),
+        // Another host may have created it meanwhile.
+        Err(create) => jetstream.get_key_value(&bucket).await.map_err(|_| {
+            anyhow::anyhow!(
+                "cannot create the key-value bucket {bucket:?} (is JetStream enabled: nats-server -js?): {create}"
+            )
+        }),
+    }
+}
+
 /// This host's default node name: `{hostname}-{pid}`, unique per process.
 pub(crate) fn default_node_name() -> String {
     format!("{}-{}", hostname(), std::process::id())
