@@ -35,6 +35,18 @@ async fn api(host: &HostProcess, method: &str, path: &str, user: &str, body: Bod
     send(host.addr, method, "localhost", path, &headers, bytes).await
 }
 
+/// `PUT /api/servers/{slug}/versions/{version}` of a sample guest, as `user`.
+async fn put_version(
+    host: &HostProcess,
+    slug: &str,
+    version: &str,
+    user: &str,
+    component: &str,
+) -> Reply {
+    let path = format!("/api/servers/{slug}/versions/{version}");
+    api(host, "PUT", &path, user, Body::Wasm(wasm(component))).await
+}
+
 enum Body {
     None,
     Json(Value),
@@ -58,8 +70,7 @@ async fn server_with(host: &HostProcess, slug: &str, owner: &str, versions: &[&s
     .await;
     assert_eq!(created.status, 201, "{}", created.text());
     for version in versions {
-        let path = format!("/api/servers/{slug}/versions/{version}");
-        let deployed = api(host, "PUT", &path, owner, Body::Wasm(wasm("hello"))).await;
+        let deployed = put_version(host, slug, version, owner, "hello").await;
         assert_eq!(deployed.status, 201, "{}", deployed.text());
     }
 }
@@ -123,14 +134,7 @@ async fn a_deploy_under_load_fails_nothing_and_the_viewer_sees_it() {
     for _ in 0..4 {
         all_going.recv().await.expect("a client got going");
     }
-    let put = api(
-        &host,
-        "PUT",
-        "/api/servers/app/versions/1.1.0",
-        "alice",
-        Body::Wasm(wasm("hello")),
-    )
-    .await;
+    let put = put_version(&host, "app", "1.1.0", "alice", "hello").await;
     assert_eq!(put.status, 201, "{}", put.text());
     deployed.store(true, Ordering::SeqCst);
     let mut answered_after = 0;
@@ -258,7 +262,7 @@ async fn the_api_says_who_may_do_what() {
     )
     .await;
     assert_eq!(forged.status, 401, "{}", forged.text());
-    let stranger = api(&host, "PUT", put_path, "bob", Body::Wasm(wasm("hello"))).await;
+    let stranger = put_version(&host, "app", "1.2.0", "bob", "hello").await;
     assert_eq!(stranger.status, 403, "{}", stranger.text());
     let cookie = format!("session={}", token("alice"));
     let cross_site = send(
@@ -285,14 +289,7 @@ async fn the_api_says_who_may_do_what() {
     let create = Body::Json(json!({ "slug": "mine", "owner": "alice" }));
     let not_admin = api(&host, "POST", "/api/servers", "alice", create).await;
     assert_eq!(not_admin.status, 403, "{}", not_admin.text());
-    let fixed = api(
-        &host,
-        "PUT",
-        "/api/servers/fixed/versions/2.0.0",
-        "alice",
-        Body::Wasm(wasm("hello")),
-    )
-    .await;
+    let fixed = put_version(&host, "fixed", "2.0.0", "alice", "hello").await;
     assert_eq!(fixed.status, 409, "{}", fixed.text());
     assert!(
         fixed.text().contains("tenants.toml"),
@@ -301,23 +298,9 @@ async fn the_api_says_who_may_do_what() {
     );
 
     // Versions are immutable: the same bytes again is a no-op, others 409.
-    let again = api(
-        &host,
-        "PUT",
-        "/api/servers/app/versions/1.0.0",
-        "alice",
-        Body::Wasm(wasm("hello")),
-    )
-    .await;
+    let again = put_version(&host, "app", "1.0.0", "alice", "hello").await;
     assert_eq!(again.status, 200, "{}", again.text());
-    let changed = api(
-        &host,
-        "PUT",
-        "/api/servers/app/versions/1.0.0",
-        "alice",
-        Body::Wasm(wasm("structured_log")),
-    )
-    .await;
+    let changed = put_version(&host, "app", "1.0.0", "alice", "structured_log").await;
     assert_eq!(changed.status, 409, "{}", changed.text());
     assert!(changed.text().contains("immutable"), "{}", changed.text());
 
@@ -480,14 +463,7 @@ async fn deployments_survive_sigkill_mid_upload_and_restarts() {
     );
 
     // A restart restores what the API deployed, as it was.
-    let put = api(
-        &host,
-        "PUT",
-        "/api/servers/app/versions/2.0.0",
-        "alice",
-        Body::Wasm(body),
-    )
-    .await;
+    let put = put_version(&host, "app", "2.0.0", "alice", "hello").await;
     assert_eq!(put.status, 201, "{}", put.text());
     let before = api(&host, "GET", "/api/servers/app", "alice", Body::None)
         .await
@@ -691,28 +667,14 @@ async fn on_a_cluster_a_deploy_reaches_every_host() {
     let mut viewer = b.viewer("app", "type=deploy", "alice").await;
     a.wait_for_cluster(|s| support::watched_elsewhere(s, "app"))
         .await;
-    let put = api(
-        &a,
-        "PUT",
-        "/api/servers/app/versions/1.1.0",
-        "alice",
-        Body::Wasm(wasm("hello")),
-    )
-    .await;
+    let put = put_version(&a, "app", "1.1.0", "alice", "hello").await;
     assert_eq!(put.status, 201, "{}", put.text());
     until_served(&b, "app", Ok("1.1.0")).await;
     let entries = viewer.entries_until(|e| e["type"] == "deploy").await;
     assert_eq!(entries.last().unwrap()["node"], "a");
 
     // Immutable across hosts too.
-    let changed = api(
-        &b,
-        "PUT",
-        "/api/servers/app/versions/1.1.0",
-        "alice",
-        Body::Wasm(wasm("structured_log")),
-    )
-    .await;
+    let changed = put_version(&b, "app", "1.1.0", "alice", "structured_log").await;
     assert_eq!(changed.status, 409, "{}", changed.text());
 
     // A host that joins later catches up before it serves.
