@@ -1,6 +1,7 @@
 //! The JavaScript sample tenant (`guests/js-hello`, componentized with
-//! componentize-js) hosted as a tenant: it answers, and its five console
-//! levels arrive as five entry levels.
+//! componentize-js) hosted as a tenant: it answers, its five console
+//! levels arrive as five entry levels, and a thrown error arrives as the
+//! request's exception with the tenant's function names.
 
 mod support;
 
@@ -53,4 +54,42 @@ async fn console_levels_arrive_as_entry_levels() {
 
     let failed = host.get("localhost", "/t/js/fail").await;
     assert_eq!(failed.status, 500);
+
+    // A thrown error (one host: the 13 MB component compiles once): the
+    // request ends as an exception whose stack names the tenant's functions.
+    let thrown = host.get("localhost", "/t/js/throw").await;
+    assert_eq!(thrown.status, 500);
+    let entries = viewer
+        .request_entries(thrown.header("x-request-id").unwrap())
+        .await;
+    let event = entries.last().unwrap();
+    assert_eq!(
+        (event["outcome"].as_str(), event["status"].as_u64()),
+        (Some("exception"), Some(500)),
+        "{event}"
+    );
+    let exception = &event["exception"];
+    assert_eq!(exception["name"], "TypeError", "{event}");
+    assert!(
+        exception["message"]
+            .as_str()
+            .unwrap()
+            .contains("cart is null"),
+        "{exception}"
+    );
+    let stack: Vec<&str> = exception["stack"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert!(
+        stack[0].starts_with("priceOf (") && stack[1].starts_with("checkout ("),
+        "innermost first, by function name: {stack:?}"
+    );
+    let reported = entries
+        .iter()
+        .find(|e| e["fields"]["exception"].is_object())
+        .expect("the tenant's own line stays an entry");
+    assert_eq!(reported["level"], "error");
 }

@@ -263,3 +263,107 @@ async fn a_sampling_rate_picks_whole_requests_by_id() {
     }
     assert_eq!(events, wanted, "every picked request, whole, in order");
 }
+
+/// Reads a `--format json` tail until the event of request `last`; returns
+/// each request id seen with its entries' types, in arrival order.
+fn requests_until(tail: &TailProcess, last: &str) -> Vec<(String, Vec<String>)> {
+    let mut seen: Vec<(String, Vec<String>)> = Vec::new();
+    loop {
+        let entry: Value = serde_json::from_str(&tail.stdout_line(|_| true)).unwrap();
+        let id = entry["requestId"].as_str().unwrap().to_string();
+        let kind = entry["type"].as_str().unwrap().to_string();
+        match seen.last_mut() {
+            Some((current, kinds)) if *current == id => kinds.push(kind.clone()),
+            _ => seen.push((id.clone(), vec![kind.clone()])),
+        }
+        if kind == "request" && id == last {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_method_and_header_filters_pick_whole_requests() {
+    let misbehave = guest("misbehave");
+    let config = [
+        config(""),
+        tenant_toml("mis", "alice", "active", &[("1.0.0", &misbehave)]),
+    ]
+    .concat();
+    let host = HostProcess::multi(&config, &[]);
+    let base = url(&host);
+    let tail = |slug: &str, filter: &[&str]| {
+        let mut args = vec![slug, "--url", &base, "--format", "json"];
+        args.extend_from_slice(filter);
+        let tail = TailProcess::start(&args, Some(&token("alice")));
+        tail.stderr_line(connected);
+        tail
+    };
+    let errors = tail("mis", &["--status", "error"]);
+    let posts = tail("hello", &["--method", "post"]);
+    let picked = tail("hello", &["--header", "X-Pick: yes"]);
+
+    let id = |reply: support::Reply| reply.header("x-request-id").unwrap().to_string();
+    host.get("mis.localhost", "/").await;
+    let trap1 = id(host.get("mis.localhost", "/trap").await);
+    let trap2 = id(host.request("POST", "mis.localhost", "/trap", &[]).await);
+    let get_yes = id(host
+        .request("GET", "hello.localhost", "/", &[("x-pick", "yes")])
+        .await);
+    let post_no = id(host
+        .request("POST", "hello.localhost", "/", &[("x-pick", "no")])
+        .await);
+    host.get("hello.localhost", "/").await;
+    let post_yes = id(host
+        .request("POST", "hello.localhost", "/", &[("x-pick", "yes")])
+        .await);
+
+    // Each request whole: its lines (held until it ended), then its event.
+    let whole = |kinds: &[String], lines: usize| {
+        kinds.len() > lines
+            && kinds[..kinds.len() - 1].iter().all(|k| k == "log")
+            && kinds.last().unwrap() == "request"
+    };
+    let got = requests_until(&errors, &trap2);
+    let ids: Vec<&str> = got.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, [trap1.as_str(), trap2.as_str()], "only the traps");
+    // "[INFO] about to trap", the panic, the host's trap entry, the event.
+    assert!(got.iter().all(|(_, kinds)| whole(kinds, 3)), "{got:?}");
+
+    let got = requests_until(&posts, &post_yes);
+    let ids: Vec<&str> = got.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, [post_no.as_str(), post_yes.as_str()], "only the POSTs");
+    assert!(
+        got.iter()
+            .all(|(_, kinds)| whole(kinds, 6) && kinds.len() == 7),
+        "{got:?}"
+    );
+
+    let got = requests_until(&picked, &post_yes);
+    let ids: Vec<&str> = got.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [get_yes.as_str(), post_yes.as_str()],
+        "only x-pick: yes"
+    );
+    let event: Value = {
+        // The event carries the headers it was picked by, credentials hidden.
+        let reply = host
+            .request(
+                "GET",
+                "hello.localhost",
+                "/",
+                &[("x-pick", "yes"), ("authorization", "Bearer secret-token")],
+            )
+            .await;
+        let last = id(reply);
+        loop {
+            let entry: Value = serde_json::from_str(&picked.stdout_line(|_| true)).unwrap();
+            if entry["type"] == "request" && entry["requestId"] == last.as_str() {
+                break entry;
+            }
+        }
+    };
+    assert_eq!(event["headers"]["x-pick"], "yes");
+    assert_eq!(event["headers"]["authorization"], "[REDACTED]");
+}

@@ -8,6 +8,9 @@ async function handle(request) {
   console.log(`${request.method} ${url.pathname}`);
   console.info(`Request received: ${request.method} ${url.pathname}${url.search}`);
   console.debug(`Headers: ${JSON.stringify(Object.fromEntries(request.headers))}`);
+  if (url.pathname === "/throw") {
+    return checkout(url.searchParams.get("cart"));
+  }
   if (url.pathname === "/fail") {
     console.error("Request failed: /fail always fails");
     return new Response(JSON.stringify({ error: "failed on purpose" }), {
@@ -26,4 +29,14 @@ async function handle(request) {
   };
   console.info(`Response sent in ${Date.now() - started}ms`);
   return new Response(JSON.stringify(body), { headers: { "content-type": "application/json" } });
+}
+
+// `/throw`: an uncaught error two functions deep, whose stack arrives on the
+// request event (exceptions.js reports it).
+function checkout(cart) {
+  return priceOf(JSON.parse(cart ?? "null"));
+}
+
+function priceOf(cart) {
+  return cart.items.length; // TypeError: cart is null
 }

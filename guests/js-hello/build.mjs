@@ -25,7 +25,8 @@ try {
   }
   await writeFile(join(wit, "world.wit"), "package mctx:js-hello;\n\nworld hello {\n  include wasi:http/proxy@0.2.10;\n}\n");
 
-  const source = [await readFile(join(here, "console-levels.js"), "utf8"), await readFile(join(here, "app.js"), "utf8")].join("\n");
+  const parts = ["exceptions.js", "console-levels.js", "app.js"];
+  const source = (await Promise.all(parts.map((part) => readFile(join(here, part), "utf8")))).join("\n");
   const started = Date.now();
   const { component } = await componentize(source, { witPath: wit, worldName: "hello" });
   await mkdir(dirname(out), { recursive: true });

@@ -111,6 +111,7 @@ pub fn js_guest() -> PathBuf {
             let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
             let sources = [
                 "app.js",
+                "exceptions.js",
                 "console-levels.js",
                 "build.mjs",
                 "package-lock.json",

@@ -79,6 +79,24 @@ pub(crate) struct TailArgs {
     #[arg(skip)]
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 
+    /// Only requests that ended so: `ok` (the guest finished), `error` (an
+    /// exception or a limit), `canceled` (the client left); repeat for more.
+    /// Lines wait in the host until their request ends, then come whole.
+    #[arg(long, value_name = "STATUS", value_parser = crate::logs::wire::StatusClass::parse)]
+    status: Vec<crate::logs::wire::StatusClass>,
+
+    /// Only requests with this method (`POST`); repeat for more. Lines
+    /// come when their request ends.
+    #[arg(long, value_name = "METHOD")]
+    method: Vec<String>,
+
+    /// Only requests with this header (`NAME`) or this value of it
+    /// (`NAME:VALUE`); repeat to require several. Lines come when their
+    /// request ends. Credentials (`authorization`, `cookie`) are never
+    /// shown, so their values cannot be matched.
+    #[arg(long, value_name = "NAME[:VALUE]", value_parser = crate::logs::wire::HeaderMatch::parse)]
+    header: Vec<crate::logs::wire::HeaderMatch>,
+
     /// Only `log` entries, `request` events or `deploy` events.
     #[arg(long = "type", value_parser = ["log", "request", "deploy"])]
     kind: Option<String>,
@@ -167,6 +185,9 @@ impl TailArgs {
             request_id: self.request_id.clone(),
             kind: self.kind.as_deref().and_then(EntryKind::parse),
             sample: self.sampling_rate,
+            statuses: self.status.clone(),
+            methods: self.method.iter().map(|m| m.to_ascii_uppercase()).collect(),
+            headers: self.header.clone(),
         })
     }
 
@@ -283,6 +304,9 @@ mod tests {
             ca_cert: None,
             tls: None,
             sampling_rate: None,
+            status: vec![crate::logs::wire::StatusClass::Error],
+            method: vec!["post".into()],
+            header: vec![crate::logs::wire::HeaderMatch::parse("X-Pick: yes").unwrap()],
         }
     }
 
@@ -290,7 +314,8 @@ mod tests {
     fn the_stream_url_carries_base_path_and_filters() {
         assert_eq!(
             args("http://localhost:8080").stream_url().unwrap(),
-            "ws://localhost:8080/log-stream/my-app?level=warn%2Cerror&search=tool+called&requestId=abc&type=log"
+            "ws://localhost:8080/log-stream/my-app?level=warn%2Cerror&search=tool+called&requestId=abc&type=log\
+             &status=error&method=POST&header=x-pick%3Ayes"
         );
         assert!(
             args("https://h.example/.mctx/")

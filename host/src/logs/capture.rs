@@ -22,7 +22,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::logs::entry::{
-    Level, LogEntry, MAX_MESSAGE_BYTES, RequestMeta, Stream, now_ms, truncate_message,
+    Exception, Level, LogEntry, MAX_MESSAGE_BYTES, RequestMeta, Stream, now_ms, truncate_message,
 };
 use crate::logs::redact::redact;
 use crate::logs::sink::LogSink;
@@ -49,6 +49,68 @@ struct CaptureState {
     /// Bytes written past the budget and dropped.
     dropped: usize,
     finished: bool,
+    /// The last stderr write ended mid-line.
+    stderr_mid_line: bool,
+    /// The guest reported an uncaught exception (a stderr line starting
+    /// with [`EXCEPTION_LINE`]), and what it said, when the line was read.
+    reported: Option<Option<Exception>>,
+}
+
+/// How a guest whose language catches its own errors (a JavaScript runtime
+/// answers 500 instead of trapping) reports one: a line on stderr that is
+/// a JSON object starting with this key, `{"exception":{"name":…,
+/// "message":…,"stack":[…]},…}`. Its request then ends as `exception`,
+/// with that exception on its event (`wit/README.md`).
+pub const EXCEPTION_LINE: &[u8] = b"{\"exception\":";
+
+/// Whether `data`, written to stderr, reports an exception: a line of it
+/// starts with [`EXCEPTION_LINE`]. Cheap enough for every write, so that a
+/// request's outcome does not depend on whether anyone watches it.
+fn reports_exception(data: &[u8], at_line_start: bool) -> bool {
+    (at_line_start && data.starts_with(EXCEPTION_LINE))
+        || data
+            .windows(EXCEPTION_LINE.len() + 1)
+            .any(|w| w[0] == b'\n' && &w[1..] == EXCEPTION_LINE)
+}
+
+/// The exception a reported line carries under `fields.exception`.
+fn reported_exception(entry: &LogEntry) -> Option<Exception> {
+    let exception = entry.fields.as_ref()?.get("exception")?.as_object()?;
+    let text = |key: &str| {
+        exception
+            .get(key)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    let stack = match exception.get("stack") {
+        Some(serde_json::Value::Array(frames)) => frames
+            .iter()
+            .filter_map(|f| f.as_str().map(str::to_string))
+            .collect(),
+        Some(serde_json::Value::String(text)) => text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.trim().to_string())
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some(Exception {
+        name: text("name").unwrap_or_else(|| "Error".into()),
+        message: text("message").unwrap_or_default(),
+        stack,
+    })
+}
+
+impl CaptureState {
+    /// Once a stderr write reported an exception, keeps what the first
+    /// line carrying one says.
+    fn note_exception(&mut self, entries: &[LogEntry]) {
+        if self.reported == Some(None)
+            && let Some(exception) = entries.iter().find_map(reported_exception)
+        {
+            self.reported = Some(Some(exception));
+        }
+    }
 }
 
 /// The unfinished line of one stream.
@@ -160,6 +222,12 @@ impl RequestCapture {
             data = &data[..room];
         }
         state.accepted += data.len();
+        if stream == Stream::Stderr && !data.is_empty() {
+            if state.reported.is_none() && reports_exception(data, !state.stderr_mid_line) {
+                state.reported = Some(None);
+            }
+            state.stderr_mid_line = data.last() != Some(&b'\n');
+        }
         if data.is_empty() || !self.sink.wants(&self.meta.slug) {
             return;
         }
@@ -177,6 +245,9 @@ impl RequestCapture {
             if !part.is_empty() {
                 buffer.push(part);
             }
+        }
+        if stream == Stream::Stderr {
+            state.note_exception(&entries);
         }
         drop(state);
         if !entries.is_empty() {
@@ -223,7 +294,11 @@ impl RequestCapture {
                 Stream::Stderr => &mut state.stderr,
             };
             if !buffer.is_empty() {
-                entries.push(buffer.take_entry(&self.meta, stream, &self.secrets, cut));
+                let entry = buffer.take_entry(&self.meta, stream, &self.secrets, cut);
+                if stream == Stream::Stderr {
+                    state.note_exception(std::slice::from_ref(&entry));
+                }
+                entries.push(entry);
             }
         }
         if state.dropped > 0 {
@@ -260,6 +335,13 @@ impl RequestCapture {
         if self.sink.wants(&self.meta.slug) {
             self.sink.publish(&self.meta.slug, vec![entry]);
         }
+    }
+
+    /// Whether the guest reported an uncaught exception on stderr
+    /// ([`EXCEPTION_LINE`]), with what it said when its line was read
+    /// (lines are read only while someone watches the slug).
+    pub fn reported_exception(&self) -> Option<Option<Exception>> {
+        self.lock().reported.clone()
     }
 
     /// Total bytes the guest wrote, including dropped ones.
@@ -310,6 +392,42 @@ mod tests {
             .iter()
             .map(|e| (e.level, e.message.clone(), e.truncated))
             .collect()
+    }
+
+    #[test]
+    fn a_reported_exception_is_noticed_in_any_write_and_read_from_its_line() {
+        let line = br#"{"exception":{"name":"TypeError","message":"x is null","stack":["f (a.js:1:2)"]},"level":"error","message":"Uncaught TypeError"}"#;
+        let (reader, _) = capture();
+        reader.write(Stream::Stderr, b"[DEBUG] before\n");
+        reader.write(Stream::Stderr, line);
+        reader.write(Stream::Stderr, b"\n");
+        reader.finish();
+        let exception = reader
+            .reported_exception()
+            .flatten()
+            .expect("read from its line");
+        assert_eq!(
+            (exception.name.as_str(), exception.stack.as_slice()),
+            ("TypeError", ["f (a.js:1:2)".to_string()].as_slice())
+        );
+        let (reader, _) = capture();
+        let mut two = b"first\n".to_vec();
+        two.extend_from_slice(line);
+        reader.write(Stream::Stderr, &two);
+        reader.finish();
+        assert!(
+            reader.reported_exception().flatten().is_some(),
+            "second line of a write"
+        );
+        for (stream, text) in [
+            (Stream::Stdout, &line[..]),
+            (Stream::Stderr, &b"say {\"exception\":1}\n"[..]),
+        ] {
+            let (reader, _) = capture();
+            reader.write(stream, text);
+            reader.finish();
+            assert_eq!(reader.reported_exception(), None, "{stream:?}");
+        }
     }
 
     #[test]

@@ -53,6 +53,10 @@ impl LogSink for ConsoleLog {
         self.format != GuestLogFormat::Off
     }
 
+    fn wants_headers(&self, _slug: &str) -> bool {
+        false // the console does not print them
+    }
+
     fn publish(&self, _slug: &str, entries: Vec<LogEntry>) {
         if self.format == GuestLogFormat::Wasmtime {
             return print_as_wasmtime(&entries);

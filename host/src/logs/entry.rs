@@ -261,7 +261,17 @@ pub struct RequestEvent {
     /// What went wrong when the guest trapped (outcome `exception`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exception: Option<Exception>,
+    /// The request's headers, as Cloudflare's tail events carry them:
+    /// names in lower case, repeated ones joined with `, `, credentials
+    /// (`authorization`, `cookie`, `proxy-authorization`) and the tenant's
+    /// secrets shown as `[REDACTED]`. Kept only while someone watches the
+    /// slug; what `--header` filters on.
+    #[serde(default, skip_serializing_if = "RequestHeaders::is_empty")]
+    pub headers: RequestHeaders,
 }
+
+/// A request's headers on its event, in name order.
+pub type RequestHeaders = std::collections::BTreeMap<String, String>;
 
 /// A guest's failure, as Cloudflare's tail events carry it: the kind of
 /// trap, its message, and the guest's functions from the innermost out
@@ -518,6 +528,7 @@ mod tests {
             cpu_ms: 10,
             subrequests: 2,
             exception: None,
+            headers: RequestHeaders::new(),
         };
         let entry = LogEntry::request_event(meta(), event);
         assert_eq!(entry.level, Level::Error);
@@ -550,6 +561,7 @@ mod tests {
             cpu_ms: 1,
             subrequests: 0,
             exception: None,
+            headers: [("x-pick".to_string(), "yes".to_string())].into(),
         };
         let request = LogEntry::request_event(meta(), event.clone());
         for entry in [line, request] {

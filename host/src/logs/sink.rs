@@ -13,6 +13,12 @@ pub trait LogSink: Send + Sync + 'static {
     fn wants(&self, slug: &str) -> bool;
     /// Takes entries of one slug, in the order they were written.
     fn publish(&self, slug: &str, entries: Vec<LogEntry>);
+    /// Whether a request's event should carry its headers: only for a
+    /// reader that shows or filters on them (the log stream), so that a
+    /// console alone does not copy every request's headers.
+    fn wants_headers(&self, slug: &str) -> bool {
+        self.wants(slug)
+    }
 }
 
 /// A sink that discards everything: capture then only counts bytes.
@@ -32,6 +38,10 @@ pub struct Tee(pub Arc<dyn LogSink>, pub Arc<dyn LogSink>);
 impl LogSink for Tee {
     fn wants(&self, slug: &str) -> bool {
         self.0.wants(slug) || self.1.wants(slug)
+    }
+
+    fn wants_headers(&self, slug: &str) -> bool {
+        self.0.wants_headers(slug) || self.1.wants_headers(slug)
     }
 
     fn publish(&self, slug: &str, entries: Vec<LogEntry>) {

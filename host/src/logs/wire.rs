@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::logs::entry::{EntryKind, Level, LogEntry};
+use crate::logs::entry::{EntryKind, Level, LogEntry, Outcome, RequestEvent, RequestHeaders};
 
 /// The most entries one `logs` frame carries (the contract's batch size).
 pub(crate) const MAX_BATCH: usize = 100;
@@ -66,6 +66,91 @@ pub(crate) struct Filter {
     pub(crate) kind: Option<EntryKind>,
     /// Only a sample of the requests: parts per million (`samplingRate`).
     pub(crate) sample: Option<Sample>,
+    /// Only requests that ended so (`status=ok,error`; empty: all).
+    pub(crate) statuses: Vec<StatusClass>,
+    /// Only requests with one of these methods, upper case (empty: all).
+    pub(crate) methods: Vec<String>,
+    /// Only requests carrying every one of these headers.
+    pub(crate) headers: Vec<HeaderMatch>,
+}
+
+/// How a request ended, in `wrangler tail --status`'s three words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StatusClass {
+    /// The guest finished (whatever status it answered).
+    Ok,
+    /// The guest failed: an exception or a limit (CPU, memory, wall time).
+    Error,
+    /// The client went away, before the response or during its body.
+    Canceled,
+}
+
+impl StatusClass {
+    pub(crate) fn of(outcome: Outcome) -> StatusClass {
+        match outcome {
+            Outcome::Ok => StatusClass::Ok,
+            Outcome::Exception
+            | Outcome::ExceededCpu
+            | Outcome::ExceededMemory
+            | Outcome::ExceededWallTime => StatusClass::Error,
+            Outcome::Canceled | Outcome::ResponseStreamDisconnected => StatusClass::Canceled,
+        }
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            StatusClass::Ok => "ok",
+            StatusClass::Error => "error",
+            StatusClass::Canceled => "canceled",
+        }
+    }
+
+    pub(crate) fn parse(name: &str) -> Result<StatusClass, String> {
+        [StatusClass::Ok, StatusClass::Error, StatusClass::Canceled]
+            .into_iter()
+            .find(|class| class.as_str().eq_ignore_ascii_case(name))
+            .ok_or_else(|| format!("unknown status {name:?}: use ok, error or canceled"))
+    }
+}
+
+/// `NAME` (the request has the header) or `NAME:VALUE` (with exactly this
+/// value, surrounding spaces aside); names case-insensitively.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct HeaderMatch {
+    /// Lower case.
+    pub(crate) name: String,
+    pub(crate) value: Option<String>,
+}
+
+impl HeaderMatch {
+    pub(crate) fn parse(text: &str) -> Result<HeaderMatch, String> {
+        let (name, value) = match text.split_once(':') {
+            Some((name, value)) => (name.trim(), Some(value.trim().to_string())),
+            None => (text.trim(), None),
+        };
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(format!("header filter {text:?}: use NAME or NAME:VALUE"));
+        }
+        Ok(HeaderMatch {
+            name: name.to_ascii_lowercase(),
+            value,
+        })
+    }
+
+    fn matches(&self, headers: &RequestHeaders) -> bool {
+        headers.get(&self.name).is_some_and(|value| {
+            self.value
+                .as_deref()
+                .is_none_or(|wanted| value.split(", ").any(|one| one == wanted) || value == wanted)
+        })
+    }
+
+    fn to_query(&self) -> String {
+        match &self.value {
+            Some(value) => format!("{}:{value}", self.name),
+            None => self.name.clone(),
+        }
+    }
 }
 
 /// A sample of requests, decided by request id alone, so that every
@@ -117,6 +202,22 @@ impl Filter {
         *self == Filter::default()
     }
 
+    /// Whether the filter asks how a request ended (its status, method or
+    /// headers, all on its closing event): then its lines wait for that
+    /// event before they can be sent, or not (`hub::held`).
+    pub(crate) fn by_request(&self) -> bool {
+        !self.statuses.is_empty() || !self.methods.is_empty() || !self.headers.is_empty()
+    }
+
+    /// Whether a finished request is one the viewer asked for.
+    pub(crate) fn request_matches(&self, event: &RequestEvent) -> bool {
+        (self.statuses.is_empty() || self.statuses.contains(&StatusClass::of(event.outcome)))
+            && (self.methods.is_empty() || self.methods.contains(&event.method))
+            && self.headers.iter().all(|h| h.matches(&event.headers))
+    }
+
+    /// Whether an entry passes the filters that need nothing but the
+    /// entry (all but [`by_request`](Filter::by_request)'s).
     pub(crate) fn matches(&self, entry: &LogEntry) -> bool {
         (self.levels.is_empty() || self.levels.contains(&entry.level))
             && self.kind.is_none_or(|kind| kind == entry.kind)
@@ -156,7 +257,9 @@ impl Filter {
     }
 
     /// Parses `level=warn,error&search=text&requestId=…&type=log|request|deploy
-    /// &samplingRate=0.1` (unknown parameters are ignored).
+    /// &samplingRate=0.1&status=ok,error,canceled&method=GET,POST
+    /// &header=NAME[:VALUE]` (`header` may repeat; unknown parameters are
+    /// ignored).
     pub(crate) fn from_query(query: &str) -> Result<Filter, String> {
         let mut filter = Filter::default();
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
@@ -171,6 +274,18 @@ impl Filter {
                     filter.kind = Some(kind);
                 }
                 "samplingRate" => filter.sample = Some(Sample::parse(&value)?),
+                "status" => {
+                    for name in value.split(',').filter(|n| !n.is_empty()) {
+                        filter.statuses.push(StatusClass::parse(name)?);
+                    }
+                }
+                "method" => filter.methods.extend(
+                    value
+                        .split(',')
+                        .filter(|m| !m.is_empty())
+                        .map(|m| m.to_ascii_uppercase()),
+                ),
+                "header" => filter.headers.push(HeaderMatch::parse(&value)?),
                 _ => {}
             }
         }
@@ -195,6 +310,16 @@ impl Filter {
         }
         if let Some(sample) = self.sample {
             query.append_pair("samplingRate", &sample.rate().to_string());
+        }
+        if !self.statuses.is_empty() {
+            let names: Vec<&str> = self.statuses.iter().map(|s| s.as_str()).collect();
+            query.append_pair("status", &names.join(","));
+        }
+        if !self.methods.is_empty() {
+            query.append_pair("method", &self.methods.join(","));
+        }
+        for header in &self.headers {
+            query.append_pair("header", &header.to_query());
         }
         query.finish()
     }
@@ -323,5 +448,56 @@ mod tests {
                 .contains("loud")
         );
         assert!(Filter::from_query("type=x").is_err());
+    }
+
+    #[test]
+    fn request_filters_judge_the_closing_event() {
+        let f =
+            Filter::from_query("status=error,Canceled&method=post&header=X-Pick:yes&header=x-any")
+                .unwrap();
+        assert_eq!(f.statuses, [StatusClass::Error, StatusClass::Canceled]);
+        assert_eq!(f.methods, ["POST"]);
+        assert_eq!(Filter::from_query(&f.to_query()).unwrap(), f);
+        assert!(f.by_request() && !Filter::default().by_request());
+        let event = |method: &str, outcome, headers: &[(&str, &str)]| RequestEvent {
+            method: method.into(),
+            path: "/".into(),
+            status: Some(500),
+            outcome,
+            wall_ms: 1,
+            cpu_ms: 1,
+            subrequests: 0,
+            exception: None,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        };
+        let both = [("x-pick", "yes"), ("x-any", "")];
+        assert!(f.request_matches(&event("POST", Outcome::Exception, &both)));
+        assert!(f.request_matches(&event("POST", Outcome::ResponseStreamDisconnected, &both)));
+        assert!(
+            !f.request_matches(&event("POST", Outcome::Ok, &both)),
+            "status"
+        );
+        assert!(
+            !f.request_matches(&event("GET", Outcome::Exception, &both)),
+            "method"
+        );
+        let wrong = [("x-pick", "no"), ("x-any", "1")];
+        assert!(
+            !f.request_matches(&event("POST", Outcome::Exception, &wrong)),
+            "value"
+        );
+        assert!(
+            !f.request_matches(&event("POST", Outcome::Exception, &both[..1])),
+            "name"
+        );
+        assert!(
+            Filter::from_query("status=fine")
+                .unwrap_err()
+                .contains("fine")
+        );
+        assert!(Filter::from_query("header=bad%20name").is_err());
     }
 }

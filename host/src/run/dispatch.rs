@@ -24,12 +24,12 @@ use crate::base::metrics::Metrics;
 use crate::base::refusals::{Refusal, Refusals};
 use crate::base::responses::{Body, busy_response, error_response};
 use crate::logs::capture::RequestCapture;
-use crate::logs::entry::RequestMeta;
+use crate::logs::entry::{RequestHeaders, RequestMeta};
 use crate::logs::sink::LogSink;
 use crate::run::gate;
 use crate::run::limits::{Metered, RequestMeter};
 use crate::run::outbound::{Outbound, OutboundContext, OutboundCounts};
-use crate::run::report::{RequestReport, outcome_response};
+use crate::run::report::{RequestReport, event_headers, outcome_response};
 use crate::run::runtime::Runtime;
 use crate::run::state::RequestState;
 use crate::run::tenants::{Deployment, Tenant};
@@ -188,6 +188,13 @@ impl Dispatcher {
             capture.clone(),
             subrequests.clone(),
         );
+        // Only a watched request's event goes anywhere: copy its headers
+        // for it then, and not on every request.
+        let headers = if self.sink.wants_headers(&capture.meta().slug) {
+            event_headers(request.headers(), capabilities.secrets.values())
+        } else {
+            RequestHeaders::new()
+        };
         let mut report = RequestReport {
             capture: capture.clone(),
             meter: meter.clone(),
@@ -202,6 +209,7 @@ impl Dispatcher {
             status: Arc::new(AtomicU16::new(0)),
             done: false,
             exception: None,
+            headers,
             disconnected: Arc::new(AtomicBool::new(false)),
         };
         let disconnected = report.disconnected.clone();

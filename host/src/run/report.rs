@@ -10,7 +10,10 @@ use http::{Response, StatusCode};
 use crate::base::metrics::{Metrics, RequestDone};
 use crate::base::responses::{Body, error_response};
 use crate::logs::capture::RequestCapture;
-use crate::logs::entry::{Exception, Level, LogEntry, Outcome, RequestEvent};
+use crate::logs::entry::{
+    Exception, Level, LogEntry, Outcome, RequestEvent, RequestHeaders, truncate_message,
+};
+use crate::logs::redact::{REDACTED, redact};
 use crate::run::limits::RequestMeter;
 use crate::run::outbound::OutboundCounts;
 
@@ -31,6 +34,8 @@ pub(crate) struct RequestReport {
     pub(crate) done: bool,
     /// Set when the guest trapped: what and where.
     pub(crate) exception: Option<Exception>,
+    /// The request's headers for its event (empty when nobody watches).
+    pub(crate) headers: RequestHeaders,
     /// Set by the edge when the response body was dropped before its end.
     pub(crate) disconnected: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -38,7 +43,14 @@ pub(crate) struct RequestReport {
 impl RequestReport {
     pub(crate) fn finish(mut self, result: wasmtime::Result<()>) -> Outcome {
         self.done = true;
+        // Flushed first: the guest's last line may be the exception it reports.
+        self.capture.finish();
+        let reported = match &result {
+            Ok(()) => self.capture.reported_exception(),
+            Err(_) => None,
+        };
         let outcome = match &result {
+            Ok(()) if reported.is_some() => Outcome::Exception,
             Ok(()) if self.disconnected.load(Ordering::Relaxed) => {
                 Outcome::ResponseStreamDisconnected
             }
@@ -48,7 +60,8 @@ impl RequestReport {
             Err(_) if self.meter.memory_exceeded() => Outcome::ExceededMemory,
             Err(_) => Outcome::Exception,
         };
-        self.capture.finish();
+        // A guest that reported its own exception said so in its own line.
+        self.exception = reported.flatten();
         match (&result, outcome) {
             (Ok(()), _) => {}
             (Err(_), Outcome::ExceededWallTime) => self.capture.publish_host_entry(
@@ -83,7 +96,7 @@ impl RequestReport {
         outcome
     }
 
-    fn publish_event(&self, outcome: Outcome) {
+    fn publish_event(&mut self, outcome: Outcome) {
         let sent = self.status.load(Ordering::Relaxed);
         let status = match (sent, outcome) {
             (0, Outcome::Canceled) => None,
@@ -99,6 +112,7 @@ impl RequestReport {
             cpu_ms: self.meter.cpu_used().as_millis() as u64,
             subrequests: self.subrequests.made.load(Ordering::Relaxed),
             exception: self.exception.clone(),
+            headers: std::mem::take(&mut self.headers),
         };
         tracing::debug!(?event, "request finished");
         let meta = self.capture.meta();
@@ -202,4 +216,80 @@ pub(crate) fn outcome_response(outcome: Outcome, meter: &RequestMeter) -> Respon
         }
     };
     error_response(outcome_status(outcome), &message)
+}
+
+/// Headers whose values are credentials: never on an event.
+const CREDENTIALS: [http::HeaderName; 3] = [
+    http::header::AUTHORIZATION,
+    http::header::COOKIE,
+    http::header::PROXY_AUTHORIZATION,
+];
+
+/// The most bytes of one header's value an event keeps.
+const MAX_HEADER_VALUE_BYTES: usize = 1024;
+
+/// The most bytes of header values one event keeps in all.
+const MAX_HEADERS_BYTES: usize = 16 * 1024;
+
+/// A request's headers as its event carries them: credentials and the
+/// tenant's secrets redacted, long values cut, the rest left off once
+/// [`MAX_HEADERS_BYTES`] are kept.
+pub(crate) fn event_headers(headers: &http::HeaderMap, secrets: &[String]) -> RequestHeaders {
+    let mut out = RequestHeaders::new();
+    let mut kept = 0;
+    for name in headers.keys() {
+        let value = if CREDENTIALS.contains(name) {
+            REDACTED.to_string()
+        } else {
+            let mut value = headers
+                .get_all(name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let cut = truncate_message(&mut value, MAX_HEADER_VALUE_BYTES);
+            redact(&mut value, secrets, cut);
+            value
+        };
+        kept += name.as_str().len() + value.len();
+        if kept > MAX_HEADERS_BYTES {
+            break;
+        }
+        out.insert(name.as_str().to_string(), value);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_headers_hide_credentials_and_secrets() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("authorization", "Bearer t0ken".parse().unwrap());
+        headers.insert("cookie", "session=abc".parse().unwrap());
+        headers.insert("x-api-key", "key sk-live-1234".parse().unwrap());
+        headers.append("accept", "text/html".parse().unwrap());
+        headers.append("accept", "application/json".parse().unwrap());
+        let event = event_headers(&headers, &["sk-live-1234".to_string()]);
+        assert_eq!(event["authorization"], REDACTED);
+        assert_eq!(event["cookie"], REDACTED);
+        assert_eq!(event["x-api-key"], "key [REDACTED]");
+        assert_eq!(event["accept"], "text/html, application/json");
+        let long = "v".repeat(4000);
+        let mut many = http::HeaderMap::new();
+        for i in 0..40 {
+            many.insert(
+                http::HeaderName::try_from(format!("x-{i:02}")).unwrap(),
+                long.parse().unwrap(),
+            );
+        }
+        let event = event_headers(&many, &[]);
+        assert!(event.values().all(|v| v.len() == MAX_HEADER_VALUE_BYTES));
+        assert_eq!(
+            event.len(),
+            MAX_HEADERS_BYTES / (MAX_HEADER_VALUE_BYTES + 4)
+        );
+    }
 }

@@ -74,6 +74,15 @@ pub(super) async fn run(hub: Arc<SlugHub>) {
 fn deliver_chunk(viewers: &[Arc<ViewerQueue>], chunk: &[LogEntry]) {
     let mut unfiltered: Option<Arc<str>> = None;
     for viewer in viewers {
+        if let Some(released) = viewer.release(chunk) {
+            for part in released.chunks(MAX_BATCH) {
+                viewer.push_logs(
+                    logs_json(&part.iter().collect::<Vec<_>>()),
+                    part.len() as u64,
+                );
+            }
+            continue;
+        }
         let (json, count) = if viewer.filter.is_empty() {
             let all =
                 unfiltered.get_or_insert_with(|| logs_json(&chunk.iter().collect::<Vec<_>>()));

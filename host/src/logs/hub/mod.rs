@@ -29,6 +29,7 @@
 //!   hears when viewer counts change (for the cluster-wide limit).
 
 mod batcher;
+mod held;
 mod remote;
 mod viewer;
 

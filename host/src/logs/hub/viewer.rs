@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use super::held::Held;
 use super::lock;
 use crate::base::metrics::Metrics;
+use crate::logs::entry::LogEntry;
 use crate::logs::wire::{Filter, Frame};
 
 /// What waits in a viewer's queue, in the order it is sent.
@@ -79,6 +81,9 @@ pub(super) struct QueueLimits {
 /// One viewer's bounded queue of frames.
 pub(super) struct ViewerQueue {
     pub(super) filter: Filter,
+    /// Lines waiting for their request's end, when the filter asks how
+    /// requests ended (only the batcher touches it).
+    held: Option<Mutex<Held>>,
     limits: QueueLimits,
     state: Mutex<ViewerState>,
     pub(super) ready: Notify,
@@ -109,6 +114,9 @@ impl ViewerState {
 impl ViewerQueue {
     pub(super) fn new(filter: Filter, limits: QueueLimits, metrics: Option<Arc<Metrics>>) -> Self {
         ViewerQueue {
+            held: filter
+                .by_request()
+                .then(|| Mutex::new(Held::new(limits.entries as usize))),
             filter,
             limits,
             state: Mutex::default(),
@@ -152,6 +160,20 @@ impl ViewerQueue {
         }
         drop(state);
         self.ready.notify_one();
+    }
+
+    /// What of `chunk` this viewer gets now, when its lines wait for their
+    /// request's end (`None`: they do not, filter entry by entry). Lines
+    /// given up while waiting are counted as missed.
+    pub(super) fn release(&self, chunk: &[LogEntry]) -> Option<Vec<LogEntry>> {
+        let (entries, given_up) = lock(self.held.as_ref()?).pass(chunk, &self.filter);
+        if given_up > 0 {
+            if let Some(metrics) = &self.metrics {
+                metrics.entries_dropped("viewer", given_up);
+            }
+            self.push_dropped(given_up);
+        }
+        Some(entries)
     }
 
     /// Entries this viewer will never get (the hub dropped them): reported
