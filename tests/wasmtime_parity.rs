@@ -198,7 +198,7 @@ async fn wasmtime_serve_command_lines_mean_the_same_under_mctx_host() {
                 "--max-concurrent-connections",
                 "64",
                 "--max-instance-reuse-count",
-                "1",
+                "128",
                 "--idle-instance-timeout",
                 "2s",
             ],
@@ -300,7 +300,7 @@ fn unsupported_wasmtime_flags_are_refused_in_one_line_naming_the_flag() {
         &["-S", "nn"],
         &["-W", "fuel=1000"],
         &["-O", "memory-reservation=1048576"],
-        &["--max-instance-reuse-count", "2"],
+        &["--max-instance-concurrent-reuse-count", "2"],
     ];
     for flags in refused {
         let mut args: Vec<std::ffi::OsString> = vec!["serve".into()];

@@ -244,6 +244,10 @@ impl App {
                 let cluster = cluster.clone();
                 Box::new(move || cluster.as_ref().map(Cluster::sample))
             },
+            kept_instances: {
+                let kept = runtime.kept().clone();
+                Box::new(move || (kept.kept(), kept.max()))
+            },
         });
         let connections = Connections::new(Budget::new(
             host.max_connections,
@@ -344,6 +348,11 @@ impl App {
             async move { memory::trim_after_bursts(|| door.dispatcher.in_flight()).await }
                 .instrument(tracing::info_span!("memory")),
         );
+        let live = self.deployments.live().clone();
+        let sweeping = tokio::spawn(
+            async move { crate::run::instances::sweep_every_second(&live).await }
+                .instrument(tracing::info_span!("instances")),
+        );
         let https_port = listener.local_addr()?.port();
         let redirecting = self
             .redirect
@@ -380,6 +389,7 @@ impl App {
         }
         logging.abort();
         trimming.abort();
+        sweeping.abort();
         if let Some(summary) = self.door.refusals.take_summary() {
             tracing::warn!("refused since the last summary: {summary}");
         }

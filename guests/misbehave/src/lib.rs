@@ -13,6 +13,7 @@
 //! | `/stream` | answers 200, then streams a body chunk every 10 ms forever |
 //! | `/tick?lines=N` | writes N lines `tick <unix ns>` stamped as each is written (default 1), for latency measurements |
 //! | `/script` | logs markup (`<script>`, an `onerror` handler) that a viewer must show as text |
+//! | `/counter?tag=T` | answers how many requests this instance has served (state kept in the guest: 1 on a fresh instance) and logs `counter N for T` |
 //! | anything else | answers `ok` |
 
 use std::hint::black_box;
@@ -106,6 +107,14 @@ impl wasip2::exports::http::incoming_handler::Guest for Misbehave {
                     "text/plain",
                     format!("{lines} ticks\n").as_bytes(),
                 );
+            }
+            "/counter" => {
+                // Instance state: survives only when the host reuses instances.
+                static SERVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let served = SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                let tag = guest_kit::query_param(query, "tag").unwrap_or("-");
+                println!("[INFO] counter {served} for {tag}");
+                respond(out, 200, "text/plain", format!("{served}\n").as_bytes());
             }
             "/script" => {
                 println!(

@@ -20,7 +20,7 @@
 //! sees them go stale); everything else is a fixed, small set.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -217,55 +217,25 @@ impl Metrics {
         text
     }
 
-    /// A request that ended.
-    pub(crate) fn request(&self, done: &RequestDone<'_>) {
-        let status = match done.status {
-            None => "none",
-            Some(100..=199) => "1xx",
-            Some(200..=299) => "2xx",
-            Some(300..=399) => "3xx",
-            Some(400..=499) => "4xx",
-            Some(_) => "5xx",
+    /// One tenant version's request metrics: its label values allocated
+    /// and hashed once, when the version serves its first request, rather
+    /// than for every request.
+    pub(crate) fn version(&self, slug: &str, version: &str) -> VersionMetrics {
+        let by_slug = SlugLabel {
+            slug: slug.to_string(),
         };
-        self.requests
-            .get_or_create(&RequestLabels {
-                slug: done.slug.to_string(),
-                version: done.version.to_string(),
-                outcome: done.outcome,
-                status,
-            })
-            .inc();
-        let slug = SlugLabel {
-            slug: done.slug.to_string(),
-        };
-        self.duration
-            .get_or_create(&slug)
-            .observe(done.wall.as_secs_f64());
-        self.cpu
-            .get_or_create(&slug)
-            .observe(done.cpu.as_secs_f64());
-        if done.output_bytes > 0 {
-            self.output_bytes
-                .get_or_create(&slug)
-                .inc_by(done.output_bytes);
-        }
-        if done.capped_bytes > 0 {
-            self.output_capped_bytes
-                .get_or_create(&slug)
-                .inc_by(done.capped_bytes);
-        }
-        for (result, count) in [
-            ("sent", done.outbound_sent),
-            ("refused", done.outbound_refused),
-        ] {
-            if count > 0 {
-                self.outbound
-                    .get_or_create(&OutboundLabels {
-                        slug: done.slug.to_string(),
-                        result,
-                    })
-                    .inc_by(u64::from(count));
-            }
+        VersionMetrics {
+            requests: self.requests.clone(),
+            outbound: self.outbound.clone(),
+            slug: slug.to_string(),
+            version: version.to_string(),
+            counted: Default::default(),
+            duration: self.duration.get_or_create(&by_slug).clone(),
+            cpu: self.cpu.get_or_create(&by_slug).clone(),
+            output_bytes: self.output_bytes.get_or_create(&by_slug).clone(),
+            output_capped_bytes: self.output_capped_bytes.get_or_create(&by_slug).clone(),
+            outbound_sent: OnceLock::new(),
+            outbound_refused: OnceLock::new(),
         }
     }
 
@@ -302,10 +272,95 @@ impl Metrics {
     }
 }
 
-/// The facts of one finished request, for [`Metrics::request`].
-pub(crate) struct RequestDone<'a> {
-    pub(crate) slug: &'a str,
-    pub(crate) version: &'a str,
+/// The outcomes a request ends with, as `mctx_requests_total` labels them.
+const OUTCOMES: [&str; 7] = [
+    "ok",
+    "exception",
+    "exceededCpu",
+    "exceededMemory",
+    "exceededWallTime",
+    "canceled",
+    "responseStreamDisconnected",
+];
+
+/// Status classes, as `mctx_requests_total` labels them.
+const STATUS_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// One tenant version's handles on the request metrics (see
+/// [`Metrics::version`]). A `(outcome, status)` series is created the
+/// first time it happens, so that `/metrics` lists only what occurred.
+#[derive(Debug)]
+pub(crate) struct VersionMetrics {
+    requests: Family<RequestLabels, Counter>,
+    outbound: Family<OutboundLabels, Counter>,
+    slug: String,
+    version: String,
+    counted: [[OnceLock<Counter>; STATUS_CLASSES.len()]; OUTCOMES.len()],
+    duration: Histogram,
+    cpu: Histogram,
+    output_bytes: Counter,
+    output_capped_bytes: Counter,
+    outbound_sent: OnceLock<Counter>,
+    outbound_refused: OnceLock<Counter>,
+}
+
+impl VersionMetrics {
+    /// A request of this version that ended.
+    pub(crate) fn request(&self, done: &RequestDone) {
+        let class = match done.status {
+            None => 0,
+            Some(100..=199) => 1,
+            Some(200..=299) => 2,
+            Some(300..=399) => 3,
+            Some(400..=499) => 4,
+            Some(_) => 5,
+        };
+        let outcome = OUTCOMES
+            .iter()
+            .position(|name| *name == done.outcome)
+            .unwrap_or(0);
+        self.counted[outcome][class]
+            .get_or_init(|| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        slug: self.slug.clone(),
+                        version: self.version.clone(),
+                        outcome: OUTCOMES[outcome],
+                        status: STATUS_CLASSES[class],
+                    })
+                    .clone()
+            })
+            .inc();
+        self.duration.observe(done.wall.as_secs_f64());
+        self.cpu.observe(done.cpu.as_secs_f64());
+        if done.output_bytes > 0 {
+            self.output_bytes.inc_by(done.output_bytes);
+        }
+        if done.capped_bytes > 0 {
+            self.output_capped_bytes.inc_by(done.capped_bytes);
+        }
+        for (result, count, counter) in [
+            ("sent", done.outbound_sent, &self.outbound_sent),
+            ("refused", done.outbound_refused, &self.outbound_refused),
+        ] {
+            if count > 0 {
+                counter
+                    .get_or_init(|| {
+                        self.outbound
+                            .get_or_create(&OutboundLabels {
+                                slug: self.slug.clone(),
+                                result,
+                            })
+                            .clone()
+                    })
+                    .inc_by(u64::from(count));
+            }
+        }
+    }
+}
+
+/// The facts of one finished request, for [`VersionMetrics::request`].
+pub(crate) struct RequestDone {
     pub(crate) outcome: &'static str,
     pub(crate) status: Option<u16>,
     pub(crate) wall: Duration,
@@ -326,6 +381,8 @@ pub(crate) struct Sampled {
     pub(crate) stream_refusals: Box<dyn Fn() -> Vec<(u16, u64)> + Send + Sync>,
     /// On a cluster: link up, entries sent, unsent, received, missed.
     pub(crate) cluster: Box<dyn Fn() -> Option<ClusterSample> + Send + Sync>,
+    /// Instances kept for reuse host-wide, and the most that may be.
+    pub(crate) kept_instances: Box<dyn Fn() -> (usize, usize) + Send + Sync>,
 }
 
 /// The cluster link, sampled.
@@ -395,6 +452,27 @@ impl Collector for Sampled {
         for (status, count) in (self.stream_refusals)() {
             ConstCounter::new(count).encode(family.encode_family(&StatusLabel { status })?)?;
         }
+        let (kept, max) = (self.kept_instances)();
+        for (name, help, value) in [
+            (
+                "instances_kept",
+                "Instances kept between requests for reuse (instance_reuse), host-wide",
+                kept,
+            ),
+            (
+                "instances_kept_max",
+                "The most instances the host keeps for reuse at once",
+                max,
+            ),
+        ] {
+            let gauge = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            ConstGauge::new(value as i64).encode(gauge)?;
+        }
         if let Some(cluster) = (self.cluster)() {
             let up = encoder.encode_descriptor(
                 "cluster_link_up",
@@ -420,5 +498,54 @@ impl Collector for Sampled {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(outcome: &'static str, status: Option<u16>, sent: u32) -> RequestDone {
+        RequestDone {
+            outcome,
+            status,
+            wall: Duration::from_millis(3),
+            cpu: Duration::from_millis(1),
+            output_bytes: 10,
+            capped_bytes: 0,
+            outbound_sent: sent,
+            outbound_refused: 0,
+        }
+    }
+
+    #[test]
+    fn a_versions_handles_count_into_the_shared_families() {
+        let metrics = Metrics::new();
+        let v1 = metrics.version("s", "1.0.0");
+        let again = metrics.version("s", "1.0.0");
+        v1.request(&done("ok", Some(200), 0));
+        again.request(&done("ok", Some(204), 2));
+        v1.request(&done("exceededCpu", Some(503), 0));
+        let text = metrics.render();
+        let has = |line: &str| text.lines().any(|l| l == line);
+        assert!(
+            has(r#"mctx_requests_total{slug="s",version="1.0.0",outcome="ok",status="2xx"} 2"#),
+            "{text}"
+        );
+        assert!(has(
+            r#"mctx_requests_total{slug="s",version="1.0.0",outcome="exceededCpu",status="5xx"} 1"#
+        ));
+        assert!(
+            has(r#"mctx_outbound_requests_total{slug="s",result="sent"} 2"#),
+            "{text}"
+        );
+        assert!(
+            has(r#"mctx_request_duration_seconds_count{slug="s"} 3"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"outcome="canceled""#),
+            "only what happened is listed"
+        );
     }
 }

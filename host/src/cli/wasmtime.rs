@@ -62,15 +62,16 @@ pub(crate) struct WasmtimeFlags {
     /// Print the component's output lines as they are, without a prefix.
     #[arg(long)]
     pub(crate) no_logging_prefix: bool,
-    /// Requests one instance serves before it is dropped: 1 is honoured (every request gets a
-    /// fresh instance); more is refused for now.
+    /// Requests one instance serves, one after another, before it is dropped (1: a fresh
+    /// instance for every request, the default). Only an instance whose request ended well is
+    /// reused, and never across tenants or versions. In a tenants file: `[host] instance_reuse`.
     #[arg(long, value_name = "N")]
     max_instance_reuse_count: Option<u32>,
     /// Concurrent requests per instance: 1 is honoured; more is refused for now.
     #[arg(long, value_name = "N")]
     max_instance_concurrent_reuse_count: Option<u32>,
-    /// How long an idle instance is kept for reuse: accepted; with one request per instance
-    /// there is nothing to keep, as in wasmtime.
+    /// How long an instance kept for reuse waits for its next request before it is dropped
+    /// (default 1s). In a tenants file: `[host] idle_instance_timeout_ms`.
     #[arg(long, value_name = "DURATION")]
     idle_instance_timeout: Option<String>,
     /// `name: value`: replace or add this header on every request before the component sees it
@@ -278,13 +279,10 @@ impl WasmtimeFlags {
             }
         }
         match self.max_instance_reuse_count {
-            None | Some(1) => {}
-            Some(_) => {
-                return Err(refuse(
-                    "--max-instance-reuse-count above 1",
-                    "every request gets a fresh instance (reuse is planned)",
-                ));
-            }
+            None => {}
+            Some(0) => bail!("--max-instance-reuse-count must be at least 1"),
+            // Every tenant's default (a tenant's own `instance_reuse` wins).
+            Some(n) => config.host.instance_reuse = n,
         }
         match self.max_instance_concurrent_reuse_count {
             None | Some(1) => {}
@@ -296,7 +294,9 @@ impl WasmtimeFlags {
             }
         }
         if let Some(timeout) = &self.idle_instance_timeout {
-            duration("--idle-instance-timeout", timeout)?;
+            let idle = duration("--idle-instance-timeout", timeout)?;
+            config.host.idle_instance_timeout_ms =
+                u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
         }
         if let Some(n) = self.max_concurrent_connections {
             config.host.max_connections = Some(n.max(1));

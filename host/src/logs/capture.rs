@@ -26,7 +26,7 @@ use crate::logs::entry::{
 };
 use crate::logs::redact::redact;
 use crate::logs::sink::LogSink;
-pub use crate::logs::stdio::CaptureStream;
+pub use crate::logs::stdio::{CaptureStream, OutputTarget};
 
 /// How many bytes of output one request may write before the rest is dropped.
 pub const OUTPUT_BUDGET_BYTES: usize = 256 * 1024;
@@ -194,10 +194,11 @@ impl RequestCapture {
         &self.meta
     }
 
-    /// The guest's stdout or stderr for this request.
-    pub fn stream(self: &Arc<Self>, stream: Stream) -> CaptureStream {
+    /// The guest's stdout or stderr for this request (and, through
+    /// `target`, whichever request follows on the same instance).
+    pub fn stream(target: &Arc<OutputTarget>, stream: Stream) -> CaptureStream {
         CaptureStream {
-            capture: self.clone(),
+            target: target.clone(),
             stream,
         }
     }
@@ -328,6 +329,11 @@ impl RequestCapture {
             let entry = LogEntry::from_host(self.meta.clone(), level, message);
             self.sink.publish(&self.meta.slug, vec![entry]);
         }
+    }
+
+    /// Whether anyone reads this request's entries now.
+    pub fn wanted(&self) -> bool {
+        self.sink.wants(&self.meta.slug)
     }
 
     /// Publishes an entry built elsewhere (the request event).

@@ -19,10 +19,24 @@ use crate::logs::entry::Stream;
 /// A guest's stdout or stderr. Cheap to clone: the guest may open its stdout
 /// many times (Rust's std does so per write) and every handle shares one
 /// line buffer.
+///
+/// It writes to whichever request the instance serves *now*: an instance
+/// kept for reuse holds its stdout handle from one request to the next,
+/// so the capture it reaches is swapped when a request begins
+/// ([`OutputTarget`]).
 #[derive(Clone)]
 pub struct CaptureStream {
-    pub(crate) capture: Arc<RequestCapture>,
+    pub(crate) target: Arc<OutputTarget>,
     pub(crate) stream: Stream,
+}
+
+/// The capture an instance's output goes to: the request it serves.
+pub type OutputTarget = arc_swap::ArcSwap<RequestCapture>;
+
+impl CaptureStream {
+    fn write_now(&self, bytes: &[u8]) {
+        self.target.load().write(self.stream, bytes);
+    }
 }
 
 impl IsTerminal for CaptureStream {
@@ -43,7 +57,7 @@ impl StdoutStream for CaptureStream {
 
 impl OutputStream for CaptureStream {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.capture.write(self.stream, &bytes);
+        self.write_now(&bytes);
         Ok(())
     }
 
@@ -69,7 +83,7 @@ impl AsyncWrite for CaptureStream {
         _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.capture.write(self.stream, buf);
+        self.write_now(buf);
         Poll::Ready(Ok(buf.len()))
     }
 

@@ -80,6 +80,8 @@ impl Capabilities {
             body_bytes: spec
                 .max_request_body_bytes
                 .unwrap_or(host.max_request_body_bytes),
+            reuse: spec.instance_reuse.unwrap_or(host.instance_reuse).max(1),
+            idle: Duration::from_millis(host.idle_instance_timeout_ms),
         };
         let pool = host.max_concurrent_requests.max(1);
         let fair_share = if tenants <= 1 {

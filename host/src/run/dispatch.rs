@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 
+use futures_util::FutureExt as _;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
@@ -24,7 +25,7 @@ use crate::base::metrics::Metrics;
 use crate::base::refusals::{Refusal, Refusals};
 use crate::base::responses::{Body, busy_response, error_response};
 use crate::logs::capture::RequestCapture;
-use crate::logs::entry::{RequestHeaders, RequestMeta};
+use crate::logs::entry::{Outcome, RequestHeaders, RequestMeta};
 use crate::logs::sink::LogSink;
 use crate::run::gate;
 use crate::run::limits::{Metered, RequestMeter};
@@ -115,7 +116,10 @@ impl Dispatcher {
             HeaderValue::from_str(&deployment.version_label)
                 .expect("versions are valid header values"),
         );
-        let span = tracing::info_span!(
+        // At debug level: an enabled span is formatted for every request
+        // (its fields kept as text), measured at about 2 % of a reused
+        // instance's throughput. `RUST_LOG=mctx_host=debug` turns it on.
+        let span = tracing::debug_span!(
             "request",
             slug,
             version = %deployment.version_label,
@@ -199,7 +203,15 @@ impl Dispatcher {
             capture: capture.clone(),
             meter: meter.clone(),
             subrequests,
-            metrics: self.metrics.clone(),
+            metrics: deployment
+                .metrics
+                .get_or_init(|| {
+                    Arc::new(
+                        self.metrics
+                            .version(tenant.slug.as_str(), &deployment.version_label),
+                    )
+                })
+                .clone(),
             method: request.method().to_string(),
             path: request
                 .uri()
@@ -214,24 +226,34 @@ impl Dispatcher {
         };
         let disconnected = report.disconnected.clone();
 
-        let mut store = Store::new(
-            self.runtime.engine(),
-            RequestState::new(capture, capabilities, meter.clone(), outbound),
-        );
-        store.limiter(|state| state.limiter());
+        // A kept instance of this version if the tenant reuses them, else
+        // a fresh store to instantiate in.
+        let kept = (limits.reuse > 1)
+            .then(|| deployment.kept.take(limits.idle))
+            .flatten();
+        let (mut store, proxy, served) = match kept {
+            Some(warm) => {
+                let mut store = warm.store;
+                store.data_mut().begin(capture, meter.clone(), outbound);
+                (store, Some(warm.proxy), warm.served)
+            }
+            None => (
+                self.new_store(RequestState::new(
+                    capture,
+                    capabilities,
+                    meter.clone(),
+                    outbound,
+                )),
+                None,
+                0,
+            ),
+        };
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|ctx| {
-            Ok(if ctx.data().meter().check_cpu() {
-                UpdateDeadline::Interrupt
-            } else {
-                UpdateDeadline::Yield(1)
-            })
-        });
 
         // The guest hands its response head to this callback; the status is
         // kept for the request event, which is published when the guest
         // finishes (possibly long after, if it streams the body).
-        let (response_tx, response_rx) = oneshot::channel();
+        let (response_tx, mut response_rx) = oneshot::channel();
         let status = report.status.clone();
         let on_response = move |response: Result<Response<_>, _>| {
             let code = response.as_ref().map_or(500, |r| r.status().as_u16());
@@ -278,16 +300,23 @@ impl Dispatcher {
             return error_response(StatusCode::SERVICE_UNAVAILABLE, "the host is shutting down");
         };
         let pre = deployment.pre.clone();
-        let task = tokio::spawn(
+        let pool = deployment.kept.clone();
+        let budget = self.runtime.kept().clone();
+        let (reuse, max_idle) = (limits.reuse, capabilities.gate.max_concurrent());
+        let mut guest = Box::pin(
             async move {
                 let _slots = (slot, tenant_slot);
                 let meter = report.meter.clone();
                 let guest = Metered::new(meter.clone(), async move {
-                    let proxy = pre.instantiate_async(&mut store).await?;
+                    let proxy = match proxy {
+                        Some(proxy) => proxy,
+                        None => pre.instantiate_async(&mut store).await?,
+                    };
                     proxy
                         .wasi_http_incoming_handler()
                         .call_handle(&mut store, guest_request, response_out)
-                        .await
+                        .await?;
+                    Ok((store, proxy))
                 });
                 // Past the deadline the guest is dropped mid-call: stopped.
                 let result = match tokio::time::timeout_at(deadline, guest).await {
@@ -297,55 +326,113 @@ impl Dispatcher {
                         Err(wasmtime::format_err!("stopped at the wall-clock limit"))
                     }
                 };
-                report.finish(result)
+                let (result, instance) = match result {
+                    Ok(instance) => (Ok(()), Some(instance)),
+                    Err(e) => (Err(e), None),
+                };
+                report.finish(result, |outcome| {
+                    // Only an instance whose request went well serves
+                    // another: after a trap, a limit or a cancel it is
+                    // dropped here.
+                    if let Some((store, proxy)) = instance
+                        && outcome == Outcome::Ok
+                    {
+                        pool.put(&budget, store, proxy, served + 1, reuse, max_idle);
+                    }
+                })
             }
             .in_current_span(),
         );
-        // If the client goes away before the response head, stop the guest.
-        let mut abort_guard = AbortOnDrop(Some(task.abort_handle()));
-
-        let response = match response_rx.await {
-            Ok(Ok(response)) => {
+        // The guest runs here, in the connection's task, until it sends its
+        // response head: no task to spawn and no other thread to wake for
+        // most requests, whose guests are done by then. A guest still
+        // running after its head (streaming a body) is handed to a task of
+        // its own. If the client goes away before the head, this future is
+        // dropped, and the guest with it: stopped, reported `canceled`.
+        let first = tokio::select! {
+            biased;
+            head = &mut response_rx => First::Head(head),
+            outcome = &mut guest => First::Ended(outcome),
+        };
+        let head = match first {
+            First::Head(Ok(head)) => {
+                // Answered: a guest still running (streaming its body) goes
+                // on in a task of its own.
+                if guest.as_mut().now_or_never().is_none() {
+                    tokio::spawn(guest);
+                }
+                head
+            }
+            First::Ended(outcome) => match response_rx.try_recv() {
+                Ok(head) => head,
+                Err(_) => {
+                    let response = outcome_response(outcome, &meter);
+                    return finish_response(
+                        response,
+                        &too_large,
+                        &self.refusals,
+                        limits.body_bytes,
+                    );
+                }
+            },
+            // Dropped unsent: the guest is ending (or died) without an answer.
+            First::Head(Err(_)) => {
+                let response = outcome_response(guest.await, &meter);
+                return finish_response(response, &too_large, &self.refusals, limits.body_bytes);
+            }
+        };
+        let response = match head {
+            Ok(response) => {
                 let mut response = response.map(|body| body.boxed_unsync());
                 response
                     .extensions_mut()
                     .insert(crate::base::transport::BodyWatch(disconnected));
                 response
             }
-            Ok(Err(code)) => error_response(
+            Err(code) => error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &format!("the tenant answered with an error: {code:?}"),
             ),
-            // The guest returned or died without sending a response.
-            Err(_) => match task.await {
-                Ok(outcome) => outcome_response(outcome, &meter),
-                Err(e) => {
-                    tracing::error!("request task failed: {e}");
-                    error_response(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal error in the host",
-                    )
-                }
-            },
         };
-        // From here on the guest may still be streaming the body: let it.
-        abort_guard.0 = None;
-        if too_large.load(Ordering::Relaxed) {
-            self.refusals.count(Refusal::BodyTooLarge);
-            return body_too_large(limits.body_bytes);
-        }
-        response
+        finish_response(response, &too_large, &self.refusals, limits.body_bytes)
     }
 }
 
-/// Aborts a task when dropped, unless its handle was taken out first.
-struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+/// What happened first while the guest ran: it sent its response head, or
+/// it ended.
+enum First<H> {
+    Head(Result<H, oneshot::error::RecvError>),
+    Ended(Outcome),
+}
 
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(handle) = self.0.take() {
-            handle.abort();
-        }
+/// The response, unless the guest read past the body limit: then 413.
+fn finish_response(
+    response: Response<Body>,
+    too_large: &AtomicBool,
+    refusals: &Refusals,
+    limit: u64,
+) -> Response<Body> {
+    if too_large.load(Ordering::Relaxed) {
+        refusals.count(Refusal::BodyTooLarge);
+        return body_too_large(limit);
+    }
+    response
+}
+
+impl Dispatcher {
+    /// A store for a fresh instance: its memory limiter and the epoch
+    /// callback that enforces the CPU limit of whichever request it serves.
+    fn new_store(&self, state: RequestState) -> Store<RequestState> {
+        let mut store = Store::new(self.runtime.engine(), state);
+        store.limiter(|state| state.limiter());
+        store.epoch_deadline_callback(|ctx| {
+            Ok(if ctx.data().meter().check_cpu() {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
+        store
     }
 }
 

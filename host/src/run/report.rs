@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 use http::{Response, StatusCode};
 
-use crate::base::metrics::{Metrics, RequestDone};
+use crate::base::metrics::{RequestDone, VersionMetrics};
 use crate::base::responses::{Body, error_response};
 use crate::logs::capture::RequestCapture;
 use crate::logs::entry::{
@@ -25,7 +25,7 @@ pub(crate) struct RequestReport {
     pub(crate) meter: Arc<RequestMeter>,
     /// Outbound calls the guest made.
     pub(crate) subrequests: Arc<OutboundCounts>,
-    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<VersionMetrics>,
     pub(crate) method: String,
     /// The path the guest saw.
     pub(crate) path: String,
@@ -41,7 +41,15 @@ pub(crate) struct RequestReport {
 }
 
 impl RequestReport {
-    pub(crate) fn finish(mut self, result: wasmtime::Result<()>) -> Outcome {
+    /// Reports how the request ended. `before_event` runs once the outcome
+    /// is known and before the request event goes out: whoever sees the
+    /// event then sees what it did (an instance back in its pool, ready
+    /// for the next request).
+    pub(crate) fn finish(
+        mut self,
+        result: wasmtime::Result<()>,
+        before_event: impl FnOnce(Outcome),
+    ) -> Outcome {
         self.done = true;
         // Flushed first: the guest's last line may be the exception it reports.
         self.capture.finish();
@@ -92,6 +100,7 @@ impl RequestReport {
         if let Err(e) = &result {
             tracing::debug!(outcome = outcome.as_str(), "guest failed: {e:#}");
         }
+        before_event(outcome);
         self.publish_event(outcome);
         outcome
     }
@@ -103,34 +112,36 @@ impl RequestReport {
             (0, outcome) => Some(outcome_status(outcome).as_u16()),
             (sent, _) => Some(sent),
         };
-        let event = RequestEvent {
-            method: self.method.clone(),
-            path: self.path.clone(),
-            status,
-            outcome,
-            wall_ms: self.meter.wall().as_millis() as u64,
-            cpu_ms: self.meter.cpu_used().as_millis() as u64,
-            subrequests: self.subrequests.made.load(Ordering::Relaxed),
-            exception: self.exception.clone(),
-            headers: std::mem::take(&mut self.headers),
-        };
-        tracing::debug!(?event, "request finished");
-        let meta = self.capture.meta();
         let made = self.subrequests.made.load(Ordering::Relaxed);
         let refused = self.subrequests.refused.load(Ordering::Relaxed);
         let (written, capped) = self.capture.output_bytes();
+        let (wall, cpu) = (self.meter.wall(), self.meter.cpu_used());
         self.metrics.request(&RequestDone {
-            slug: &meta.slug,
-            version: &meta.version,
             outcome: outcome.as_str(),
             status,
-            wall: self.meter.wall(),
-            cpu: self.meter.cpu_used(),
+            wall,
+            cpu,
             output_bytes: written as u64,
             capped_bytes: capped as u64,
             outbound_sent: made.saturating_sub(refused),
             outbound_refused: refused,
         });
+        // The event is built only for someone to read it.
+        if !self.capture.wanted() && !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
+        let event = RequestEvent {
+            method: std::mem::take(&mut self.method),
+            path: std::mem::take(&mut self.path),
+            status,
+            outcome,
+            wall_ms: wall.as_millis() as u64,
+            cpu_ms: cpu.as_millis() as u64,
+            subrequests: made,
+            exception: self.exception.take(),
+            headers: std::mem::take(&mut self.headers),
+        };
+        tracing::debug!(?event, "request finished");
         self.capture
             .publish_entry(LogEntry::request_event(self.capture.meta().clone(), event));
     }

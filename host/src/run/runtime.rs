@@ -7,6 +7,7 @@
 //! pooling allocator takes microseconds.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::run::artifacts::{ArtifactCache, CacheOutcome};
+use crate::run::instances::Budget;
 use crate::run::state::RequestState;
 
 /// How often the epoch advances. The CPU limit is enforced at this
@@ -39,12 +41,24 @@ pub(crate) struct RuntimeSettings {
     pub(crate) pool_overrides: Vec<(String, u64)>,
 }
 
+impl RuntimeSettings {
+    /// Instances kept for reuse, host-wide at most: a quarter of the
+    /// requests in flight (at least 16). The instance pool holds them on
+    /// top of the requests in flight, so keeping them never starves a
+    /// request of a fresh instance.
+    pub(crate) fn max_kept_instances(&self) -> u32 {
+        (self.max_concurrent_requests / 4).max(16)
+    }
+}
+
 /// The engine, the linker and the artifact cache.
 pub(crate) struct Runtime {
     engine: Engine,
     linker: Linker<RequestState>,
     cache: Option<ArtifactCache>,
     settings: RuntimeSettings,
+    /// Instances kept for reuse, host-wide (`run::instances`).
+    kept: Arc<Budget>,
     _ticker: EpochTicker,
 }
 
@@ -68,6 +82,7 @@ impl Runtime {
             engine,
             linker,
             cache,
+            kept: Budget::new(settings.max_kept_instances() as usize),
             settings,
             _ticker: ticker,
         })
@@ -75,6 +90,11 @@ impl Runtime {
 
     pub(crate) fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The host-wide budget of instances kept for reuse.
+    pub(crate) fn kept(&self) -> &Arc<Budget> {
+        &self.kept
     }
 
     pub(crate) fn settings(&self) -> &RuntimeSettings {
@@ -177,7 +197,10 @@ fn build_engine(settings: &RuntimeSettings) -> Result<Engine> {
 
 /// Sizes the instance pool from the request concurrency and memory limit.
 fn pool_config(settings: &RuntimeSettings) -> PoolingAllocationConfig {
-    let n = settings.max_concurrent_requests.max(1);
+    let n = settings
+        .max_concurrent_requests
+        .max(1)
+        .saturating_add(settings.max_kept_instances());
     let mut pool = PoolingAllocationConfig::default();
     // A component is several core instances (the guest, its WASI shims); a
     // Rust guest uses 2-5, a JavaScript runtime more.

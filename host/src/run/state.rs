@@ -8,7 +8,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::logs::capture::RequestCapture;
+use crate::logs::capture::{OutputTarget, RequestCapture};
 use crate::logs::entry::Stream;
 use crate::run::capabilities::Capabilities;
 use crate::run::limits::{MemoryLimiter, RequestMeter};
@@ -21,7 +21,8 @@ pub(crate) struct RequestState {
     table: ResourceTable,
     limiter: MemoryLimiter,
     meter: Arc<RequestMeter>,
-    capture: Arc<RequestCapture>,
+    /// Where stdout and stderr go: the capture of the request being served.
+    output: Arc<OutputTarget>,
     /// Every outbound HTTP call goes through here (`run::outbound`).
     outbound: Outbound,
 }
@@ -37,9 +38,10 @@ impl RequestState {
         meter: Arc<RequestMeter>,
         outbound: Outbound,
     ) -> Self {
+        let output = Arc::new(OutputTarget::new(capture));
         let mut wasi = WasiCtx::builder();
-        wasi.stdout(capture.stream(Stream::Stdout))
-            .stderr(capture.stream(Stream::Stderr));
+        wasi.stdout(RequestCapture::stream(&output, Stream::Stdout))
+            .stderr(RequestCapture::stream(&output, Stream::Stderr));
         if !capabilities.env.is_empty() {
             wasi.envs(&capabilities.env);
         }
@@ -56,13 +58,29 @@ impl RequestState {
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(capabilities.limits.memory_bytes, meter.clone()),
             meter,
-            capture,
+            output,
             outbound,
         }
     }
 
-    pub(crate) fn capture(&self) -> &RequestCapture {
-        &self.capture
+    /// Points a kept instance's state at the next request it serves: its
+    /// output, its limits' meter, its outbound calls. What the guest keeps
+    /// in its own memory stays (that is what reuse is); nothing of the
+    /// previous request's host side does.
+    pub(crate) fn begin(
+        &mut self,
+        capture: Arc<RequestCapture>,
+        meter: Arc<RequestMeter>,
+        outbound: Outbound,
+    ) {
+        self.output.store(capture);
+        self.limiter.set_meter(meter.clone());
+        self.meter = meter;
+        self.outbound = outbound;
+    }
+
+    pub(crate) fn capture(&self) -> arc_swap::Guard<Arc<RequestCapture>> {
+        self.output.load()
     }
 
     pub(crate) fn limiter(&mut self) -> &mut MemoryLimiter {

@@ -24,6 +24,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use crate::base::config::{HostSettings, Slug, Status, TenantSpec};
 use crate::run::artifacts::{CacheOutcome, sha256_hex};
 use crate::run::capabilities::Capabilities;
+use crate::run::instances::InstancePool;
 use crate::run::runtime::Runtime;
 use crate::run::state::RequestState;
 /// Which of a tenant's versions a request asks for.
@@ -67,6 +68,11 @@ pub(crate) struct Deployment {
     pub(crate) version_label: String,
     pub(crate) pre: ProxyPre<RequestState>,
     pub(crate) provenance: Provenance,
+    /// Instances of this version kept for reuse (empty unless the tenant
+    /// sets `instance_reuse` above 1).
+    pub(crate) kept: Arc<InstancePool>,
+    /// Its request metrics, looked up on its first request.
+    pub(crate) metrics: std::sync::OnceLock<Arc<crate::base::metrics::VersionMetrics>>,
 }
 
 /// Where a deployed component came from: what the deploy API reports.
@@ -132,6 +138,8 @@ impl Deployment {
             version,
             pre,
             provenance,
+            kept: Arc::default(),
+            metrics: std::sync::OnceLock::new(),
         }
     }
 }

@@ -55,6 +55,13 @@ pub struct HostSettings {
     /// tenant, else half of it, so no tenant can take every instance (a
     /// tenant may set its own).
     pub max_concurrent_per_tenant: Option<u32>,
+    /// Requests one instance serves, one after another, before it is
+    /// dropped (`wasmtime serve --max-instance-reuse-count`); 1: a fresh
+    /// instance for every request. A tenant may set its own.
+    pub instance_reuse: u32,
+    /// How long an instance kept for reuse may wait for its next request
+    /// before it is dropped (`--idle-instance-timeout`).
+    pub idle_instance_timeout_ms: u64,
     /// Where servers deployed through the API live (components and the
     /// server list); `None`: `$XDG_DATA_HOME/mctx-host`, else
     /// `~/.local/share/mctx-host`.
@@ -90,6 +97,8 @@ impl Default for HostSettings {
             request_timeout_ms: 60_000,
             max_request_body_bytes: 16 << 20,
             max_concurrent_per_tenant: None,
+            instance_reuse: 1,
+            idle_instance_timeout_ms: 1000,
             state_dir: None,
             slug_cooling_off_days: 7,
             max_component_bytes: 64 << 20,
@@ -110,6 +119,12 @@ impl HostSettings {
                 "[host] base_domain {:?} is not a domain name",
                 self.base_domain
             ));
+        }
+        if self.instance_reuse == 0 {
+            problems.push(
+                "[host] instance_reuse must be at least 1 (1: a fresh instance per request)"
+                    .to_string(),
+            );
         }
         if self.cpu_limit_ms == 0 {
             problems.push("[host] cpu_limit_ms must be at least 1".to_string());

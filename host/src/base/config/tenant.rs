@@ -116,6 +116,8 @@ pub struct TenantSpec {
     /// Requests waiting for one of this tenant's slots; past it they get 503
     /// at once. `None`: as many as `max_concurrent`.
     pub max_queued: Option<u32>,
+    /// Overrides `[host] instance_reuse` for this tenant.
+    pub instance_reuse: Option<u32>,
     pub outbound: OutboundSpec,
     /// Environment variables the guest sees (not secret: they are in the
     /// file).
@@ -146,6 +148,7 @@ impl TenantSpec {
             max_request_body_bytes: None,
             max_concurrent: None,
             max_queued: None,
+            instance_reuse: None,
             outbound: OutboundSpec::default(),
             env: BTreeMap::new(),
             secrets: BTreeMap::new(),
@@ -211,6 +214,7 @@ pub(super) struct TenantTable {
     max_request_body_bytes: Option<u64>,
     max_concurrent: Option<u32>,
     max_queued: Option<u32>,
+    instance_reuse: Option<u32>,
     #[serde(default)]
     allowed_outbound_hosts: Vec<String>,
     max_subrequests: Option<u32>,
@@ -269,6 +273,7 @@ impl TenantTable {
             ("subrequest_timeout_ms", self.subrequest_timeout_ms),
             ("request_timeout_ms", self.request_timeout_ms),
             ("max_concurrent", self.max_concurrent.map(u64::from)),
+            ("instance_reuse", self.instance_reuse.map(u64::from)),
         ] {
             if value == Some(0) {
                 problems.push(format!("{name}: {key} must be at least 1"));
@@ -314,6 +319,7 @@ impl TenantTable {
             max_request_body_bytes: self.max_request_body_bytes,
             max_concurrent: self.max_concurrent,
             max_queued: self.max_queued,
+            instance_reuse: self.instance_reuse,
             outbound: OutboundSpec {
                 allowed,
                 max_subrequests: self.max_subrequests.unwrap_or(defaults.max_subrequests),

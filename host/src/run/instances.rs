@@ -1,0 +1,171 @@
+//! Instances kept for reuse (`instance_reuse = N`, `wasmtime serve
+//! --max-instance-reuse-count N`): a tenant version's instance that served
+//! a request well serves the next one instead of a fresh one, up to N
+//! requests, one at a time, and is dropped after waiting
+//! `idle_instance_timeout_ms` for one.
+//!
+//! What keeps it safe:
+//! - a pool belongs to one [`Deployment`](crate::run::tenants::Deployment)
+//!   (one tenant, one version): an instance never serves another tenant or
+//!   version, and a deploy or reload starts the tenant's new snapshot with
+//!   empty pools;
+//! - only an instance whose request ended `ok` comes back: a trap, a limit,
+//!   a cancelled or disconnected request drops it (the dispatcher decides);
+//! - one request at a time: an instance is either in the pool or owned by
+//!   the one request it serves, so every byte it writes is that request's;
+//! - kept instances are few: at most [`Budget::max`] host-wide (the
+//!   instance pool is sized for them on top of the requests in flight),
+//!   and at most a tenant's own concurrency in its pool.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::Store;
+use wasmtime_wasi_http::p2::bindings::Proxy;
+
+use crate::run::state::RequestState;
+use crate::run::tenants::LiveTenants;
+
+/// An instance between requests.
+pub(crate) struct Warm {
+    pub(crate) store: Store<RequestState>,
+    pub(crate) proxy: Proxy,
+    /// Requests it has served.
+    pub(crate) served: u32,
+    idle_since: Instant,
+    /// Counted in the host's budget while it exists.
+    _held: Held,
+}
+
+/// The host-wide count of kept instances and its ceiling.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    kept: AtomicUsize,
+    max: usize,
+}
+
+impl Budget {
+    pub(crate) fn new(max: usize) -> Arc<Budget> {
+        Arc::new(Budget {
+            kept: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// The most instances kept at once, host-wide.
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Instances kept right now.
+    pub(crate) fn kept(&self) -> usize {
+        self.kept.load(Ordering::Relaxed)
+    }
+
+    fn hold(self: &Arc<Self>) -> Option<Held> {
+        self.kept
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |kept| {
+                (kept < self.max).then_some(kept + 1)
+            })
+            .ok()
+            .map(|_| Held(self.clone()))
+    }
+}
+
+/// One place in the [`Budget`], given back when dropped.
+struct Held(Arc<Budget>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.kept.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One tenant version's kept instances, most recently used last.
+#[derive(Default)]
+pub(crate) struct InstancePool {
+    idle: Mutex<Vec<Warm>>,
+}
+
+impl InstancePool {
+    /// A kept instance that has not waited longer than `idle` (the most
+    /// recently used: its memory is the warmest); expired ones are dropped.
+    pub(crate) fn take(&self, idle: Duration) -> Option<Warm> {
+        let mut expired = Vec::new();
+        let warm = {
+            let mut kept = self.lock();
+            let now = Instant::now();
+            let fresh_from = kept.partition_point(|w| now.duration_since(w.idle_since) > idle);
+            expired.extend(kept.drain(..fresh_from));
+            kept.pop()
+        };
+        drop(expired); // outside the lock: freeing an instance resets memory
+        warm
+    }
+
+    /// Keeps an instance that served `served` requests, unless it has
+    /// served `reuse` already, the pool holds `max_idle`, or the host's
+    /// budget is spent: then it is dropped.
+    pub(crate) fn put(
+        &self,
+        budget: &Arc<Budget>,
+        store: Store<RequestState>,
+        proxy: Proxy,
+        served: u32,
+        reuse: u32,
+        max_idle: usize,
+    ) {
+        if served >= reuse {
+            return;
+        }
+        let Some(held) = budget.hold() else {
+            return;
+        };
+        let mut kept = self.lock();
+        if kept.len() >= max_idle {
+            return;
+        }
+        kept.push(Warm {
+            store,
+            proxy,
+            served,
+            idle_since: Instant::now(),
+            _held: held,
+        });
+    }
+
+    /// Drops every instance that has waited longer than `idle`.
+    pub(crate) fn sweep(&self, idle: Duration) {
+        let expired: Vec<Warm> = {
+            let mut kept = self.lock();
+            let now = Instant::now();
+            let fresh_from = kept.partition_point(|w| now.duration_since(w.idle_since) > idle);
+            kept.drain(..fresh_from).collect()
+        };
+        drop(expired);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Warm>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Drops kept instances that waited past their tenant's idle timeout, once
+/// a second, so that a tenant that stops getting requests gives its
+/// instances' memory back instead of keeping it until its next request.
+pub(crate) async fn sweep_every_second(live: &LiveTenants) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        for tenant in live.snapshot().iter() {
+            let idle = tenant.capabilities.limits.idle;
+            for deployment in tenant.versions.values() {
+                deployment.kept.sweep(idle);
+            }
+        }
+    }
+}
