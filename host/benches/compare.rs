@@ -294,6 +294,43 @@ async fn run() {
     println!("{section}");
     report.push_str(&section);
 
+    // 1a. Both hosts at their best for a WASIp2 component: instances reused,
+    // up to 128 requests each (`--max-instance-reuse-count 128`).
+    let reuse = ["--max-instance-reuse-count", "128"];
+    let wasmtime = WasmtimeServe::start(&hello, &reuse);
+    let single = HostProcess::single(&hello, &["--guest-logs", "off", reuse[0], reuse[1]]);
+    let mut section = format!(
+        "\n### 1a. Instances reused: `--max-instance-reuse-count 128` on both (hello.wasm, {CONNECTIONS} connections)\n\n{header}\n"
+    );
+    for path in ["/quiet", "/"] {
+        let (ours, theirs) = interleave(
+            (&format!("mctx-host serve, reuse 128, {path}"), &mut || {
+                wrk(single.addr, "localhost", path, CONNECTIONS, single.pid())
+            }),
+            (&format!("wasmtime serve -Scli, reuse 128, {path}"), &mut || {
+                wrk(
+                    wasmtime.addr,
+                    "localhost",
+                    path,
+                    CONNECTIONS,
+                    wasmtime.pid(),
+                )
+            }),
+        );
+        let ratio = ours.median(|r| r.rps) / theirs.median(|r| r.rps);
+        let _ = writeln!(
+            section,
+            "{}\n{}\n| **ratio** | **{ratio:.2}×** | | | | |",
+            ours.row(),
+            theirs.row()
+        );
+        chart.push((ours.name.clone(), ours.median(|r| r.rps)));
+        chart.push((theirs.name.clone(), theirs.median(|r| r.rps)));
+    }
+    drop((wasmtime, single));
+    println!("{section}");
+    report.push_str(&section);
+
     // 1b. The same host over TLS (rustls, keep-alive) against plain HTTP.
     let ca = support::pki::Ca::new("bench CA");
     let cert = ca.host("bench");
