@@ -367,3 +367,59 @@ async fn status_method_and_header_filters_pick_whole_requests() {
     assert_eq!(event["headers"]["x-pick"], "yes");
     assert_eq!(event["headers"]["authorization"], "[REDACTED]");
 }
+
+/// MCP 2026-07-28 requests name their method and target in headers: the
+/// host shows them and filters on them without reading the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_requests_show_and_filter_by_their_method_and_name() {
+    let host = HostProcess::multi(&config(""), &[]);
+    let tail = TailProcess::start(
+        &["hello", "--url", &url(&host), "--mcp-method", "tools/call"],
+        Some(&token("alice")),
+    );
+    tail.stderr_line(connected);
+    let mcp = |method: &'static str, name: Option<&'static str>| {
+        let mut headers = vec![("mcp-method", method)];
+        headers.extend(name.map(|name| ("mcp-name", name)));
+        headers
+    };
+    host.request("POST", "hello.localhost", "/mcp", &mcp("tools/list", None))
+        .await;
+    host.request("POST", "hello.localhost", "/mcp", &[]).await;
+    let called = host
+        .request(
+            "POST",
+            "hello.localhost",
+            "/mcp",
+            &mcp("tools/call", Some("get_weather")),
+        )
+        .await;
+    let id = called.header("x-request-id").unwrap().to_string();
+    // The first event tail prints is the tools/call one, shown by what it
+    // called rather than `POST /mcp`.
+    let line = tail.stdout_line(|line| line.contains(" ms)"));
+    assert!(
+        line.contains("tools/call get_weather 200 ok"),
+        "only tools/call, by name: {line}"
+    );
+    // And a JSON viewer sees the fields.
+    let mut viewer = host.viewer("hello", "type=request", "alice").await;
+    let again = host
+        .request(
+            "POST",
+            "hello.localhost",
+            "/mcp",
+            &mcp("tools/call", Some("echo")),
+        )
+        .await;
+    let event = viewer
+        .request_entries(again.header("x-request-id").unwrap())
+        .await
+        .pop()
+        .unwrap();
+    assert_eq!(
+        (event["mcpMethod"].as_str(), event["mcpName"].as_str()),
+        (Some("tools/call"), Some("echo"))
+    );
+    assert_ne!(id, again.header("x-request-id").unwrap());
+}

@@ -113,7 +113,11 @@ const deployments = (() => {
       li.className = "request";
       const status = entry.status == null ? "-" : entry.status;
       const outcome = entry.outcome === "ok" ? "" : ` ${entry.outcome}`;
-      message.textContent = `${entry.method} ${entry.path} ${status} ${entry.wallMs} ms${outcome}`;
+      // An MCP request shows what it called (its Mcp-Method and Mcp-Name).
+      const what = entry.mcpMethod
+        ? [entry.mcpMethod, entry.mcpName].filter(Boolean).join(" ")
+        : `${entry.method} ${entry.path}`;
+      message.textContent = `${what} ${status} ${entry.wallMs} ms${outcome}`;
     } else {
       message.textContent = entry.message;
     }

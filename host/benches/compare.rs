@@ -307,15 +307,18 @@ async fn run() {
             (&format!("mctx-host serve, reuse 128, {path}"), &mut || {
                 wrk(single.addr, "localhost", path, CONNECTIONS, single.pid())
             }),
-            (&format!("wasmtime serve -Scli, reuse 128, {path}"), &mut || {
-                wrk(
-                    wasmtime.addr,
-                    "localhost",
-                    path,
-                    CONNECTIONS,
-                    wasmtime.pid(),
-                )
-            }),
+            (
+                &format!("wasmtime serve -Scli, reuse 128, {path}"),
+                &mut || {
+                    wrk(
+                        wasmtime.addr,
+                        "localhost",
+                        path,
+                        CONNECTIONS,
+                        wasmtime.pid(),
+                    )
+                },
+            ),
         );
         let ratio = ours.median(|r| r.rps) / theirs.median(|r| r.rps);
         let _ = writeln!(

@@ -97,6 +97,12 @@ pub(crate) struct TailArgs {
     #[arg(long, value_name = "NAME[:VALUE]", value_parser = crate::logs::wire::HeaderMatch::parse)]
     header: Vec<crate::logs::wire::HeaderMatch>,
 
+    /// Only MCP requests with this method (`tools/call`), as their
+    /// `Mcp-Method` header says; repeat for more. Lines come when their
+    /// request ends.
+    #[arg(long, value_name = "METHOD")]
+    mcp_method: Vec<String>,
+
     /// Only `log` entries, `request` events or `deploy` events.
     #[arg(long = "type", value_parser = ["log", "request", "deploy"])]
     kind: Option<String>,
@@ -188,6 +194,7 @@ impl TailArgs {
             statuses: self.status.clone(),
             methods: self.method.iter().map(|m| m.to_ascii_uppercase()).collect(),
             headers: self.header.clone(),
+            mcp_methods: self.mcp_method.clone(),
         })
     }
 
@@ -307,6 +314,7 @@ mod tests {
             status: vec![crate::logs::wire::StatusClass::Error],
             method: vec!["post".into()],
             header: vec![crate::logs::wire::HeaderMatch::parse("X-Pick: yes").unwrap()],
+            mcp_method: Vec::new(),
         }
     }
 

@@ -268,6 +268,49 @@ pub struct RequestEvent {
     /// slug; what `--header` filters on.
     #[serde(default, skip_serializing_if = "RequestHeaders::is_empty")]
     pub headers: RequestHeaders,
+    /// An MCP request's method and name, from its `Mcp-Method` and
+    /// `Mcp-Name` headers (MCP 2026-07-28; never from the body).
+    #[serde(flatten)]
+    pub mcp: Option<McpCall>,
+}
+
+/// What an MCP request asked for, as its headers say: `tools/call` and
+/// the tool's name, `prompts/get` and the prompt's…
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct McpCall {
+    pub mcp_method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp_name: Option<String>,
+}
+
+impl McpCall {
+    /// The longest header value kept.
+    const MAX_BYTES: usize = 256;
+
+    /// From a request's `Mcp-Method` (and `Mcp-Name`) headers, if it has
+    /// one: values cut to 256 bytes, non-UTF-8 bytes replaced.
+    pub fn from_headers(headers: &http::HeaderMap) -> Option<McpCall> {
+        let text = |name: &str| {
+            headers.get(name).map(|value| {
+                let mut text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                truncate_message(&mut text, Self::MAX_BYTES);
+                text
+            })
+        };
+        Some(McpCall {
+            mcp_method: text("mcp-method")?,
+            mcp_name: text("mcp-name"),
+        })
+    }
+
+    /// `tools/call get_weather`.
+    pub fn summary(&self) -> String {
+        match &self.mcp_name {
+            Some(name) => format!("{} {name}", self.mcp_method),
+            None => self.mcp_method.clone(),
+        }
+    }
 }
 
 /// A request's headers on its event, in name order.
@@ -391,11 +434,13 @@ impl LogEntry {
             _ => Level::Error,
         };
         let status = event.status.map_or("-".to_string(), |s| s.to_string());
+        // An MCP request says what it called rather than `POST /mcp`.
+        let what = match &event.mcp {
+            Some(call) => call.summary(),
+            None => format!("{} {}", event.method, event.path),
+        };
         let message = format!(
-            "{} {} {} {} ({} ms)",
-            event.method,
-            event.path,
-            status,
+            "{what} {status} {} ({} ms)",
             event.outcome.as_str(),
             event.wall_ms
         );
@@ -529,6 +574,7 @@ mod tests {
             subrequests: 2,
             exception: None,
             headers: RequestHeaders::new(),
+            mcp: None,
         };
         let entry = LogEntry::request_event(meta(), event);
         assert_eq!(entry.level, Level::Error);
@@ -562,6 +608,10 @@ mod tests {
             subrequests: 0,
             exception: None,
             headers: [("x-pick".to_string(), "yes".to_string())].into(),
+            mcp: Some(McpCall {
+                mcp_method: "tools/call".into(),
+                mcp_name: Some("get_weather".into()),
+            }),
         };
         let request = LogEntry::request_event(meta(), event.clone());
         for entry in [line, request] {

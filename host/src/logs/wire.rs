@@ -72,6 +72,9 @@ pub(crate) struct Filter {
     pub(crate) methods: Vec<String>,
     /// Only requests carrying every one of these headers.
     pub(crate) headers: Vec<HeaderMatch>,
+    /// Only MCP requests with one of these methods (`tools/call`), as
+    /// their `Mcp-Method` header says (empty: all).
+    pub(crate) mcp_methods: Vec<String>,
 }
 
 /// How a request ended, in `wrangler tail --status`'s three words.
@@ -206,7 +209,10 @@ impl Filter {
     /// headers, all on its closing event): then its lines wait for that
     /// event before they can be sent, or not (`hub::held`).
     pub(crate) fn by_request(&self) -> bool {
-        !self.statuses.is_empty() || !self.methods.is_empty() || !self.headers.is_empty()
+        !self.statuses.is_empty()
+            || !self.methods.is_empty()
+            || !self.headers.is_empty()
+            || !self.mcp_methods.is_empty()
     }
 
     /// Whether a finished request is one the viewer asked for.
@@ -214,6 +220,11 @@ impl Filter {
         (self.statuses.is_empty() || self.statuses.contains(&StatusClass::of(event.outcome)))
             && (self.methods.is_empty() || self.methods.contains(&event.method))
             && self.headers.iter().all(|h| h.matches(&event.headers))
+            && (self.mcp_methods.is_empty()
+                || event
+                    .mcp
+                    .as_ref()
+                    .is_some_and(|call| self.mcp_methods.contains(&call.mcp_method)))
     }
 
     /// Whether an entry passes the filters that need nothing but the
@@ -258,8 +269,8 @@ impl Filter {
 
     /// Parses `level=warn,error&search=text&requestId=…&type=log|request|deploy
     /// &samplingRate=0.1&status=ok,error,canceled&method=GET,POST
-    /// &header=NAME[:VALUE]` (`header` may repeat; unknown parameters are
-    /// ignored).
+    /// &header=NAME[:VALUE]&mcpMethod=tools/call,prompts/get` (`header` may
+    /// repeat; unknown parameters are ignored).
     pub(crate) fn from_query(query: &str) -> Result<Filter, String> {
         let mut filter = Filter::default();
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
@@ -286,6 +297,12 @@ impl Filter {
                         .map(|m| m.to_ascii_uppercase()),
                 ),
                 "header" => filter.headers.push(HeaderMatch::parse(&value)?),
+                "mcpMethod" => filter.mcp_methods.extend(
+                    value
+                        .split(',')
+                        .filter(|m| !m.is_empty())
+                        .map(str::to_string),
+                ),
                 _ => {}
             }
         }
@@ -320,6 +337,9 @@ impl Filter {
         }
         for header in &self.headers {
             query.append_pair("header", &header.to_query());
+        }
+        if !self.mcp_methods.is_empty() {
+            query.append_pair("mcpMethod", &self.mcp_methods.join(","));
         }
         query.finish()
     }
@@ -472,6 +492,7 @@ mod tests {
                 .iter()
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect(),
+            mcp: None,
         };
         let both = [("x-pick", "yes"), ("x-any", "")];
         assert!(f.request_matches(&event("POST", Outcome::Exception, &both)));
@@ -493,6 +514,15 @@ mod tests {
             !f.request_matches(&event("POST", Outcome::Exception, &both[..1])),
             "name"
         );
+        let tools = Filter::from_query("mcpMethod=tools/call").unwrap();
+        assert_eq!(Filter::from_query(&tools.to_query()).unwrap(), tools);
+        let mut call = event("POST", Outcome::Ok, &[]);
+        assert!(!tools.request_matches(&call), "not an MCP request");
+        call.mcp = Some(crate::logs::entry::McpCall {
+            mcp_method: "tools/call".into(),
+            mcp_name: Some("get_weather".into()),
+        });
+        assert!(tools.request_matches(&call));
         assert!(
             Filter::from_query("status=fine")
                 .unwrap_err()

@@ -25,7 +25,7 @@ use crate::base::metrics::Metrics;
 use crate::base::refusals::{Refusal, Refusals};
 use crate::base::responses::{Body, busy_response, error_response};
 use crate::logs::capture::RequestCapture;
-use crate::logs::entry::{Outcome, RequestHeaders, RequestMeta};
+use crate::logs::entry::{McpCall, Outcome, RequestHeaders, RequestMeta};
 use crate::logs::sink::LogSink;
 use crate::run::gate;
 use crate::run::limits::{Metered, RequestMeter};
@@ -221,6 +221,7 @@ impl Dispatcher {
             status: Arc::new(AtomicU16::new(0)),
             done: false,
             exception: None,
+            mcp: McpCall::from_headers(request.headers()),
             headers,
             disconnected: Arc::new(AtomicBool::new(false)),
         };

@@ -11,7 +11,7 @@ use crate::base::metrics::{RequestDone, VersionMetrics};
 use crate::base::responses::{Body, error_response};
 use crate::logs::capture::RequestCapture;
 use crate::logs::entry::{
-    Exception, Level, LogEntry, Outcome, RequestEvent, RequestHeaders, truncate_message,
+    Exception, Level, LogEntry, McpCall, Outcome, RequestEvent, RequestHeaders, truncate_message,
 };
 use crate::logs::redact::{REDACTED, redact};
 use crate::run::limits::RequestMeter;
@@ -36,6 +36,8 @@ pub(crate) struct RequestReport {
     pub(crate) exception: Option<Exception>,
     /// The request's headers for its event (empty when nobody watches).
     pub(crate) headers: RequestHeaders,
+    /// What an MCP request called, from its headers.
+    pub(crate) mcp: Option<McpCall>,
     /// Set by the edge when the response body was dropped before its end.
     pub(crate) disconnected: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -140,6 +142,7 @@ impl RequestReport {
             subrequests: made,
             exception: self.exception.take(),
             headers: std::mem::take(&mut self.headers),
+            mcp: self.mcp.take(),
         };
         tracing::debug!(?event, "request finished");
         self.capture

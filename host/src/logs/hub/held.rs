@@ -129,6 +129,7 @@ mod tests {
                 subrequests: 0,
                 exception: None,
                 headers: Default::default(),
+                mcp: None,
             },
         )
     }
