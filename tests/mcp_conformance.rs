@@ -1,5 +1,7 @@
 //! The official MCP conformance suite (`@modelcontextprotocol/conformance`,
 //! run with the Node 22 from `tests/mcp`) against `guests/mcp-everything`,
+//! both lines of it: 0.1.16 for MCP 2025-11-25 and before, 0.2.0-alpha.12
+//! `--requirements 2026-07-28` for the stateless revision,
 //! hosted as a tenant (reached by path, `/t/everything/mcp`, since Node
 //! cannot resolve `*.localhost`) and in single-component mode (`/mcp`).
 //! Every server scenario runs; only those in `tests/mcp/expected-failures.yaml`
@@ -15,13 +17,58 @@ use std::process::Command;
 use serde_json::Value;
 use support::{HostProcess, guest, repo_root, target_dir, tenant_toml};
 
-/// The only scenarios allowed to fail, and why (see the YAML file).
-const EXPECTED_FAILURES: [&str; 4] = [
-    "tools-call-sampling",
-    "tools-call-elicitation",
-    "elicitation-sep1034-defaults",
-    "elicitation-sep1330-enums",
-];
+/// The key `mcp-everything` signs its multi-round `requestState` with.
+const STATE_KEY: &str = "conformance-state-key-0123456789";
+
+/// One line of the suite: which release, which scenarios, and the only
+/// ones allowed to fail (each with its reason in the YAML file).
+struct Line {
+    name: &'static str,
+    /// Under `tests/mcp/node_modules`.
+    package: &'static str,
+    /// What selects the scenarios.
+    selection: [&'static str; 2],
+    expected_failures_file: &'static str,
+    expected_failures: &'static [&'static str],
+    scenarios: usize,
+}
+
+/// MCP 2025-11-25 and before (`initialize`, sessions): conformance 0.1.16,
+/// every server scenario.
+const LINE_2025: Line = Line {
+    name: "2025",
+    package: "@modelcontextprotocol/conformance",
+    selection: ["--suite", "all"],
+    expected_failures_file: "expected-failures.yaml",
+    expected_failures: &[
+        "tools-call-sampling",
+        "tools-call-elicitation",
+        "elicitation-sep1034-defaults",
+        "elicitation-sep1330-enums",
+    ],
+    scenarios: 32,
+};
+
+/// MCP 2026-07-28 (stateless, multi-round-trip requests): conformance
+/// 0.2.0-alpha.12, what the revision requires plus the tasks extension.
+const LINE_2026: Line = Line {
+    name: "2026",
+    package: "conformance-2026",
+    selection: ["--requirements", "2026-07-28"],
+    expected_failures_file: "expected-failures-2026.yaml",
+    expected_failures: &[
+        "tasks-lifecycle",
+        "tasks-capability-negotiation",
+        "tasks-wire-fields",
+        "tasks-request-state-removal",
+        "tasks-mrtr-input",
+        "tasks-request-headers",
+        "tasks-dispatch-and-envelope",
+        "tasks-required-task-error",
+        "tasks-mrtr-composition",
+    ],
+    scenarios: 50,
+};
 
 struct SuiteRun {
     passed: bool,
@@ -29,31 +76,29 @@ struct SuiteRun {
     log: PathBuf,
 }
 
-/// Runs every server scenario against `url`.
-fn run_suite(url: &str, name: &str) -> SuiteRun {
+/// Runs `line`'s server scenarios against `url`.
+fn run_suite(line: &Line, url: &str, name: &str) -> SuiteRun {
     let dir = repo_root().join("tests/mcp");
     let node = dir.join("node_modules/.bin/node");
-    let cli = dir.join("node_modules/@modelcontextprotocol/conformance/dist/index.js");
+    let cli = dir
+        .join("node_modules")
+        .join(line.package)
+        .join("dist/index.js");
     assert!(
         node.exists() && cli.exists(),
         "the suite is not installed: run `npm ci --prefix tests/mcp`"
     );
     let output = Command::new(node)
         .arg(cli)
-        .args([
-            "server",
-            "--url",
-            url,
-            "--suite",
-            "all",
-            "--expected-failures",
-        ])
-        .arg(dir.join("expected-failures.yaml"))
+        .args(["server", "--url", url])
+        .args(line.selection)
+        .arg("--expected-failures")
+        .arg(dir.join(line.expected_failures_file))
         .output()
         .expect("running the conformance suite");
     let log_dir = target_dir().join("mcp-conformance");
     std::fs::create_dir_all(&log_dir).unwrap();
-    let log = log_dir.join(format!("{name}.log"));
+    let log = log_dir.join(format!("{name}-{}.log", line.name));
     let text = [output.stdout, output.stderr].concat();
     std::fs::write(&log, &text).unwrap();
     let text = String::from_utf8_lossy(&text);
@@ -69,16 +114,16 @@ fn run_suite(url: &str, name: &str) -> SuiteRun {
     }
 }
 
-fn assert_suite(run: &SuiteRun) {
+fn assert_suite(line: &Line, run: &SuiteRun) {
     assert!(
         run.passed,
-        "unexpected conformance failures ({}); see {}",
+        "unexpected {} conformance failures ({}); see {}",
+        line.name,
         run.total_line,
         run.log.display()
     );
-    // 32 scenarios: 4 expected failures of one check each.
     let log = std::fs::read_to_string(&run.log).unwrap();
-    for scenario in EXPECTED_FAILURES {
+    for scenario in line.expected_failures {
         assert!(
             log.contains(&format!("✗ {scenario}")),
             "{scenario} was expected to fail"
@@ -86,24 +131,32 @@ fn assert_suite(run: &SuiteRun) {
     }
     assert_eq!(
         log.matches("✓ ").count() + log.matches("✗ ").count(),
-        32,
-        "all 32 server scenarios ran"
+        line.scenarios,
+        "all {} {} server scenarios ran",
+        line.scenarios,
+        line.name
     );
-    assert_eq!(log.matches("✗ ").count(), EXPECTED_FAILURES.len());
+    assert_eq!(log.matches("✗ ").count(), line.expected_failures.len());
 }
 
 #[test]
-fn the_expected_failures_file_lists_exactly_the_justified_scenarios() {
-    let text =
-        std::fs::read_to_string(repo_root().join("tests/mcp/expected-failures.yaml")).unwrap();
-    let listed: Vec<&str> = text
-        .lines()
-        .filter_map(|line| line.trim().strip_prefix("- "))
-        .map(|entry| entry.split('#').next().unwrap().trim())
-        .collect();
-    assert_eq!(listed, EXPECTED_FAILURES);
-    for line in text.lines().filter(|l| l.trim().starts_with("- ")) {
-        assert!(line.contains('#'), "each entry has a reason: {line}");
+fn the_expected_failures_files_list_exactly_the_justified_scenarios() {
+    for line in [LINE_2025, LINE_2026] {
+        let text = std::fs::read_to_string(
+            repo_root()
+                .join("tests/mcp")
+                .join(line.expected_failures_file),
+        )
+        .unwrap();
+        let listed: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("- "))
+            .map(|entry| entry.split('#').next().unwrap().trim())
+            .collect();
+        assert_eq!(listed, line.expected_failures);
+        for line in text.lines().filter(|l| l.trim().starts_with("- ")) {
+            assert!(line.contains('#'), "each entry has a reason: {line}");
+        }
     }
 }
 
@@ -114,11 +167,17 @@ async fn the_suite_passes_against_a_tenant_while_its_owner_watches_the_logs() {
         "alice",
         "active",
         &[("1.0.0", &guest("mcp_everything"))],
-    );
+    ) + &format!("env = {{ MCP_STATE_KEY = {STATE_KEY:?} }}\n");
     let host = HostProcess::multi(&config, &[]);
     let mut viewer = host.viewer("everything", "", "alice").await;
     let url = format!("http://localhost:{}/t/everything/mcp", host.addr.port());
-    let mut suite = tokio::task::spawn_blocking(move || run_suite(&url, "tenant"));
+    // Both generations, one after the other, on the same tenant.
+    let mut suite = tokio::task::spawn_blocking(move || {
+        (
+            run_suite(&LINE_2025, &url, "tenant"),
+            run_suite(&LINE_2026, &url, "tenant"),
+        )
+    });
 
     let mut entries: Vec<Value> = Vec::new();
     let run = loop {
@@ -131,7 +190,8 @@ async fn the_suite_passes_against_a_tenant_while_its_owner_watches_the_logs() {
             }
         }
     };
-    assert_suite(&run);
+    assert_suite(&LINE_2025, &run.0);
+    assert_suite(&LINE_2026, &run.1);
 
     let has = |level: &str, message: &str| {
         entries
@@ -178,10 +238,14 @@ async fn the_suite_passes_against_a_tenant_while_its_owner_watches_the_logs() {
 
 #[test]
 fn the_suite_passes_against_a_single_component_host() {
-    let host = HostProcess::single(&guest("mcp_everything"), &["--guest-logs", "off"]);
-    let run = run_suite(
-        &format!("http://localhost:{}/mcp", host.addr.port()),
-        "single",
+    let state_key = format!("MCP_STATE_KEY={STATE_KEY}");
+    let host = HostProcess::single(
+        &guest("mcp_everything"),
+        &["--guest-logs", "off", "--env", &state_key],
     );
-    assert_suite(&run);
+    let url = format!("http://localhost:{}/mcp", host.addr.port());
+    for line in [LINE_2025, LINE_2026] {
+        let run = run_suite(&line, &url, "single");
+        assert_suite(&line, &run);
+    }
 }

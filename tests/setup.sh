@@ -3,7 +3,8 @@
 # when everything is there): the wasm target, Debian's Chromium for the
 # dashboard test, Debian's nats-server for the cluster tests and prometheus for
 # the metrics test, the npm packages
-# of the browser test, the MCP conformance suite (with its Node 22) and the
+# of the browser test, the MCP conformance suite (with its Node 22), the MCP
+# Python SDK (a venv in tests/mcp-python), the
 # JavaScript tenant's toolchain, and wasmtime-cli 48.0.8 for the
 # `wasmtime serve` parity tests (built once, cached in ~/.cache/mctx-tools or
 # $MCTX_TOOLS_DIR).
@@ -36,6 +37,7 @@ missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 [ -x /usr/sbin/nats-server ] || command -v nats-server >/dev/null || missing+=(nats-server)
 [ -x /usr/bin/prometheus ] || missing+=(prometheus)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   step "apt-get install ${missing[*]}"
   retry apt-get update -qq
@@ -46,6 +48,13 @@ for dir in tests/browser tests/mcp guests/js-hello; do
   step "npm ci in $dir"
   retry npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error
 done
+
+venv=tests/mcp-python/.venv
+if ! "$venv/bin/python" -c 'import importlib.metadata as m; assert m.version("mcp") == "2.3.0"' 2>/dev/null; then
+  step "python venv with the MCP Python SDK in $venv"
+  python3 -m venv "$venv"
+  retry "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/mcp-python/requirements.txt
+fi
 
 tools="${MCTX_TOOLS_DIR:-$HOME/.cache/mctx-tools}"
 if ! "$tools/bin/wasmtime" --version 2>/dev/null | grep -q '^wasmtime 48\.0\.8'; then

@@ -152,10 +152,30 @@ async fn mcp_everything_answers_the_same_under_wasmtime_serve() {
             post("/mcp", r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
             get("/mcp"),
             Case { headers: &[("origin", "http://evil.example.com")], ..post("/mcp", INITIALIZE) },
+            // MCP 2026-07-28: discovery, a multi-round request's first
+            // round, a header that disagrees with the body.
+            Case { headers: MODERN_DISCOVER, ..post("/mcp", DISCOVER) },
+            Case { headers: MODERN_CALL, ..post("/mcp", ASK_NAME) },
+            Case {
+                headers: &[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/list")],
+                ..post("/mcp", ASK_NAME)
+            },
         ],
     )
     .await;
 }
+
+const DISCOVER: &str = r#"{"jsonrpc":"2.0","id":5,"method":"server/discover","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
+const MODERN_DISCOVER: &[(&str, &str)] = &[
+    ("mcp-protocol-version", "2026-07-28"),
+    ("mcp-method", "server/discover"),
+];
+const ASK_NAME: &str = r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"test_input_required_result_elicitation","arguments":{},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{"elicitation":{}}}}}"#;
+const MODERN_CALL: &[(&str, &str)] = &[
+    ("mcp-protocol-version", "2026-07-28"),
+    ("mcp-method", "tools/call"),
+    ("mcp-name", "test_input_required_result_elicitation"),
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn js_hello_answers_the_same_under_wasmtime_serve() {

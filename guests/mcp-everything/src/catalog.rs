@@ -103,14 +103,24 @@ pub fn tools() -> Vec<Value> {
                 "type": "object",
                 "$defs": {
                     "address": {
+                        "$anchor": "address",
                         "type": "object",
                         "properties": { "street": { "type": "string" }, "city": { "type": "string" } }
                     }
                 },
                 "properties": {
                     "name": { "type": "string" },
-                    "address": { "$ref": "#/$defs/address" }
+                    "address": { "$ref": "#/$defs/address" },
+                    "contact": { "type": "string" }
                 },
+                // The wider 2020-12 vocabulary of SEP-2106: composition and
+                // conditionals.
+                "allOf": [
+                    { "anyOf": [{ "required": ["name"] }, { "required": ["contact"] }] }
+                ],
+                "if": { "required": ["address"] },
+                "then": { "properties": { "address": { "required": ["city"] } } },
+                "else": { "properties": { "contact": { "minLength": 1 } } },
                 "additionalProperties": false
             }
         }),

@@ -1,7 +1,10 @@
 //! `mcp-everything`: an MCP server over Streamable HTTP at `/mcp`, stateless
 //! (each request is answered on its own, as fresh-instance-per-request
 //! hosting requires), with the tools, resources and prompts the official
-//! conformance suite (`@modelcontextprotocol/conformance`) calls.
+//! conformance suite (`@modelcontextprotocol/conformance`) calls. It speaks
+//! both generations on the one endpoint: MCP 2026-07-28 (`modern.rs`,
+//! `mrtr.rs`: no session, `server/discover`, multi-round-trip requests with
+//! signed state) and the 2025 protocol with `initialize` (here).
 //!
 //! Every request logs the way the platform's docs show: a plain
 //! `console.log`-style line, `[INFO]` for what happened, `[DEBUG]` for
@@ -9,6 +12,8 @@
 //! Runs unchanged under `wasmtime serve`.
 
 mod catalog;
+mod modern;
+mod mrtr;
 mod rpc;
 
 use std::time::Instant;
@@ -52,6 +57,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Everything {
                 error(Value::Null, -32000, &why).to_string().as_bytes(),
             );
         }
+        let mcp_headers = modern::headers_of(&request);
         match (split_query(&path).0, method) {
             ("/mcp", Method::Post) => {
                 let Some(body) = read_body(&request, MAX_BODY) else {
@@ -67,7 +73,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Everything {
                             .as_bytes(),
                     );
                 };
-                handle_message(&body, out);
+                handle_message(&body, &mcp_headers, out);
             }
             ("/mcp", _) => {
                 // Stateless: no server-initiated stream (GET) and no session to end (DELETE).
@@ -137,8 +143,9 @@ fn is_local(authority: &str) -> bool {
     host == "localhost" || host.ends_with(".localhost") || host == "::1" || host.starts_with("127.")
 }
 
-/// Handles one JSON-RPC message from a POST.
-fn handle_message(body: &[u8], out: ResponseOutparam) {
+/// Handles one JSON-RPC message from a POST: 2026-07-28 (`modern`) or
+/// the 2025 protocol, by what the request says it speaks.
+fn handle_message(body: &[u8], headers: &modern::McpHeaders, out: ResponseOutparam) {
     let message: Value = match serde_json::from_slice(body) {
         Ok(message) => message,
         Err(e) => {
@@ -161,6 +168,16 @@ fn handle_message(body: &[u8], out: ResponseOutparam) {
         return respond(out, 202, "application/json", b"");
     };
     let params = message.get("params").cloned().unwrap_or(Value::Null);
+    if modern::speaks(headers, &message) {
+        println!(
+            "[INFO] {method} request received ({}; client can: {})",
+            modern::VERSION,
+            modern::describe_capabilities(&params)
+        );
+        println!("[DEBUG] Params: {params}");
+        let answer = modern::handle(method, &params, headers);
+        return answer.reply.send_as(id, out, answer.status, None);
+    }
     println!("[INFO] {method} request received");
     if params != Value::Null {
         println!("[DEBUG] Params: {params}");

@@ -10,6 +10,8 @@ pub enum Reply {
     Result(Value),
     /// A JSON-RPC error: code and message.
     Error(i64, String),
+    /// A JSON-RPC error with `data`.
+    ErrorWithData(i64, String, Value),
     /// Notifications sent over SSE as they happen, then the result.
     Stream(Box<dyn FnOnce(&mut EventStream) -> Value>),
 }
@@ -18,6 +20,12 @@ impl Reply {
     /// Sends the reply to request `id`; `session` is the `Mcp-Session-Id`
     /// to hand out (on `initialize`).
     pub fn send(self, id: Value, out: ResponseOutparam, session: Option<&str>) {
+        self.send_as(id, out, 200, session)
+    }
+
+    /// Sends the reply with HTTP `status` (2026-07-28 maps some errors to
+    /// 400 and 404).
+    pub fn send_as(self, id: Value, out: ResponseOutparam, status: u16, session: Option<&str>) {
         match self {
             Reply::Result(result) => {
                 let body = json!({ "jsonrpc": "2.0", "id": id, "result": result });
@@ -25,22 +33,28 @@ impl Reply {
                 if let Some(session) = session {
                     headers.push(("mcp-session-id", session));
                 }
-                respond_with_headers(out, 200, &headers, body.to_string().as_bytes());
+                respond_with_headers(out, status, &headers, body.to_string().as_bytes());
             }
             Reply::Error(code, message) => {
                 eprintln!("[ERROR] {message}");
                 respond(
                     out,
-                    200,
+                    status,
                     "application/json",
                     error(id, code, &message).to_string().as_bytes(),
                 );
+            }
+            Reply::ErrorWithData(code, message, data) => {
+                eprintln!("[ERROR] {message}");
+                let mut body = error(id, code, &message);
+                body["error"]["data"] = data;
+                respond(out, status, "application/json", body.to_string().as_bytes());
             }
             Reply::Stream(run) => {
                 let mut events = EventStream {
                     stream: Streaming::start(
                         out,
-                        200,
+                        status,
                         &[
                             ("content-type", "text/event-stream"),
                             ("cache-control", "no-cache"),

@@ -1,0 +1,96 @@
+//! An official MCP client — the Python SDK (`mcp` 2.3.0, in the venv
+//! `tests/setup.sh` makes) — through a full MCP 2026-07-28 elicitation
+//! round trip with `mcp-everything` hosted as a tenant: `server/discover`,
+//! `tools/call` answered with an input request, the user's answer, the call
+//! again with it. Each round is its own HTTP request (a fresh instance each,
+//! continuing from what the client sent back) and its log lines reach the
+//! owner's viewer under that request's id.
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::Value;
+use support::{HostProcess, guest, repo_root, tenant_toml};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_completes_an_elicitation_round_trip_whose_rounds_are_logged() {
+    let python = repo_root().join("tests/mcp-python/.venv/bin/python");
+    assert!(
+        python.exists(),
+        "no MCP Python SDK: run tests/setup.sh (it makes tests/mcp-python/.venv)"
+    );
+    let config = tenant_toml(
+        "everything",
+        "alice",
+        "active",
+        &[("1.0.0", &guest("mcp_everything"))],
+    ) + "env = { MCP_STATE_KEY = \"client-test-state-key-0123456789\" }\n";
+    let host = HostProcess::multi(&config, &[]);
+    let mut viewer = host.viewer("everything", "", "alice").await;
+    let url = format!("http://localhost:{}/t/everything/mcp", host.addr.port());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(repo_root().join("tests/mcp-python/elicit.py"))
+            .arg(url)
+            .output()
+            .expect("running the Python client")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the client failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let said: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(said[0]["protocol"], "2026-07-28", "{said:?}");
+    assert_eq!(said[1]["asked"], "What is your name?");
+    assert_eq!(said[2]["text"], "Hello, Ada!");
+
+    // The two tools/call rounds, each with its own lines.
+    let mut entries: Vec<Value> = Vec::new();
+    let calls = |entries: &[Value]| -> Vec<Value> {
+        entries
+            .iter()
+            .filter(|e| e["type"] == "request" && e["mcpMethod"] == "tools/call")
+            .cloned()
+            .collect()
+    };
+    while calls(&entries).len() < 2 {
+        let frame = viewer.frame().await;
+        entries.extend(frame["entries"].as_array().unwrap().iter().cloned());
+    }
+    let rounds = calls(&entries);
+    assert!(
+        rounds
+            .iter()
+            .all(|e| e["mcpName"] == "test_input_required_result_elicitation"),
+        "{rounds:?}"
+    );
+    let lines_of = |event: &Value| -> Vec<String> {
+        entries
+            .iter()
+            .filter(|e| e["type"] == "log" && e["requestId"] == event["requestId"])
+            .map(|e| e["message"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (first, second) = (lines_of(&rounds[0]), lines_of(&rounds[1]));
+    assert!(
+        first
+            .iter()
+            .any(|l| l == "[INFO] Input required: user_name"),
+        "round 1 asks: {first:?}"
+    );
+    assert!(
+        second
+            .iter()
+            .any(|l| l == "[INFO] Input received; answered: Hello, Ada!"),
+        "round 2 answers: {second:?}"
+    );
+    assert_ne!(rounds[0]["requestId"], rounds[1]["requestId"]);
+}
