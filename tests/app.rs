@@ -27,6 +27,7 @@ async fn an_app_built_in_process_serves_a_tenant_and_shuts_down() {
         pooling: true,
         guest_logs: GuestLogFormat::Off,
         pool_overrides: Vec::new(),
+        memory_init_cow: false,
         tenants_file: None,
         state_dir: Some(state.path().to_path_buf()),
     })

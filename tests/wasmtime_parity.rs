@@ -206,7 +206,7 @@ async fn wasmtime_serve_command_lines_mean_the_same_under_mctx_host() {
         (
             &[
                 "-O",
-                "pooling-allocator,pooling-total-memories=200,pooling-table-keep-resident=65536",
+                "pooling-allocator,pooling-total-memories=200,pooling-table-keep-resident=65536,memory-init-cow=y,pooling-decommit-batch-size=8",
             ],
             get("/"),
         ),

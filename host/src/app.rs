@@ -59,6 +59,9 @@ pub struct AppConfig {
     pub guest_logs: GuestLogFormat,
     /// `wasmtime serve -O pooling-KEY=N` knobs over the pool's own sizes.
     pub pool_overrides: Vec<(String, u64)>,
+    /// `-O memory-init-cow=y`: memories initialized copy-on-write (off by
+    /// default: copying measured faster here, `run::runtime`).
+    pub memory_init_cow: bool,
     /// The tenants file, re-read on a reload; `None` in single-component
     /// mode.
     pub tenants_file: Option<PathBuf>,
@@ -132,6 +135,7 @@ impl App {
             pooling,
             guest_logs,
             pool_overrides,
+            memory_init_cow,
             tenants_file,
             state_dir,
         } = app;
@@ -150,6 +154,7 @@ impl App {
             cache_dir,
             pooling,
             pool_overrides,
+            memory_init_cow,
         })?);
         let started = Instant::now();
         let loaded = Deployments::load(

@@ -283,6 +283,7 @@ impl ServeArgs {
             pooling: !(self.no_pooling || asked.no_pooling),
             guest_logs,
             pool_overrides: asked.pool_overrides,
+            memory_init_cow: asked.memory_init_cow,
             tenants_file: self.config.clone(),
             state_dir,
         })

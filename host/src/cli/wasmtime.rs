@@ -17,9 +17,10 @@ use crate::run::runtime::POOL_KNOBS;
 /// The flags of `wasmtime serve` 48 that are not ours already.
 #[derive(Args, Debug, Default)]
 pub(crate) struct WasmtimeFlags {
-    /// wasmtime's optimization options: `pooling-allocator[=y|n]` (on by default) and the numeric
-    /// `pooling-*=N` knobs are honoured; the pool is otherwise sized from --max-concurrent-requests
-    /// and the memory limit.
+    /// wasmtime's optimization options: `pooling-allocator[=y|n]` (on by default),
+    /// `memory-init-cow[=y|n]` (off by default: copying data segments measured faster than
+    /// copy-on-write here) and the numeric `pooling-*=N` knobs are honoured; the pool is otherwise
+    /// sized from --max-concurrent-requests and the memory limit.
     #[arg(short = 'O', long = "optimize", value_name = "KEY[=VAL[,..]]")]
     optimize: Vec<String>,
     /// wasmtime's codegen options: refused (mctx-host compiles with Cranelift's defaults).
@@ -135,6 +136,8 @@ pub(crate) struct Asked {
     pub(crate) no_pooling: bool,
     /// `-O pooling-KEY=N`: (KEY, N).
     pub(crate) pool_overrides: Vec<(String, u64)>,
+    /// `-O memory-init-cow[=y|n]`.
+    pub(crate) memory_init_cow: bool,
 }
 
 impl WasmtimeFlags {
@@ -187,6 +190,7 @@ impl WasmtimeFlags {
                 .filter(|knob| POOL_KNOBS.contains(knob));
             match (key, knob) {
                 ("pooling-allocator", _) => asked.no_pooling = !on("-O", key, value)?,
+                ("memory-init-cow", _) => asked.memory_init_cow = on("-O", key, value)?,
                 (_, Some(knob)) => {
                     let n = value.and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| {
                         anyhow::anyhow!("-O {key}: expected {key}=N (a whole number)")
@@ -196,7 +200,7 @@ impl WasmtimeFlags {
                 _ => {
                     return Err(refuse(
                         &format!("-O {key}"),
-                        "of -O, mctx-host takes pooling-allocator and the numeric pooling-* knobs",
+                        "of -O, mctx-host takes pooling-allocator, memory-init-cow and the numeric pooling-* knobs",
                     ));
                 }
             }
