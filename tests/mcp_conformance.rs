@@ -58,14 +58,8 @@ const LINE_2026: Line = Line {
     expected_failures_file: "expected-failures-2026.yaml",
     expected_failures: &[
         "tasks-lifecycle",
-        "tasks-capability-negotiation",
-        "tasks-wire-fields",
-        "tasks-request-state-removal",
         "tasks-mrtr-input",
-        "tasks-request-headers",
         "tasks-dispatch-and-envelope",
-        "tasks-required-task-error",
-        "tasks-mrtr-composition",
     ],
     scenarios: 50,
 };

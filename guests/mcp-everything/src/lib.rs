@@ -15,6 +15,7 @@ mod catalog;
 mod modern;
 mod mrtr;
 mod rpc;
+mod tasks;
 
 use std::time::Instant;
 

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use crate::catalog;
 use crate::mrtr;
 use crate::rpc::Reply;
+use crate::tasks;
 
 /// The revision this module speaks.
 pub const VERSION: &str = "2026-07-28";
@@ -115,6 +116,13 @@ pub fn handle(method: &str, params: &Value, headers: &McpHeaders) -> Answer {
             None => catalog::get_prompt(params),
         },
         "completion/complete" => Reply::Result(catalog::complete(params)),
+        "tasks/get" | "tasks/update" | "tasks/cancel" => {
+            match tasks::method(method, params, capabilities) {
+                Some(Ok(reply)) => reply,
+                Some(Err(reply)) => return Answer { status: 400, reply },
+                None => unreachable!("tasks::method answers these"),
+            }
+        }
         // `initialize`, `ping`, `logging/setLevel`, `resources/subscribe`
         // and `resources/unsubscribe` are gone in this revision;
         // `subscriptions/listen` needs a server that outlives a request,
@@ -193,6 +201,7 @@ fn check(method: &str, params: &Value, headers: &McpHeaders) -> Result<(), Answe
     let target = match method {
         "tools/call" | "prompts/get" => params["name"].as_str(),
         "resources/read" => params["uri"].as_str(),
+        "tasks/get" | "tasks/update" | "tasks/cancel" => params["taskId"].as_str(),
         _ => None,
     };
     if let Some(target) = target {
@@ -326,6 +335,7 @@ fn capabilities_offered() -> Value {
         "resources": {},
         "prompts": {},
         "completions": {},
+        "extensions": { tasks::EXTENSION: {} },
     })
 }
 
@@ -334,6 +344,7 @@ fn capabilities_offered() -> Value {
 fn tools() -> Vec<Value> {
     let mut tools = catalog::tools();
     tools.extend(mrtr::tools());
+    tools.extend(tasks::tools());
     let no_args = json!({ "type": "object", "properties": {} });
     tools.push(json!({
         "name": "test_missing_capability",
@@ -362,6 +373,11 @@ fn call_tool(params: &Value, capabilities: &Value, log_level: bool) -> Result<Re
     let name = params["name"].as_str().unwrap_or_default();
     if let Some(reply) = mrtr::call(name, params, capabilities) {
         return Ok(reply);
+    }
+    match tasks::call(name, params, capabilities) {
+        Some(Ok(reply)) => return Ok(reply),
+        Some(Err(reply)) => return Err(Answer { status: 400, reply }),
+        None => {}
     }
     match name {
         "test_missing_capability" => {

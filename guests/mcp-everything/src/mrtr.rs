@@ -435,8 +435,9 @@ fn mac(key: &[u8], payload: &[u8]) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-/// `requestState` for `tool` carrying `data`.
-fn sign(tool: &str, data: Value) -> Result<String, Reply> {
+/// `requestState` for `tool` carrying `data` (also a task's id,
+/// `tasks.rs`).
+pub fn sign(tool: &str, data: Value) -> Result<String, Reply> {
     let key = key()?;
     let payload = json!({ "tool": tool, "data": data }).to_string();
     Ok(format!(
@@ -449,15 +450,23 @@ fn sign(tool: &str, data: Value) -> Result<String, Reply> {
 /// The data of a request's `requestState`, if it is one this server
 /// signed for `tool` and nobody changed.
 fn verify(tool: &str, params: &Value) -> Result<Value, Reply> {
+    let Some(state) = params["requestState"].as_str() else {
+        eprintln!("[WARN] Refused requestState: missing");
+        return Err(Reply::Error(
+            INVALID_PARAMS,
+            "Invalid requestState: missing (this round needs the state of the last one)".into(),
+        ));
+    };
+    verify_state(tool, state)
+}
+
+/// The data `state` carries, if this server signed it for `tool` and
+/// nobody changed it.
+pub fn verify_state(tool: &str, state: &str) -> Result<Value, Reply> {
     let key = key()?;
     let refused = |why: &str| {
         eprintln!("[WARN] Refused requestState: {why}");
         Reply::Error(INVALID_PARAMS, format!("Invalid requestState: {why}"))
-    };
-    let Some(state) = params["requestState"].as_str() else {
-        return Err(refused(
-            "missing (this round needs the state of the last one)",
-        ));
     };
     let Some((payload, signature)) = state.split_once('.') else {
         return Err(refused("not a state this server issued"));

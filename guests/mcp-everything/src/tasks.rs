@@ -1,0 +1,363 @@
+//! The tasks extension (`io.modelcontextprotocol/tasks`, SEP-2663) as far
+//! as a server that keeps nothing between requests can honestly take it.
+//!
+//! A task's id is its record: what was called, with what, when, signed like
+//! `requestState` (`mrtr::sign`), so any instance on any host answers
+//! `tasks/get` for it, and a made-up or altered id is unknown (`-32602`).
+//! Its status follows from the clock: `slow_compute` works for its
+//! `seconds`, then is completed; `failing_job` completes with a tool error
+//! after a second; `protocol_error_job` fails. What needs the server to
+//! remember something a later request said — cancelling a running task,
+//! answering a parked one (`tasks/update`) — is refused with the reason
+//! (`-32603`) rather than acknowledged and forgotten: a tenant of this host
+//! has no store to keep it in yet.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::mrtr;
+use crate::rpc::Reply;
+
+pub const EXTENSION: &str = "io.modelcontextprotocol/tasks";
+
+/// How long a task can be asked about, and how often to ask.
+const TTL_MS: u64 = 3_600_000;
+const POLL_MS: u64 = 250;
+
+const INVALID_PARAMS: i64 = -32602;
+const MISSING_CAPABILITY: i64 = -32021;
+
+/// The tools of the extension, as `tools/list` shows them.
+pub fn tools() -> Vec<Value> {
+    let tool = |name: &str, description: &str, support: &str, properties: Value| {
+        let mut tool = json!({
+            "name": name,
+            "description": description,
+            "inputSchema": { "type": "object", "properties": properties },
+        });
+        if support != "forbidden" {
+            tool["execution"] = json!({ "taskSupport": support });
+        }
+        tool
+    };
+    vec![
+        tool(
+            "greet",
+            "Says hello at once (never a task)",
+            "forbidden",
+            json!({ "name": { "type": "string" } }),
+        ),
+        tool(
+            "slow_compute",
+            "Works for `seconds`, then answers (a task for clients with the tasks extension)",
+            "optional",
+            json!({ "seconds": { "type": "number" }, "label": { "type": "string" } }),
+        ),
+        tool(
+            "failing_job",
+            "A task whose tool fails after a second",
+            "required",
+            json!({}),
+        ),
+        tool(
+            "protocol_error_job",
+            "A task that fails at the protocol level",
+            "optional",
+            json!({}),
+        ),
+        tool(
+            "confirm_delete",
+            "A task that waits for the user's confirmation",
+            "optional",
+            json!({ "filename": { "type": "string" } }),
+        ),
+        tool(
+            "multi_input",
+            "A task that waits for two answers",
+            "optional",
+            json!({}),
+        ),
+        tool(
+            "test_tool_with_task",
+            "Asks the user's name (multi-round), then works on it as a task",
+            "required",
+            json!({}),
+        ),
+    ]
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `2026-11-26T13:04:05.123Z` for milliseconds since the epoch.
+fn iso8601(ms: u64) -> String {
+    let (secs, millis) = (ms / 1000, ms % 1000);
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+/// Whether the request's client declared the extension.
+pub fn declared(capabilities: &Value) -> bool {
+    capabilities["extensions"].get(EXTENSION).is_some()
+}
+
+fn missing_extension(what: &str) -> Reply {
+    Reply::ErrorWithData(
+        MISSING_CAPABILITY,
+        format!("{what} needs the client's {EXTENSION} extension"),
+        json!({ "requiredCapabilities": { "extensions": { EXTENSION: {} } } }),
+    )
+}
+
+/// A `tools/call` of one of the extension's tools (`None`: not one).
+/// `Err` is a reply that must go out as HTTP 400.
+pub fn call(name: &str, params: &Value, capabilities: &Value) -> Option<Result<Reply, Reply>> {
+    let arguments = &params["arguments"];
+    let with_tasks = declared(capabilities);
+    Some(match name {
+        "greet" => Ok(text(format!(
+            "Hello, {}!",
+            arguments["name"].as_str().unwrap_or("world")
+        ))),
+        "failing_job" if !with_tasks => Err(missing_extension("failing_job")),
+        "test_tool_with_task" if !with_tasks => Err(missing_extension("test_tool_with_task")),
+        "test_tool_with_task" => Ok(mrtr_then_task(params)),
+        "slow_compute" | "failing_job" | "protocol_error_job" | "confirm_delete"
+        | "multi_input" => {
+            if with_tasks {
+                Ok(create(name, arguments.clone(), Value::Null))
+            } else {
+                Ok(run_now(name, arguments))
+            }
+        }
+        _ => return None,
+    })
+}
+
+fn text(text: String) -> Reply {
+    Reply::Result(json!({ "content": [{ "type": "text", "text": text }] }))
+}
+
+/// A task-supporting tool called by a client without the extension: done
+/// synchronously, as the extension says.
+fn run_now(name: &str, arguments: &Value) -> Reply {
+    match name {
+        "slow_compute" => {
+            let seconds = arguments["seconds"].as_f64().unwrap_or(0.0).clamp(0.0, 5.0);
+            std::thread::sleep(std::time::Duration::from_secs_f64(seconds));
+            text(format!(
+                "computed {}",
+                arguments["label"].as_str().unwrap_or("(unlabelled)")
+            ))
+        }
+        "protocol_error_job" => Reply::Error(-32603, "protocol_error_job failed on purpose".into()),
+        _ => Reply::Result(json!({
+            "content": [{ "type": "text", "text": format!("{name} needs input, which only a task can wait for") }],
+            "isError": true,
+        })),
+    }
+}
+
+/// Round 1 asks the user's name (no task yet); round 2, with the answer,
+/// becomes a task whose result carries it.
+fn mrtr_then_task(params: &Value) -> Reply {
+    let answer = params["inputResponses"]
+        .as_object()
+        .and_then(|answers| answers.values().next());
+    match answer {
+        None => Reply::Result(json!({
+            "resultType": "input_required",
+            "inputRequests": {
+                "user_name": {
+                    "method": "elicitation/create",
+                    "params": {
+                        "message": "What is your name?",
+                        "requestedSchema": {
+                            "type": "object",
+                            "properties": { "name": { "type": "string" } },
+                            "required": ["name"],
+                        },
+                    },
+                },
+            },
+        })),
+        Some(answer) => {
+            let name = answer["content"]["name"].as_str().unwrap_or("someone");
+            create("test_tool_with_task", json!({}), json!({ "name": name }))
+        }
+    }
+}
+
+/// A `CreateTaskResult` for a task whose record is its signed id.
+fn create(tool: &str, arguments: Value, gathered: Value) -> Reply {
+    let created = now_ms();
+    let record =
+        json!({ "tool": tool, "arguments": arguments, "created": created, "gathered": gathered });
+    let task_id = match mrtr::sign("task", record) {
+        Ok(id) => id,
+        Err(reply) => return reply,
+    };
+    println!("[INFO] Task created for {tool}");
+    Reply::Result(json!({
+        "resultType": "task",
+        "taskId": task_id,
+        "status": "working",
+        "createdAt": iso8601(created),
+        "lastUpdatedAt": iso8601(created),
+        "ttlMs": TTL_MS,
+        "pollIntervalMs": POLL_MS,
+    }))
+}
+
+/// What a task is now: status, and its result, error or input requests.
+fn state(record: &Value) -> (&'static str, Option<(&'static str, Value)>, u64) {
+    let created = record["created"].as_u64().unwrap_or(0);
+    let arguments = &record["arguments"];
+    let after = |ms: u64| now_ms() >= created + ms;
+    match record["tool"].as_str().unwrap_or_default() {
+        "slow_compute" => {
+            let ms = (arguments["seconds"].as_f64().unwrap_or(0.0).max(0.0) * 1000.0) as u64;
+            if after(ms) {
+                let label = arguments["label"].as_str().unwrap_or("(unlabelled)");
+                let result =
+                    json!({ "content": [{ "type": "text", "text": format!("computed {label}") }] });
+                ("completed", Some(("result", result)), created + ms)
+            } else {
+                ("working", None, created)
+            }
+        }
+        "failing_job" => {
+            if after(1000) {
+                let result = json!({
+                    "content": [{ "type": "text", "text": "failing_job: the job failed, as it always does" }],
+                    "isError": true,
+                });
+                ("completed", Some(("result", result)), created + 1000)
+            } else {
+                ("working", None, created)
+            }
+        }
+        "protocol_error_job" => (
+            "failed",
+            Some((
+                "error",
+                json!({ "code": -32603, "message": "protocol_error_job: internal failure" }),
+            )),
+            created,
+        ),
+        "confirm_delete" => {
+            let file = arguments["filename"].as_str().unwrap_or("the file");
+            let ask = json!({ "confirm": {
+                "method": "elicitation/create",
+                "params": {
+                    "message": format!("Delete {file}?"),
+                    "requestedSchema": { "type": "object", "properties": { "ok": { "type": "boolean" } }, "required": ["ok"] },
+                },
+            }});
+            ("input_required", Some(("inputRequests", ask)), created)
+        }
+        "multi_input" => {
+            let field = |message: &str, name: &str| {
+                json!({
+                    "method": "elicitation/create",
+                    "params": {
+                        "message": message,
+                        "requestedSchema": { "type": "object", "properties": { name: { "type": "string" } }, "required": [name] },
+                    },
+                })
+            };
+            let ask = json!({
+                "first": field("First answer?", "first"),
+                "second": field("Second answer?", "second"),
+            });
+            ("input_required", Some(("inputRequests", ask)), created)
+        }
+        "test_tool_with_task" => {
+            let name = record["gathered"]["name"].as_str().unwrap_or("someone");
+            let result = json!({ "content": [{ "type": "text", "text": format!("Finished the work for {name}") }] });
+            ("completed", Some(("result", result)), created)
+        }
+        _ => (
+            "failed",
+            Some((
+                "error",
+                json!({ "code": -32603, "message": "unknown task" }),
+            )),
+            created,
+        ),
+    }
+}
+
+/// `tasks/get`, `tasks/update`, `tasks/cancel` (`None`: another method).
+/// `Err` goes out as HTTP 400.
+pub fn method(method: &str, params: &Value, capabilities: &Value) -> Option<Result<Reply, Reply>> {
+    if !matches!(method, "tasks/get" | "tasks/update" | "tasks/cancel") {
+        return None;
+    }
+    if !declared(capabilities) {
+        return Some(Err(missing_extension(method)));
+    }
+    let Some(task_id) = params["taskId"].as_str() else {
+        return Some(Ok(Reply::Error(
+            INVALID_PARAMS,
+            "taskId is required".into(),
+        )));
+    };
+    let record = match mrtr::verify_state("task", task_id) {
+        Ok(record) => record,
+        Err(_) => {
+            return Some(Ok(Reply::Error(
+                INVALID_PARAMS,
+                format!("unknown taskId {task_id:?}"),
+            )));
+        }
+    };
+    let (status, detail, updated) = state(&record);
+    let terminal = matches!(status, "completed" | "failed" | "cancelled");
+    Some(Ok(match method {
+        "tasks/get" => {
+            let mut task = json!({
+                "taskId": task_id,
+                "status": status,
+                "createdAt": iso8601(record["created"].as_u64().unwrap_or(0)),
+                "lastUpdatedAt": iso8601(updated),
+                "ttlMs": TTL_MS,
+                "pollIntervalMs": POLL_MS,
+            });
+            if let Some((key, value)) = detail {
+                task[key] = value;
+            }
+            Reply::Result(task)
+        }
+        "tasks/cancel" if terminal => Reply::Result(json!({})),
+        "tasks/cancel" => Reply::Error(
+            -32603,
+            "this server keeps no task state, so it cannot cancel a running task: the task \
+             runs to its end"
+                .into(),
+        ),
+        _ => Reply::Error(
+            -32603,
+            "this server keeps no task state, so it cannot keep answers for a waiting task".into(),
+        ),
+    }))
+}
