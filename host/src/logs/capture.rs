@@ -194,13 +194,11 @@ impl RequestCapture {
         &self.meta
     }
 
-    /// The guest's stdout or stderr for this request (and, through
-    /// `target`, whichever request follows on the same instance).
-    pub fn stream(target: &Arc<OutputTarget>, stream: Stream) -> CaptureStream {
-        CaptureStream {
-            target: target.clone(),
-            stream,
-        }
+    /// The guest's stdout or stderr for this request alone (an instance
+    /// that serves several requests writes through its own
+    /// [`OutputTarget`] instead: `CaptureStream::to`).
+    pub fn stream(self: &Arc<Self>, stream: Stream) -> CaptureStream {
+        CaptureStream::to(&Arc::new(OutputTarget::new(self.clone())), stream)
     }
 
     fn lock(&self) -> MutexGuard<'_, CaptureState> {

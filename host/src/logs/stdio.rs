@@ -34,6 +34,15 @@ pub struct CaptureStream {
 pub type OutputTarget = arc_swap::ArcSwap<RequestCapture>;
 
 impl CaptureStream {
+    /// The guest's `stream`, written to whichever capture `target` holds
+    /// when the bytes arrive.
+    pub fn to(target: &Arc<OutputTarget>, stream: Stream) -> Self {
+        CaptureStream {
+            target: target.clone(),
+            stream,
+        }
+    }
+
     fn write_now(&self, bytes: &[u8]) {
         self.target.load().write(self.stream, bytes);
     }

@@ -8,7 +8,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::logs::capture::{OutputTarget, RequestCapture};
+use crate::logs::capture::{CaptureStream, OutputTarget, RequestCapture};
 use crate::logs::entry::Stream;
 use crate::run::capabilities::Capabilities;
 use crate::run::limits::{MemoryLimiter, RequestMeter};
@@ -40,8 +40,8 @@ impl RequestState {
     ) -> Self {
         let output = Arc::new(OutputTarget::new(capture));
         let mut wasi = WasiCtx::builder();
-        wasi.stdout(RequestCapture::stream(&output, Stream::Stdout))
-            .stderr(RequestCapture::stream(&output, Stream::Stderr));
+        wasi.stdout(CaptureStream::to(&output, Stream::Stdout))
+            .stderr(CaptureStream::to(&output, Stream::Stderr));
         if !capabilities.env.is_empty() {
             wasi.envs(&capabilities.env);
         }
