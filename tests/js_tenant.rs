@@ -77,12 +77,7 @@ async fn console_levels_arrive_as_entry_levels() {
             .contains("cart is null"),
         "{exception}"
     );
-    let stack: Vec<&str> = exception["stack"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f.as_str().unwrap())
-        .collect();
+    let stack = support::stack_of(event);
     assert!(
         stack[0].starts_with("priceOf (") && stack[1].starts_with("checkout ("),
         "innermost first, by function name: {stack:?}"

@@ -250,12 +250,7 @@ async fn a_trap_message_becomes_an_error_entry() {
             .contains("unreachable"),
         "{exception}"
     );
-    let stack: Vec<&str> = exception["stack"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f.as_str().unwrap())
-        .collect();
+    let stack = support::stack_of(event);
     let handler = stack
         .iter()
         .position(|f| f.ends_with("handle"))

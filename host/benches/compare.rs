@@ -26,6 +26,9 @@ use support::{
 };
 
 const ROUNDS: usize = 3;
+
+/// The head of every load table.
+const HEADER: &str = "| configuration | req/s (median) | req/s (min–max) | p50 ms | p99 ms | server CPU µs/request |\n|---|---|---|---|---|---|";
 const CONNECTIONS: usize = 16;
 
 fn seconds() -> u64 {
@@ -242,35 +245,30 @@ fn hosts_config(tenants: usize, component: &std::path::Path) -> String {
         .collect()
 }
 
-fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run());
-}
-
-async fn run() {
-    let started = Instant::now();
-    let hello = guest("hello");
-    let misbehave = guest("misbehave");
-    let mut report = String::new();
-    let mut chart: Vec<(String, f64)> = Vec::new();
-    let header = "| configuration | req/s (median) | req/s (min–max) | p50 ms | p99 ms | server CPU µs/request |\n|---|---|---|---|---|---|";
-
-    // 1. Throughput against wasmtime serve, same component, same path.
-    let wasmtime = WasmtimeServe::start(&hello, &[]);
-    let single = HostProcess::single(&hello, &["--guest-logs", "off"]);
-    let mut section = format!(
-        "### 1. Throughput: `mctx-host serve` vs `wasmtime serve` (hello.wasm, {CONNECTIONS} connections)\n\n{header}\n"
-    );
+/// `mctx-host serve` and `wasmtime serve -Scli`, both given `flags`, on
+/// hello.wasm's `/quiet` and `/`, interleaved: the section's table (also
+/// printed) and the medians added to `chart`.
+fn against_wasmtime(
+    hello: &std::path::Path,
+    flags: &[&str],
+    title: &str,
+    label: &str,
+    chart: &mut Vec<(String, f64)>,
+) -> String {
+    let wasmtime = WasmtimeServe::start(hello, flags);
+    let ours: Vec<&str> = ["--guest-logs", "off"]
+        .iter()
+        .chain(flags)
+        .copied()
+        .collect();
+    let single = HostProcess::single(hello, &ours);
+    let mut section = format!("{title} (hello.wasm, {CONNECTIONS} connections)\n\n{HEADER}\n");
     for path in ["/quiet", "/"] {
         let (ours, theirs) = interleave(
-            (&format!("mctx-host serve, {path}"), &mut || {
+            (&format!("mctx-host serve{label}, {path}"), &mut || {
                 wrk(single.addr, "localhost", path, CONNECTIONS, single.pid())
             }),
-            (&format!("wasmtime serve -Scli, {path}"), &mut || {
+            (&format!("wasmtime serve -Scli{label}, {path}"), &mut || {
                 wrk(
                     wasmtime.addr,
                     "localhost",
@@ -290,48 +288,46 @@ async fn run() {
         chart.push((ours.name.clone(), ours.median(|r| r.rps)));
         chart.push((theirs.name.clone(), theirs.median(|r| r.rps)));
     }
-    drop((wasmtime, single));
     println!("{section}");
-    report.push_str(&section);
+    section
+}
 
-    // 1a. Both hosts at their best for a WASIp2 component: instances reused,
-    // up to 128 requests each (`--max-instance-reuse-count 128`).
-    let reuse = ["--max-instance-reuse-count", "128"];
-    let wasmtime = WasmtimeServe::start(&hello, &reuse);
-    let single = HostProcess::single(&hello, &["--guest-logs", "off", reuse[0], reuse[1]]);
-    let mut section = format!(
-        "\n### 1a. Instances reused: `--max-instance-reuse-count 128` on both (hello.wasm, {CONNECTIONS} connections)\n\n{header}\n"
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let started = Instant::now();
+    let hello = guest("hello");
+    let misbehave = guest("misbehave");
+    let mut report = String::new();
+    let mut chart: Vec<(String, f64)> = Vec::new();
+    let header = HEADER;
+
+    // 1. Throughput against wasmtime serve, same component, same path:
+    // each with one fresh instance per request (wasmtime's default for a
+    // WASIp2 component), then both at their best, instances reused up to
+    // 128 requests each (`--max-instance-reuse-count 128`).
+    let section = against_wasmtime(
+        &hello,
+        &[],
+        "### 1. Throughput: `mctx-host serve` vs `wasmtime serve`",
+        "",
+        &mut chart,
     );
-    for path in ["/quiet", "/"] {
-        let (ours, theirs) = interleave(
-            (&format!("mctx-host serve, reuse 128, {path}"), &mut || {
-                wrk(single.addr, "localhost", path, CONNECTIONS, single.pid())
-            }),
-            (
-                &format!("wasmtime serve -Scli, reuse 128, {path}"),
-                &mut || {
-                    wrk(
-                        wasmtime.addr,
-                        "localhost",
-                        path,
-                        CONNECTIONS,
-                        wasmtime.pid(),
-                    )
-                },
-            ),
-        );
-        let ratio = ours.median(|r| r.rps) / theirs.median(|r| r.rps);
-        let _ = writeln!(
-            section,
-            "{}\n{}\n| **ratio** | **{ratio:.2}×** | | | | |",
-            ours.row(),
-            theirs.row()
-        );
-        chart.push((ours.name.clone(), ours.median(|r| r.rps)));
-        chart.push((theirs.name.clone(), theirs.median(|r| r.rps)));
-    }
-    drop((wasmtime, single));
-    println!("{section}");
+    report.push_str(&section);
+    let section = against_wasmtime(
+        &hello,
+        &["--max-instance-reuse-count", "128"],
+        "\n### 1a. Instances reused: `--max-instance-reuse-count 128` on both",
+        ", reuse 128",
+        &mut chart,
+    );
     report.push_str(&section);
 
     // 1b. The same host over TLS (rustls, keep-alive) against plain HTTP.

@@ -84,6 +84,16 @@ pub fn tenant_toml(slug: &str, owner: &str, status: &str, versions: &[(&str, &Pa
     )
 }
 
+/// The frames of a request event's `exception.stack`, innermost first.
+pub fn stack_of(event: &serde_json::Value) -> Vec<&str> {
+    event["exception"]["stack"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no exception stack on {event}"))
+        .iter()
+        .map(|frame| frame.as_str().unwrap())
+        .collect()
+}
+
 /// The session secret every test host runs with.
 pub const TEST_SECRET: &str = "integration-tests-secret-0123456789abcdef";
 
