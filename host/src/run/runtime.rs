@@ -173,6 +173,14 @@ fn describe_compile_error(error: anyhow::Error, wasm: &[u8]) -> anyhow::Error {
             "this is a core WebAssembly module, not a component: build for wasm32-wasip2 \
              (or wrap it with `wasm-tools component new`)"
         )
+    } else if format!("{error:#}").contains("component model async") {
+        // wasmtime's parser names the feature a WASIp3 component needs.
+        anyhow!(
+            "this component uses the component model's async features (a WASIp3 component, \
+             wasi:http/handler@0.3): mctx-host serves WASIp2 components (wasi:http/proxy@0.2) \
+             for now; build it against WASIp2 (the `wasip2` crate, or wit-bindgen's p2 \
+             bindings), or serve it with `wasmtime serve -Sp3`"
+        )
     } else {
         error.context("invalid or truncated component")
     }
