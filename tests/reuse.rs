@@ -20,6 +20,15 @@ fn with(table: String, extra: &str) -> String {
     format!("{table}{extra}\n")
 }
 
+/// A tenants file with one tenant, `m`, running misbehave with `settings`.
+fn misbehave_as_m(settings: &str) -> String {
+    let misbehave = guest("misbehave");
+    with(
+        tenant_toml("m", "alice", "active", &[("1.0.0", &misbehave)]),
+        settings,
+    )
+}
+
 /// GET `path` on `slug`, then its request event; the body and the outcome.
 async fn step(host: &HostProcess, viewer: &mut Viewer, slug: &str, path: &str) -> (String, String) {
     let reply = host.get(&format!("{slug}.localhost"), path).await;
@@ -92,11 +101,7 @@ async fn state_carries_over_only_with_reuse_and_within_one_tenant_version() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trap_a_limit_or_a_cancel_drops_the_instance() {
-    let misbehave = guest("misbehave");
-    let config = with(
-        tenant_toml("m", "alice", "active", &[("1.0.0", &misbehave)]),
-        "instance_reuse = 100\ncpu_limit_ms = 100",
-    );
+    let config = misbehave_as_m("instance_reuse = 100\ncpu_limit_ms = 100");
     let host = HostProcess::multi(&config, &[]);
     let mut viewer = host.viewer("m", "type=request", "alice").await;
     assert_eq!(counter(&host, &mut viewer, "m", "/counter").await, 1);
@@ -142,11 +147,7 @@ async fn a_trap_a_limit_or_a_cancel_drops_the_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_entry_keeps_its_request_id_under_reuse_at_16_connections() {
-    let misbehave = guest("misbehave");
-    let config = with(
-        tenant_toml("m", "alice", "active", &[("1.0.0", &misbehave)]),
-        "instance_reuse = 128",
-    );
+    let config = misbehave_as_m("instance_reuse = 128");
     let host = std::sync::Arc::new(HostProcess::multi(&config, &[]));
     let mut viewer = host.viewer("m", "", "alice").await;
     let clients: Vec<_> = (0..16)

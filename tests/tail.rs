@@ -24,14 +24,27 @@ fn connected(line: &str) -> bool {
     line.contains("connected to")
 }
 
+/// `mctx-host tail SLUG --url … ARGS…` as alice, once it has connected.
+fn tail_connected(host: &HostProcess, slug: &str, args: &[&str]) -> TailProcess {
+    let base = url(host);
+    let mut all = vec![slug, "--url", &base];
+    all.extend_from_slice(args);
+    let tail = TailProcess::start(&all, Some(&token("alice")));
+    tail.stderr_line(connected);
+    tail
+}
+
+/// [`tail_connected`] with `--format json` and these filters.
+fn json_tail(host: &HostProcess, slug: &str, filters: &[&str]) -> TailProcess {
+    let mut args = vec!["--format", "json"];
+    args.extend_from_slice(filters);
+    tail_connected(host, slug, &args)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_output_is_one_entry_per_line() {
     let host = HostProcess::multi(&config(""), &[]);
-    let tail = TailProcess::start(
-        &["hello", "--url", &url(&host), "--format", "json"],
-        Some(&token("alice")),
-    );
-    tail.stderr_line(connected);
+    let tail = json_tail(&host, "hello", &[]);
     let id = host
         .get("hello.localhost", "/json")
         .await
@@ -60,8 +73,7 @@ async fn json_output_is_one_entry_per_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pretty_output_has_time_level_slug_and_message_without_colour_in_a_pipe() {
     let host = HostProcess::multi(&config(""), &[]);
-    let tail = TailProcess::start(&["hello", "--url", &url(&host)], Some(&token("alice")));
-    tail.stderr_line(connected);
+    let tail = tail_connected(&host, "hello", &[]);
     host.get("hello.localhost", "/pretty").await;
     let line = tail.stdout_line(|line| line.contains("[WARN]"));
     let (time, rest) = line.split_at(12);
@@ -85,21 +97,7 @@ async fn pretty_output_has_time_level_slug_and_message_without_colour_in_a_pipe(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_are_passed_to_the_host() {
     let host = HostProcess::multi(&config(""), &[]);
-    let tail = TailProcess::start(
-        &[
-            "hello",
-            "--url",
-            &url(&host),
-            "--format",
-            "json",
-            "--level",
-            "error",
-            "--search",
-            "PREFIX",
-        ],
-        Some(&token("alice")),
-    );
-    tail.stderr_line(connected);
+    let tail = json_tail(&host, "hello", &["--level", "error", "--search", "PREFIX"]);
     let by_request = host
         .get("hello.localhost", "/one")
         .await
@@ -113,19 +111,7 @@ async fn filters_are_passed_to_the_host() {
         (Some("error"), Some("stderr without a prefix"))
     );
 
-    let requests = TailProcess::start(
-        &[
-            "hello",
-            "--url",
-            &url(&host),
-            "--format",
-            "json",
-            "--type",
-            "request",
-        ],
-        Some(&token("alice")),
-    );
-    requests.stderr_line(connected);
+    let requests = json_tail(&host, "hello", &["--type", "request"]);
     let id = host
         .get("hello.localhost", "/two")
         .await
@@ -152,11 +138,7 @@ async fn tail_reconnects_when_the_host_restarts() {
     let config = config("");
     let host = HostProcess::multi(&config, &[]);
     let addr = host.addr.to_string();
-    let tail = TailProcess::start(
-        &["hello", "--url", &url(&host), "--format", "json"],
-        Some(&token("alice")),
-    );
-    tail.stderr_line(connected);
+    let tail = json_tail(&host, "hello", &[]);
     drop(host);
     tail.stderr_line(|line| line.contains("reconnecting in 1 s"));
     let host = HostProcess::multi(&config, &["--addr", &addr]);
@@ -217,19 +199,7 @@ async fn each_refusal_is_a_clear_error_and_a_failed_exit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sampling_rate_picks_whole_requests_by_id() {
     let host = HostProcess::multi(&config(""), &[]);
-    let tail = TailProcess::start(
-        &[
-            "hello",
-            "--url",
-            &url(&host),
-            "--format",
-            "json",
-            "--sampling-rate",
-            "0.5",
-        ],
-        Some(&token("alice")),
-    );
-    tail.stderr_line(connected);
+    let tail = json_tail(&host, "hello", &["--sampling-rate", "0.5"]);
     // The documented rule at rate 0.5: ids below 2^63, i.e. whose first hex
     // digit is 0-7. Send until both kinds were seen and the last one sent
     // is picked, so that a wrongly delivered one would show before it.
@@ -291,17 +261,9 @@ async fn status_method_and_header_filters_pick_whole_requests() {
     ]
     .concat();
     let host = HostProcess::multi(&config, &[]);
-    let base = url(&host);
-    let tail = |slug: &str, filter: &[&str]| {
-        let mut args = vec![slug, "--url", &base, "--format", "json"];
-        args.extend_from_slice(filter);
-        let tail = TailProcess::start(&args, Some(&token("alice")));
-        tail.stderr_line(connected);
-        tail
-    };
-    let errors = tail("mis", &["--status", "error"]);
-    let posts = tail("hello", &["--method", "post"]);
-    let picked = tail("hello", &["--header", "X-Pick: yes"]);
+    let errors = json_tail(&host, "mis", &["--status", "error"]);
+    let posts = json_tail(&host, "hello", &["--method", "post"]);
+    let picked = json_tail(&host, "hello", &["--header", "X-Pick: yes"]);
 
     let id = |reply: support::Reply| reply.header("x-request-id").unwrap().to_string();
     host.get("mis.localhost", "/").await;
@@ -373,11 +335,7 @@ async fn status_method_and_header_filters_pick_whole_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_requests_show_and_filter_by_their_method_and_name() {
     let host = HostProcess::multi(&config(""), &[]);
-    let tail = TailProcess::start(
-        &["hello", "--url", &url(&host), "--mcp-method", "tools/call"],
-        Some(&token("alice")),
-    );
-    tail.stderr_line(connected);
+    let tail = tail_connected(&host, "hello", &["--mcp-method", "tools/call"]);
     let mcp = |method: &'static str, name: Option<&'static str>| {
         let mut headers = vec![("mcp-method", method)];
         headers.extend(name.map(|name| ("mcp-name", name)));

@@ -181,23 +181,11 @@ fn check(method: &str, params: &Value, headers: &McpHeaders) -> Result<(), Answe
             ),
         });
     }
-    match headers.method.as_deref() {
-        Some(named) if named == method => {}
-        Some(named) => {
-            return Err(reject(
-                400,
-                HEADER_MISMATCH,
-                format!("Mcp-Method header {named:?} does not match the body's method {method:?}"),
-            ));
-        }
-        None => {
-            return Err(reject(
-                400,
-                HEADER_MISMATCH,
-                "Missing Mcp-Method header".into(),
-            ));
-        }
-    }
+    mirrors(
+        "Mcp-Method",
+        headers.method.as_deref().map(|m| Ok(m.to_string())),
+        method,
+    )?;
     let target = match method {
         "tools/call" | "prompts/get" => params["name"].as_str(),
         "resources/read" => params["uri"].as_str(),
@@ -205,24 +193,11 @@ fn check(method: &str, params: &Value, headers: &McpHeaders) -> Result<(), Answe
         _ => None,
     };
     if let Some(target) = target {
-        match headers.name.as_deref().map(decode_header) {
-            Some(Ok(named)) if named == target => {}
-            Some(Ok(named)) => {
-                return Err(reject(
-                    400,
-                    HEADER_MISMATCH,
-                    format!("Mcp-Name header {named:?} does not match the body's {target:?}"),
-                ));
-            }
-            Some(Err(why)) => return Err(reject(400, HEADER_MISMATCH, format!("Mcp-Name: {why}"))),
-            None => {
-                return Err(reject(
-                    400,
-                    HEADER_MISMATCH,
-                    "Missing Mcp-Name header".into(),
-                ));
-            }
-        }
+        mirrors(
+            "Mcp-Name",
+            headers.name.as_deref().map(decode_header),
+            target,
+        )?;
     }
     if method == "tools/call" {
         check_param_headers(params, headers)?;
@@ -257,32 +232,21 @@ fn check_param_headers(params: &Value, headers: &McpHeaders) -> Result<(), Answe
             .iter()
             .find(|(suffix, _)| suffix.eq_ignore_ascii_case(header))
             .map(|(_, value)| decode_header(value));
-        match sent {
-            Some(Ok(sent)) if sent == wanted => {}
-            Some(Ok(sent)) => {
-                return Err(reject(
-                    400,
-                    HEADER_MISMATCH,
-                    format!("Mcp-Param-{header} {sent:?} does not match argument {argument:?}"),
-                ));
-            }
-            Some(Err(why)) => {
-                return Err(reject(
-                    400,
-                    HEADER_MISMATCH,
-                    format!("Mcp-Param-{header}: {why}"),
-                ));
-            }
-            None => {
-                return Err(reject(
-                    400,
-                    HEADER_MISMATCH,
-                    format!("Missing Mcp-Param-{header} header for argument {argument:?}"),
-                ));
-            }
-        }
+        mirrors(&format!("Mcp-Param-{header}"), sent, &wanted)?;
     }
     Ok(())
+}
+
+/// A header that mirrors the body (`sent`, decoded) must be there and say
+/// exactly what the body says (`body`): else 400 with HeaderMismatch.
+fn mirrors(header: &str, sent: Option<Result<String, String>>, body: &str) -> Result<(), Answer> {
+    let why = match sent {
+        Some(Ok(sent)) if sent == body => return Ok(()),
+        Some(Ok(sent)) => format!("{header} header {sent:?} does not match the body's {body:?}"),
+        Some(Err(why)) => format!("{header}: {why}"),
+        None => format!("Missing {header} header"),
+    };
+    Err(reject(400, HEADER_MISMATCH, why))
 }
 
 /// A header value: `=?base64?…?=` is Base64 (strict: padding and alphabet

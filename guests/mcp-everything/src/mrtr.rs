@@ -72,7 +72,8 @@ pub fn prompt_definition() -> Value {
     json!({ "name": "test_input_required_result_prompt", "description": "A prompt that asks the user for context first" })
 }
 
-fn elicit(message: &str, field: &str, kind: &str) -> Value {
+/// An `elicitation/create` input request for one required field.
+pub fn elicit(message: &str, field: &str, kind: &str) -> Value {
     json!({
         "method": "elicitation/create",
         "params": {

@@ -187,17 +187,7 @@ fn mrtr_then_task(params: &Value) -> Reply {
         None => Reply::Result(json!({
             "resultType": "input_required",
             "inputRequests": {
-                "user_name": {
-                    "method": "elicitation/create",
-                    "params": {
-                        "message": "What is your name?",
-                        "requestedSchema": {
-                            "type": "object",
-                            "properties": { "name": { "type": "string" } },
-                            "required": ["name"],
-                        },
-                    },
-                },
+                "user_name": mrtr::elicit("What is your name?", "name", "string"),
             },
         })),
         Some(answer) => {
@@ -266,28 +256,14 @@ fn state(record: &Value) -> (&'static str, Option<(&'static str, Value)>, u64) {
         ),
         "confirm_delete" => {
             let file = arguments["filename"].as_str().unwrap_or("the file");
-            let ask = json!({ "confirm": {
-                "method": "elicitation/create",
-                "params": {
-                    "message": format!("Delete {file}?"),
-                    "requestedSchema": { "type": "object", "properties": { "ok": { "type": "boolean" } }, "required": ["ok"] },
-                },
-            }});
+            let ask =
+                json!({ "confirm": mrtr::elicit(&format!("Delete {file}?"), "ok", "boolean") });
             ("input_required", Some(("inputRequests", ask)), created)
         }
         "multi_input" => {
-            let field = |message: &str, name: &str| {
-                json!({
-                    "method": "elicitation/create",
-                    "params": {
-                        "message": message,
-                        "requestedSchema": { "type": "object", "properties": { name: { "type": "string" } }, "required": [name] },
-                    },
-                })
-            };
             let ask = json!({
-                "first": field("First answer?", "first"),
-                "second": field("Second answer?", "second"),
+                "first": mrtr::elicit("First answer?", "first", "string"),
+                "second": mrtr::elicit("Second answer?", "second", "string"),
             });
             ("input_required", Some(("inputRequests", ask)), created)
         }

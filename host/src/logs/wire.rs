@@ -54,6 +54,12 @@ pub(crate) fn logs_json(entries: &[&LogEntry]) -> Arc<str> {
         .into()
 }
 
+/// The items of a comma-separated query value (`warn,error`), empty ones
+/// skipped.
+fn list_items(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').filter(|item| !item.is_empty())
+}
+
 /// Which entries a viewer wants; applied in the host, before sending.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Filter {
@@ -257,8 +263,7 @@ impl Filter {
 
     /// Parses a comma-separated list of level names (`warn,error`).
     pub(crate) fn parse_levels(list: &str) -> Result<Vec<Level>, String> {
-        list.split(',')
-            .filter(|l| !l.is_empty())
+        list_items(list)
             .map(|name| {
                 Level::parse(name).ok_or_else(|| {
                     format!("unknown level {name:?}: use log, info, warn, error or debug")
@@ -286,23 +291,17 @@ impl Filter {
                 }
                 "samplingRate" => filter.sample = Some(Sample::parse(&value)?),
                 "status" => {
-                    for name in value.split(',').filter(|n| !n.is_empty()) {
+                    for name in list_items(&value) {
                         filter.statuses.push(StatusClass::parse(name)?);
                     }
                 }
-                "method" => filter.methods.extend(
-                    value
-                        .split(',')
-                        .filter(|m| !m.is_empty())
-                        .map(|m| m.to_ascii_uppercase()),
-                ),
+                "method" => filter
+                    .methods
+                    .extend(list_items(&value).map(str::to_ascii_uppercase)),
                 "header" => filter.headers.push(HeaderMatch::parse(&value)?),
-                "mcpMethod" => filter.mcp_methods.extend(
-                    value
-                        .split(',')
-                        .filter(|m| !m.is_empty())
-                        .map(str::to_string),
-                ),
+                "mcpMethod" => filter
+                    .mcp_methods
+                    .extend(list_items(&value).map(str::to_string)),
                 _ => {}
             }
         }

@@ -92,13 +92,9 @@ impl InstancePool {
     /// A kept instance that has not waited longer than `idle` (the most
     /// recently used: its memory is the warmest); expired ones are dropped.
     pub(crate) fn take(&self, idle: Duration) -> Option<Warm> {
-        let mut expired = Vec::new();
-        let warm = {
+        let (expired, warm) = {
             let mut kept = self.lock();
-            let now = Instant::now();
-            let fresh_from = kept.partition_point(|w| now.duration_since(w.idle_since) > idle);
-            expired.extend(kept.drain(..fresh_from));
-            kept.pop()
+            (expire(&mut kept, idle), kept.pop())
         };
         drop(expired); // outside the lock: freeing an instance resets memory
         warm
@@ -137,12 +133,7 @@ impl InstancePool {
 
     /// Drops every instance that has waited longer than `idle`.
     pub(crate) fn sweep(&self, idle: Duration) {
-        let expired: Vec<Warm> = {
-            let mut kept = self.lock();
-            let now = Instant::now();
-            let fresh_from = kept.partition_point(|w| now.duration_since(w.idle_since) > idle);
-            kept.drain(..fresh_from).collect()
-        };
+        let expired = expire(&mut self.lock(), idle);
         drop(expired);
     }
 
@@ -151,6 +142,14 @@ impl InstancePool {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// Takes out the instances (oldest first) that have waited longer than
+/// `idle`, for the caller to drop once the pool's lock is released.
+fn expire(kept: &mut Vec<Warm>, idle: Duration) -> Vec<Warm> {
+    let now = Instant::now();
+    let fresh_from = kept.partition_point(|w| now.duration_since(w.idle_since) > idle);
+    kept.drain(..fresh_from).collect()
 }
 
 /// Drops kept instances that waited past their tenant's idle timeout, once
