@@ -142,8 +142,10 @@ async fn misbehave_answers_the_same_under_wasmtime_serve() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_everything_answers_the_same_under_wasmtime_serve() {
     const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"parity","version":"1"}}}"#;
-    same_answers(
+    // Its tasks keep what later requests say in wasi:keyvalue.
+    same_answers_with(
         &guest("mcp_everything"),
+        &["-Skeyvalue"],
         &[
             post("/mcp", INITIALIZE),
             post("/mcp", r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#),
@@ -160,6 +162,26 @@ async fn mcp_everything_answers_the_same_under_wasmtime_serve() {
                 headers: &[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/list")],
                 ..post("/mcp", ASK_NAME)
             },
+        ],
+    )
+    .await;
+}
+
+/// `-S keyvalue` under both: the same store API, the same answers to a
+/// request that stands alone. (What differs is by design: wasmtime's store
+/// keeps a request's writes for that request only, so a later `/count`
+/// there is 1 again; `tests/keyvalue.rs` checks ours keeps them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visits_answers_the_same_under_wasmtime_serve() {
+    same_answers_with(
+        &guest("visits"),
+        &["-Skeyvalue", "-Skeyvalue-in-memory-data=greeting=hello"],
+        &[
+            get("/keys"),
+            get("/kv/greeting"),
+            get("/kv/missing"),
+            get("/count"),
+            get("/elsewhere"),
         ],
     )
     .await;

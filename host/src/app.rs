@@ -253,6 +253,10 @@ impl App {
                 let kept = runtime.kept().clone();
                 Box::new(move || (kept.kept(), kept.max()))
             },
+            keyvalue: {
+                let stores = runtime.stores().clone();
+                Box::new(move || stores.usage())
+            },
         });
         let connections = Connections::new(Budget::new(
             host.max_connections,

@@ -12,6 +12,7 @@
 //! Runs unchanged under `wasmtime serve`.
 
 mod catalog;
+mod memory;
 mod modern;
 mod mrtr;
 mod rpc;

@@ -1,21 +1,24 @@
-//! The tasks extension (`io.modelcontextprotocol/tasks`, SEP-2663) as far
-//! as a server that keeps nothing between requests can honestly take it.
+//! The tasks extension (`io.modelcontextprotocol/tasks`, SEP-2663).
 //!
 //! A task's id is its record: what was called, with what, when, signed like
 //! `requestState` (`mrtr::sign`), so any instance on any host answers
 //! `tasks/get` for it, and a made-up or altered id is unknown (`-32602`).
 //! Its status follows from the clock: `slow_compute` works for its
 //! `seconds`, then is completed; `failing_job` completes with a tool error
-//! after a second; `protocol_error_job` fails. What needs the server to
-//! remember something a later request said — cancelling a running task,
-//! answering a parked one (`tasks/update`) — is refused with the reason
-//! (`-32603`) rather than acknowledged and forgotten: a tenant of this host
-//! has no store to keep it in yet.
+//! after a second; `protocol_error_job` fails; `confirm_delete` and
+//! `multi_input` wait for answers.
+//!
+//! What a later request says about a task — `tasks/cancel` of a running
+//! one, `tasks/update` with answers — is kept in the tenant's key-value
+//! store (`memory`), a key per fact, and read back by every `tasks/get`.
+//! A tenant granted no store refuses those requests with the reason
+//! (`-32603`) rather than acknowledging and forgetting them.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+use crate::memory;
 use crate::mrtr;
 use crate::rpc::Reply;
 
@@ -218,9 +221,94 @@ fn create(tool: &str, arguments: Value, gathered: Value) -> Reply {
     }))
 }
 
+/// What later requests said about a task.
+#[derive(Default)]
+struct Said {
+    /// When a `tasks/cancel` found it running.
+    cancelled: Option<u64>,
+    /// Answers to its questions, by key: `{ response, at }`.
+    answers: serde_json::Map<String, Value>,
+}
+
+impl Said {
+    /// What the store holds about `task_id`, whose questions are `asked`.
+    fn recall(bucket: &memory::Bucket, task_id: &str, asked: &[(&'static str, Value)]) -> Said {
+        let cancelled = memory::get(bucket, &fact(task_id, "cancelled")).and_then(|at| at.as_u64());
+        let answers = asked
+            .iter()
+            .filter_map(|(key, _)| {
+                let answer = memory::get(bucket, &fact(task_id, &format!("answer/{key}")))?;
+                Some((key.to_string(), answer))
+            })
+            .collect();
+        Said { cancelled, answers }
+    }
+
+    fn last_answer(&self) -> Option<u64> {
+        self.answers.values().filter_map(|a| a["at"].as_u64()).max()
+    }
+
+    fn answer(&self, key: &str) -> &Value {
+        &self.answers.get(key).unwrap_or(&Value::Null)["response"]
+    }
+}
+
+/// The store's key for one fact about a task: its id's signature part
+/// names it (unique, and short enough for any key limit).
+fn fact(task_id: &str, what: &str) -> String {
+    let name = task_id.rsplit('.').next().unwrap_or(task_id);
+    format!("task/{name}/{what}")
+}
+
+/// The questions a waiting task asks, by key.
+fn questions(record: &Value) -> Vec<(&'static str, Value)> {
+    match record["tool"].as_str().unwrap_or_default() {
+        "confirm_delete" => {
+            let file = record["arguments"]["filename"]
+                .as_str()
+                .unwrap_or("the file");
+            let ask = mrtr::elicit(&format!("Delete {file}?"), "confirm", "boolean");
+            vec![("confirm", ask)]
+        }
+        "multi_input" => vec![
+            ("first", mrtr::elicit("First answer?", "first", "string")),
+            ("second", mrtr::elicit("Second answer?", "second", "string")),
+        ],
+        _ => Vec::new(),
+    }
+}
+
+/// A waiting task's result once every question has its answer.
+fn answered(record: &Value, said: &Said) -> Value {
+    let accepted = |key: &str| said.answer(key)["action"] == "accept";
+    let text = match record["tool"].as_str().unwrap_or_default() {
+        "confirm_delete" => {
+            let file = record["arguments"]["filename"]
+                .as_str()
+                .unwrap_or("the file");
+            let confirmed =
+                accepted("confirm") && said.answer("confirm")["content"]["confirm"] != false;
+            if confirmed {
+                format!("Deleted {file}")
+            } else {
+                format!("Kept {file}")
+            }
+        }
+        _ => format!(
+            "Got both answers: {} and {}",
+            said.answer("first")["content"],
+            said.answer("second")["content"]
+        ),
+    };
+    json!({ "content": [{ "type": "text", "text": text }] })
+}
+
 /// What a task is now: status, and its result, error or input requests.
-fn state(record: &Value) -> (&'static str, Option<(&'static str, Value)>, u64) {
+fn state(record: &Value, said: &Said) -> (&'static str, Option<(&'static str, Value)>, u64) {
     let created = record["created"].as_u64().unwrap_or(0);
+    if let Some(at) = said.cancelled {
+        return ("cancelled", None, at);
+    }
     let arguments = &record["arguments"];
     let after = |ms: u64| now_ms() >= created + ms;
     match record["tool"].as_str().unwrap_or_default() {
@@ -254,18 +342,23 @@ fn state(record: &Value) -> (&'static str, Option<(&'static str, Value)>, u64) {
             )),
             created,
         ),
-        "confirm_delete" => {
-            let file = arguments["filename"].as_str().unwrap_or("the file");
-            let ask =
-                json!({ "confirm": mrtr::elicit(&format!("Delete {file}?"), "ok", "boolean") });
-            ("input_required", Some(("inputRequests", ask)), created)
-        }
-        "multi_input" => {
-            let ask = json!({
-                "first": mrtr::elicit("First answer?", "first", "string"),
-                "second": mrtr::elicit("Second answer?", "second", "string"),
-            });
-            ("input_required", Some(("inputRequests", ask)), created)
+        "confirm_delete" | "multi_input" => {
+            let pending: serde_json::Map<String, Value> = questions(record)
+                .into_iter()
+                .filter(|(key, _)| !said.answers.contains_key(*key))
+                .map(|(key, ask)| (key.to_string(), ask))
+                .collect();
+            let updated = said.last_answer().unwrap_or(created);
+            if pending.is_empty() {
+                (
+                    "completed",
+                    Some(("result", answered(record, said))),
+                    updated,
+                )
+            } else {
+                let pending = Value::Object(pending);
+                ("input_required", Some(("inputRequests", pending)), updated)
+            }
         }
         "test_tool_with_task" => {
             let name = record["gathered"]["name"].as_str().unwrap_or("someone");
@@ -307,7 +400,13 @@ pub fn method(method: &str, params: &Value, capabilities: &Value) -> Option<Resu
             )));
         }
     };
-    let (status, detail, updated) = state(&record);
+    let store = memory::open();
+    let asked = questions(&record);
+    let said = match &store {
+        Ok(bucket) => Said::recall(bucket, task_id, &asked),
+        Err(_) => Said::default(),
+    };
+    let (status, detail, updated) = state(&record, &said);
     let terminal = matches!(status, "completed" | "failed" | "cancelled");
     Some(Ok(match method {
         "tasks/get" => {
@@ -325,15 +424,59 @@ pub fn method(method: &str, params: &Value, capabilities: &Value) -> Option<Resu
             Reply::Result(task)
         }
         "tasks/cancel" if terminal => Reply::Result(json!({})),
-        "tasks/cancel" => Reply::Error(
-            -32603,
-            "this server keeps no task state, so it cannot cancel a running task: the task \
-             runs to its end"
-                .into(),
-        ),
-        _ => Reply::Error(
-            -32603,
-            "this server keeps no task state, so it cannot keep answers for a waiting task".into(),
-        ),
+        "tasks/cancel" => {
+            let kept = store.and_then(|bucket| {
+                memory::put(&bucket, &fact(task_id, "cancelled"), &json!(now_ms()))
+            });
+            match kept {
+                Ok(()) => {
+                    println!("[INFO] Task cancelled while {status}");
+                    Reply::Result(json!({}))
+                }
+                Err(why) => cannot("cancel a running task (it runs to its end)", &why),
+            }
+        }
+        // Nothing waits for input: nothing to keep (the ack is all the
+        // extension asks for).
+        _ if status != "input_required" => Reply::Result(json!({})),
+        _ => {
+            let pending: Vec<&str> = asked
+                .iter()
+                .map(|(key, _)| *key)
+                .filter(|key| !said.answers.contains_key(*key))
+                .collect();
+            let given = params["inputResponses"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            // Answers to questions the task did not ask are ignored.
+            let answers: Vec<_> = given
+                .into_iter()
+                .filter(|(key, _)| pending.contains(&key.as_str()))
+                .collect();
+            let kept = store.and_then(|bucket| {
+                answers.iter().try_for_each(|(key, response)| {
+                    let answer = json!({ "response": response, "at": now_ms() });
+                    memory::put(&bucket, &fact(task_id, &format!("answer/{key}")), &answer)
+                })
+            });
+            match kept {
+                Ok(()) => {
+                    println!(
+                        "[INFO] Task got {} of {} answers",
+                        answers.len(),
+                        pending.len()
+                    );
+                    Reply::Result(json!({}))
+                }
+                Err(why) => cannot("keep answers for a waiting task", &why),
+            }
+        }
     }))
+}
+
+/// A request about a task that cannot be honoured: said, not forgotten.
+fn cannot(what: &str, why: &str) -> Reply {
+    eprintln!("[WARN] Cannot {what}: {why}");
+    Reply::Error(-32603, format!("cannot {what}: {why}"))
 }

@@ -383,6 +383,8 @@ pub(crate) struct Sampled {
     pub(crate) cluster: Box<dyn Fn() -> Option<ClusterSample> + Send + Sync>,
     /// Instances kept for reuse host-wide, and the most that may be.
     pub(crate) kept_instances: Box<dyn Fn() -> (usize, usize) + Send + Sync>,
+    /// Each tenant's key-value store: slug, bytes used, bytes granted.
+    pub(crate) keyvalue: Box<dyn Fn() -> Vec<(String, u64, u64)> + Send + Sync>,
 }
 
 /// The cluster link, sampled.
@@ -472,6 +474,32 @@ impl Collector for Sampled {
                 prometheus_client::metrics::MetricType::Gauge,
             )?;
             ConstGauge::new(value as i64).encode(gauge)?;
+        }
+        let stores = (self.keyvalue)();
+        for (name, help, pick) in [
+            (
+                "keyvalue_bytes",
+                "Bytes a tenant's key-value store holds (keys, values, 64 a key), by slug",
+                (|(_, used, _)| *used) as fn(&(String, u64, u64)) -> u64,
+            ),
+            (
+                "keyvalue_max_bytes",
+                "Bytes a tenant's key-value store may hold (keyvalue_max_bytes), by slug",
+                |(_, _, max)| *max,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for store in &stores {
+                let gauge = ConstGauge::new(i64::try_from(pick(store)).unwrap_or(i64::MAX));
+                gauge.encode(family.encode_family(&SlugLabel {
+                    slug: store.0.clone(),
+                })?)?;
+            }
         }
         if let Some(cluster) = (self.cluster)() {
             let up = encoder.encode_descriptor(

@@ -33,8 +33,10 @@ pub(crate) struct WasmtimeFlags {
     /// `max-memory-size=BYTES` are honoured.
     #[arg(short = 'W', long = "wasm", value_name = "KEY[=VAL[,..]]")]
     wasm: Vec<String>,
-    /// wasmtime's WASI options: `cli`, `common`, `http` (always on), `inherit-env`, and
-    /// `inherit-network` (outbound HTTP to public addresses) are honoured.
+    /// wasmtime's WASI options: `cli`, `common`, `http` (always on), `inherit-env`,
+    /// `inherit-network` (outbound HTTP to public addresses), `keyvalue` (wasi:keyvalue: a store
+    /// in memory per tenant, 16 MiB unless `[host] keyvalue_max_bytes` says otherwise) and
+    /// `keyvalue-in-memory-data=KEY=VALUE` (what it holds at start) are honoured.
     #[arg(short = 'S', long = "wasi", value_name = "KEY[=VAL[,..]]")]
     wasi: Vec<String>,
     /// wasmtime's execution recording: refused.
@@ -83,6 +85,9 @@ pub(crate) struct WasmtimeFlags {
     #[arg(long, value_name = "N")]
     pub(crate) max_concurrent_connections: Option<usize>,
 }
+
+/// The key-value store `-S keyvalue` grants when the host sets no size.
+const SINGLE_KEYVALUE_BYTES: u64 = 16 << 20;
 
 /// One `KEY[=VAL]` of a `-X KEY[=VAL[,..]]` option.
 fn items(values: &[String]) -> impl Iterator<Item = (&str, Option<&str>)> {
@@ -228,7 +233,17 @@ impl WasmtimeFlags {
             }
         }
         let mut inherit_env = false;
+        let mut seed = Vec::new();
         for (key, value) in items(&self.wasi) {
+            if key == "keyvalue-in-memory-data" {
+                let pair = value.and_then(|v| v.split_once('=')).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "-S keyvalue-in-memory-data: expected keyvalue-in-memory-data=KEY=VALUE"
+                    )
+                })?;
+                seed.push(pair);
+                continue;
+            }
             let enabled = on("-S", key, value);
             match key {
                 "cli" | "common" | "http" => {
@@ -240,6 +255,14 @@ impl WasmtimeFlags {
                     }
                 }
                 "inherit-env" => inherit_env = enabled?,
+                "keyvalue" => {
+                    let granted = &mut config.host.keyvalue_max_bytes;
+                    *granted = match (enabled?, *granted) {
+                        (false, _) => 0,
+                        (true, 0) => SINGLE_KEYVALUE_BYTES,
+                        (true, set) => set,
+                    };
+                }
                 "inherit-network" if enabled? => {
                     let any = AllowList::parse(&["*://*:*".to_string()]).expect("a valid entry");
                     for tenant in &mut config.tenants {
@@ -250,17 +273,25 @@ impl WasmtimeFlags {
                 _ => {
                     return Err(refuse(
                         &format!("-S {key}"),
-                        "mctx-host offers WASI CLI and HTTP, with outbound HTTP under allowed_outbound_hosts",
+                        "mctx-host offers WASI CLI and HTTP (outbound HTTP under allowed_outbound_hosts) and keyvalue",
                     ));
                 }
             }
         }
         let envs = !self.env.is_empty() || inherit_env;
-        if (envs || !self.dirs.is_empty() || !self.headers.is_empty()) && (!single || tenants != 1)
+        let seeded = !seed.is_empty();
+        if (envs || seeded || !self.dirs.is_empty() || !self.headers.is_empty())
+            && (!single || tenants != 1)
         {
             bail!(
-                "--env, -S inherit-env, --dir and --header are for single-component mode; in a tenants \
-                 file use each tenant's env, secrets and allowed_outbound_hosts"
+                "--env, --dir, --header, -S inherit-env and -S keyvalue-in-memory-data are for \
+                 single-component mode; in a tenants file use each tenant's env, secrets, \
+                 allowed_outbound_hosts and keyvalue_max_bytes"
+            );
+        }
+        if seeded && config.host.keyvalue_max_bytes == 0 {
+            bail!(
+                "-S keyvalue-in-memory-data fills the component's key-value store: add -S keyvalue"
             );
         }
         if let Some(tenant) = config.tenants.first_mut().filter(|_| single) {
@@ -276,6 +307,11 @@ impl WasmtimeFlags {
             }
             for header in &self.headers {
                 tenant.request_headers.extend(parse_headers(header)?);
+            }
+            for (key, value) in seed {
+                tenant
+                    .keyvalue_seed
+                    .insert(key.to_string(), value.to_string());
             }
             for dir in &self.dirs {
                 let (host, guest) = dir.split_once("::").unwrap_or((dir, dir));

@@ -674,7 +674,13 @@ impl Deployments {
                 );
                 let mut problems = Vec::new();
                 // Never one tenant alone once tenants come and go: half the pool.
-                let settled = Capabilities::settle(&spec, &self.host, 2, &mut problems);
+                let settled = Capabilities::settle(
+                    &spec,
+                    &self.host,
+                    2,
+                    self.runtime.stores(),
+                    &mut problems,
+                );
                 debug_assert!(problems.is_empty(), "no secrets, no problems: {problems:?}");
                 Arc::new(settled)
             }

@@ -85,7 +85,7 @@ impl Deployments {
                          declaring it in the file",
                         spec.slug.as_str()
                     )),
-                    Some(tenant) if unchanged(tenant, spec, &host, on_host) => {
+                    Some(tenant) if unchanged(tenant, spec, &host, on_host, runtime.stores()) => {
                         kept.push(tenant.clone())
                     }
                     _ => build.push(spec.clone()),
@@ -176,6 +176,7 @@ fn unchanged(
     spec: &TenantSpec,
     host: &crate::base::config::HostSettings,
     on_host: usize,
+    stores: &crate::run::keyvalue::KeyValueStores,
 ) -> bool {
     let Source::File(old) = &tenant.source else {
         return false;
@@ -191,6 +192,6 @@ fn unchanged(
         return false;
     }
     let mut problems = Vec::new();
-    let settled = Capabilities::settle(spec, host, on_host, &mut problems);
+    let settled = Capabilities::settle(spec, host, on_host, stores, &mut problems);
     problems.is_empty() && settled.env == tenant.capabilities.env
 }

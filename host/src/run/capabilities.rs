@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::base::config::{HostSettings, OutboundSpec, SecretSource, TenantSpec};
 use crate::run::gate::Gate;
+use crate::run::keyvalue::{KeyValueStores, TenantStore};
 use crate::run::limits::{self, Limits};
 
 /// A tenant's settled capabilities.
@@ -29,6 +30,8 @@ pub(crate) struct Capabilities {
     pub(crate) request_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Host directories the guest may read: (host path, guest path).
     pub(crate) dirs: Vec<(std::path::PathBuf, String)>,
+    /// Its key-value store, when granted (`run::keyvalue`).
+    pub(crate) keyvalue: Option<Arc<TenantStore>>,
 }
 
 /// Secret values: shared by every request of the tenant, never printed.
@@ -71,6 +74,7 @@ impl Capabilities {
         spec: &TenantSpec,
         host: &HostSettings,
         tenants: usize,
+        stores: &KeyValueStores,
         problems: &mut Vec<String>,
     ) -> Capabilities {
         let limits = Limits {
@@ -143,6 +147,10 @@ impl Capabilities {
             secrets: Secrets(secrets.into()),
             request_headers,
             dirs: spec.dirs.clone(),
+            keyvalue: match spec.keyvalue_max_bytes.unwrap_or(host.keyvalue_max_bytes) {
+                0 => None,
+                quota => Some(stores.grant(spec.slug.as_str(), quota, &spec.keyvalue_seed)),
+            },
         }
     }
 }
@@ -198,7 +206,13 @@ mod tests {
     fn limits_fall_back_to_the_hosts() {
         let host = HostSettings::default();
         let mut problems = Vec::new();
-        let own = Capabilities::settle(&spec("cpu_limit_ms = 50"), &host, 2, &mut problems);
+        let own = Capabilities::settle(
+            &spec("cpu_limit_ms = 50"),
+            &host,
+            2,
+            &KeyValueStores::default(),
+            &mut problems,
+        );
         assert_eq!(own.limits.cpu, Duration::from_millis(50));
         assert_eq!(own.limits.memory_bytes, 128 << 20);
         assert_eq!(own.gate.max_concurrent(), 500, "half the pool of 1000");
@@ -219,7 +233,13 @@ mod tests {
              C = {{ env = \"MCTX_TEST_NEVER_SET\" }}, D = {{ env = \"PATH\" }} }}"
         );
         let mut problems = Vec::new();
-        let caps = Capabilities::settle(&spec(&extra), &HostSettings::default(), 1, &mut problems);
+        let caps = Capabilities::settle(
+            &spec(&extra),
+            &HostSettings::default(),
+            1,
+            &KeyValueStores::default(),
+            &mut problems,
+        );
         assert!(caps.env.contains(&("MODE".into(), "test".into())));
         assert!(caps.env.contains(&("A".into(), "file-secret".into())));
         assert!(caps.env.iter().any(|(k, _)| k == "D"));

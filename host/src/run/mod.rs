@@ -13,6 +13,7 @@ pub(crate) mod dispatch;
 pub(crate) mod gate;
 pub(crate) mod guest_logging;
 pub(crate) mod instances;
+pub(crate) mod keyvalue;
 pub(crate) mod limits;
 pub(crate) mod memory;
 pub(crate) mod outbound;

@@ -18,6 +18,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::run::artifacts::{ArtifactCache, CacheOutcome};
 use crate::run::instances::Budget;
+use crate::run::keyvalue::KeyValueStores;
 use crate::run::state::RequestState;
 
 /// How often the epoch advances. The CPU limit is enforced at this
@@ -62,6 +63,8 @@ pub(crate) struct Runtime {
     settings: RuntimeSettings,
     /// Instances kept for reuse, host-wide (`run::instances`).
     kept: Arc<Budget>,
+    /// Every tenant's key-value store (`run::keyvalue`).
+    stores: Arc<KeyValueStores>,
     _ticker: EpochTicker,
 }
 
@@ -75,6 +78,7 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         crate::run::guest_logging::add_to_linker(&mut linker)?;
+        crate::run::keyvalue::add_to_linker(&mut linker)?;
         let cache = settings
             .cache_dir
             .as_ref()
@@ -86,6 +90,7 @@ impl Runtime {
             linker,
             cache,
             kept: Budget::new(settings.max_kept_instances() as usize),
+            stores: Arc::default(),
             settings,
             _ticker: ticker,
         })
@@ -98,6 +103,11 @@ impl Runtime {
     /// The host-wide budget of instances kept for reuse.
     pub(crate) fn kept(&self) -> &Arc<Budget> {
         &self.kept
+    }
+
+    /// Every tenant's key-value store, by slug.
+    pub(crate) fn stores(&self) -> &Arc<KeyValueStores> {
+        &self.stores
     }
 
     pub(crate) fn settings(&self) -> &RuntimeSettings {

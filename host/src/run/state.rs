@@ -11,6 +11,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::logs::capture::{CaptureStream, OutputTarget, RequestCapture};
 use crate::logs::entry::Stream;
 use crate::run::capabilities::Capabilities;
+use crate::run::keyvalue::TenantStore;
 use crate::run::limits::{MemoryLimiter, RequestMeter};
 use crate::run::outbound::Outbound;
 
@@ -25,6 +26,8 @@ pub(crate) struct RequestState {
     output: Arc<OutputTarget>,
     /// Every outbound HTTP call goes through here (`run::outbound`).
     outbound: Outbound,
+    /// The tenant's key-value store, when its table grants one.
+    keyvalue: Option<Arc<TenantStore>>,
 }
 
 impl RequestState {
@@ -60,6 +63,7 @@ impl RequestState {
             meter,
             output,
             outbound,
+            keyvalue: capabilities.keyvalue.clone(),
         }
     }
 
@@ -89,6 +93,14 @@ impl RequestState {
 
     pub(crate) fn meter(&self) -> &RequestMeter {
         &self.meter
+    }
+
+    pub(crate) fn keyvalue(&self) -> Option<&Arc<TenantStore>> {
+        self.keyvalue.as_ref()
+    }
+
+    pub(crate) fn table_mut(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 }
 

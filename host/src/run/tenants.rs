@@ -215,8 +215,13 @@ impl TenantRegistry {
                     Deployment::new(version.clone(), pre, provenance),
                 );
             }
-            let capabilities =
-                Capabilities::settle(spec, request.host, request.tenants_on_host, &mut problems);
+            let capabilities = Capabilities::settle(
+                spec,
+                request.host,
+                request.tenants_on_host,
+                runtime.stores(),
+                &mut problems,
+            );
             tenants.push(Tenant {
                 slug: spec.slug.clone(),
                 owner: spec.owner.clone(),

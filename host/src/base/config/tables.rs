@@ -62,6 +62,9 @@ pub struct HostSettings {
     /// How long an instance kept for reuse may wait for its next request
     /// before it is dropped (`--idle-instance-timeout`).
     pub idle_instance_timeout_ms: u64,
+    /// The key-value store every tenant gets, in bytes (keys, values and 64
+    /// a key); 0: none. A tenant may set its own (`keyvalue_max_bytes`).
+    pub keyvalue_max_bytes: u64,
     /// Where servers deployed through the API live (components and the
     /// server list); `None`: `$XDG_DATA_HOME/mctx-host`, else
     /// `~/.local/share/mctx-host`.
@@ -99,6 +102,7 @@ impl Default for HostSettings {
             max_concurrent_per_tenant: None,
             instance_reuse: 1,
             idle_instance_timeout_ms: 1000,
+            keyvalue_max_bytes: 0,
             state_dir: None,
             slug_cooling_off_days: 7,
             max_component_bytes: 64 << 20,

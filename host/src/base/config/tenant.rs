@@ -118,6 +118,12 @@ pub struct TenantSpec {
     pub max_queued: Option<u32>,
     /// Overrides `[host] instance_reuse` for this tenant.
     pub instance_reuse: Option<u32>,
+    /// The tenant's key-value store, in bytes (overrides `[host]
+    /// keyvalue_max_bytes`; 0: none).
+    pub keyvalue_max_bytes: Option<u64>,
+    /// What its store holds when it is created (`-S keyvalue-in-memory-data`,
+    /// single-component mode).
+    pub keyvalue_seed: BTreeMap<String, String>,
     pub outbound: OutboundSpec,
     /// Environment variables the guest sees (not secret: they are in the
     /// file).
@@ -149,6 +155,8 @@ impl TenantSpec {
             max_concurrent: None,
             max_queued: None,
             instance_reuse: None,
+            keyvalue_max_bytes: None,
+            keyvalue_seed: BTreeMap::new(),
             outbound: OutboundSpec::default(),
             env: BTreeMap::new(),
             secrets: BTreeMap::new(),
@@ -215,6 +223,7 @@ pub(super) struct TenantTable {
     max_concurrent: Option<u32>,
     max_queued: Option<u32>,
     instance_reuse: Option<u32>,
+    keyvalue_max_bytes: Option<u64>,
     #[serde(default)]
     allowed_outbound_hosts: Vec<String>,
     max_subrequests: Option<u32>,
@@ -320,6 +329,8 @@ impl TenantTable {
             max_concurrent: self.max_concurrent,
             max_queued: self.max_queued,
             instance_reuse: self.instance_reuse,
+            keyvalue_max_bytes: self.keyvalue_max_bytes,
+            keyvalue_seed: BTreeMap::new(),
             outbound: OutboundSpec {
                 allowed,
                 max_subrequests: self.max_subrequests.unwrap_or(defaults.max_subrequests),

@@ -1,0 +1,214 @@
+//! A tenant's key-value store (`wasi:keyvalue`, `run::keyvalue`) against
+//! the real host, through `guests/visits`: what a tenant stores reaches its
+//! later requests and its other versions, never another tenant; a tenant
+//! not granted a store, and a store past its quota, are refused with the
+//! reason on the tenant's log stream and nothing already stored lost;
+//! concurrent increments lose no update; the operator sees each store's
+//! size; `-S keyvalue` and `-S keyvalue-in-memory-data` mean in single mode
+//! what they mean to `wasmtime serve`.
+
+mod support;
+
+use bytes::Bytes;
+use serde_json::Value;
+use support::{HostProcess, Reply, Viewer, guest, tenant_toml};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A request to `site` (a `Host` name without the port).
+async fn call(host: &HostProcess, method: &str, site: &str, path: &str, body: &str) -> Reply {
+    support::send(
+        host.addr,
+        method,
+        &format!("{site}:{}", host.addr.port()),
+        path,
+        &[],
+        Bytes::from(body.to_string()),
+    )
+    .await
+}
+
+/// `/count` on `site`: the number it answers.
+async fn count(host: &HostProcess, site: &str, path: &str) -> u64 {
+    let reply = call(host, "GET", site, path, "").await;
+    assert_eq!(reply.status, 200, "{site}{path}: {}", reply.text());
+    reply.text().trim().parse().unwrap()
+}
+
+/// The entries of the request `reply` answered, as `viewer` got them.
+async fn entries_of(viewer: &mut Viewer, reply: &Reply) -> Vec<Value> {
+    let id = reply.header("x-request-id").unwrap().to_string();
+    viewer
+        .request_entries(&id)
+        .await
+        .into_iter()
+        .filter(|e| e["requestId"] == id)
+        .collect()
+}
+
+fn said(entries: &[Value], level: &str, start: &str) -> bool {
+    entries
+        .iter()
+        .any(|e| e["level"] == level && e["message"].as_str().unwrap_or("").starts_with(start))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_keeps_what_it_stores_and_only_it_sees_it() {
+    let visits = guest("visits");
+    let versions = [("1.0.0", visits.as_path()), ("2.0.0", visits.as_path())];
+    let config = [
+        tenant_toml("a", "alice", "active", &versions) + "keyvalue_max_bytes = 4096\n",
+        tenant_toml("b", "bob", "active", &versions[..1]) + "keyvalue_max_bytes = 4096\n",
+        tenant_toml("none", "carol", "active", &versions[..1]),
+    ]
+    .concat();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let host = HostProcess::multi(&config, &["--metrics-addr", &metrics_addr]);
+
+    // Later requests and other versions of the tenant see what it stored.
+    assert_eq!(count(&host, "a.localhost", "/v1/count").await, 1);
+    assert_eq!(count(&host, "a.localhost", "/v1/count").await, 2);
+    assert_eq!(count(&host, "a.localhost", "/v2/count").await, 3);
+    let stored = call(&host, "PUT", "a.localhost", "/kv/plan", "pro").await;
+    assert_eq!(stored.status, 200, "{}", stored.text());
+    assert_eq!(
+        call(&host, "GET", "a.localhost", "/kv/plan", "")
+            .await
+            .text(),
+        "pro\n"
+    );
+    // Another tenant running the same component has a store of its own.
+    assert_eq!(count(&host, "b.localhost", "/count").await, 1);
+    assert_eq!(
+        call(&host, "GET", "b.localhost", "/kv/plan", "")
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        call(&host, "GET", "b.localhost", "/keys", "").await.text(),
+        "visits\n"
+    );
+
+    // Not granted: refused, and its owner is told why.
+    let mut watching_none = host.viewer("none", "", "carol").await;
+    let refused = call(&host, "GET", "none.localhost", "/count", "").await;
+    assert_eq!(refused.status, 503);
+    assert!(
+        refused.text().starts_with("access-denied"),
+        "{}",
+        refused.text()
+    );
+    let entries = entries_of(&mut watching_none, &refused).await;
+    assert!(
+        said(
+            &entries,
+            "warn",
+            "[mctx] keyvalue refused: this tenant has no store"
+        ),
+        "{entries:?}"
+    );
+
+    // Past the quota: refused whole, said, and what was stored is still there.
+    let mut watching_a = host.viewer("a", "", "alice").await;
+    let full = call(&host, "PUT", "a.localhost", "/kv/big", &"x".repeat(5000)).await;
+    assert_eq!(full.status, 507);
+    assert!(full.text().contains("the store is full"), "{}", full.text());
+    let entries = entries_of(&mut watching_a, &full).await;
+    assert!(
+        said(
+            &entries,
+            "warn",
+            "[mctx] keyvalue refused: the store is full"
+        ),
+        "{entries:?}"
+    );
+    assert_eq!(
+        call(&host, "GET", "a.localhost", "/kv/big", "")
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        call(&host, "GET", "a.localhost", "/kv/plan", "")
+            .await
+            .text(),
+        "pro\n"
+    );
+
+    // 16 increments at once: each gets its own number, none is lost.
+    let mut at_once = Vec::new();
+    for _ in 0..16 {
+        let addr = host.addr;
+        at_once.push(tokio::spawn(async move {
+            let host = format!("b.localhost:{}", addr.port());
+            let reply = support::send(addr, "GET", &host, "/count", &[], Bytes::new()).await;
+            reply.text().trim().parse::<u64>().unwrap()
+        }));
+    }
+    let mut numbers = Vec::new();
+    for task in at_once {
+        numbers.push(task.await.unwrap());
+    }
+    numbers.sort();
+    assert_eq!(numbers, (2..=17).collect::<Vec<u64>>());
+
+    // The operator sees each granted store's size and quota.
+    let metrics = support::send(
+        metrics_addr.parse().unwrap(),
+        "GET",
+        &metrics_addr,
+        "/metrics",
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .text();
+    let value = |name: &str, slug: &str| -> Option<u64> {
+        let prefix = format!("{name}{{slug=\"{slug}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .map(|v| v.parse().unwrap())
+    };
+    assert_eq!(value("mctx_keyvalue_max_bytes", "a"), Some(4096));
+    // `visits` = "3" and `plan` = "pro", 64 bytes of overhead each.
+    assert_eq!(
+        value("mctx_keyvalue_bytes", "a"),
+        Some(6 + 1 + 4 + 3 + 2 * 64)
+    );
+    assert_eq!(value("mctx_keyvalue_bytes", "none"), None, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_mode_takes_wasmtimes_keyvalue_flags() {
+    let visits = guest("visits");
+    let host = HostProcess::single(
+        &visits,
+        &["-S", "keyvalue,keyvalue-in-memory-data=visits=41"],
+    );
+    assert_eq!(count(&host, "localhost", "/count").await, 42);
+    assert_eq!(count(&host, "localhost", "/count").await, 43);
+
+    let without = HostProcess::single(&visits, &[]);
+    assert_eq!(
+        call(&without, "GET", "localhost", "/count", "")
+            .await
+            .status,
+        503
+    );
+
+    let stderr = support::run_failing(&[
+        "serve".into(),
+        "-S".into(),
+        "keyvalue-in-memory-data=visits=41".into(),
+        visits.into(),
+    ]);
+    assert!(stderr.contains("add -S keyvalue"), "{stderr}");
+}
