@@ -206,11 +206,11 @@ async fn broken_uploads_are_refused_and_the_old_version_keeps_serving() {
         core.text()
     );
 
-    // A valid component that exports nothing: not a wasi:http proxy.
+    // A valid component that exports nothing: not a wasi:http component.
     let empty = put("2.0.0", Bytes::from_static(b"\0asm\x0d\0\x01\0")).await;
     assert_eq!(empty.status, 422, "{}", empty.text());
     assert!(
-        empty.text().contains("not a wasi:http proxy"),
+        empty.text().contains("not a wasi:http component"),
         "{}",
         empty.text()
     );

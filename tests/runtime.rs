@@ -350,7 +350,7 @@ fn broken_configs_are_refused_naming_file_tenant_and_problem() {
         ),
         (
             tenant("empty", "\"1.0.0\" = \"empty-component.wasm\""),
-            "not a wasi:http proxy component",
+            "not a wasi:http component",
         ),
         (
             tenant("cut", "\"1.0.0\" = \"truncated.wasm\""),

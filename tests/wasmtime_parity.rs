@@ -362,34 +362,25 @@ fn unsupported_wasmtime_flags_are_refused_in_one_line_naming_the_flag() {
     }
 }
 
-/// A WASIp3 component (`guests/hello-p3`): `wasmtime serve -Sp3` serves it
-/// (the anchor a p3 host will be measured against); mctx-host does not
-/// serve p3 yet and refuses it at start with that reason, not as a broken
-/// file.
+/// A WASIp3 component (`guests/hello-p3`) under both, with `wasmtime
+/// serve`'s `-Sp3`: the same answers, the body written by a guest task after
+/// the response head included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wasip3_component_is_served_by_wasmtime_and_refused_here_with_the_reason() {
-    let p3 = guest("hello_p3");
-    let wasmtime = WasmtimeServe::start(&p3, &["-Sp3"]);
-    let reply = support::send(
-        wasmtime.addr,
-        "GET",
-        "localhost",
-        "/x?y=1",
-        &[],
-        Bytes::new(),
+async fn hello_p3_answers_the_same_under_wasmtime_serve() {
+    same_answers_with(
+        &guest("hello_p3"),
+        &["-Sp3"],
+        &[
+            get("/"),
+            get("/x?y=1"),
+            get("/quiet"),
+            get("/lines?n=3"),
+            get("/stream?chunks=2"),
+            Case {
+                status_only: true,
+                ..get("/trap")
+            },
+        ],
     )
     .await;
-    assert_eq!(
-        (reply.status, reply.text()),
-        (200, "hello from p3 at /x?y=1\n".to_string())
-    );
-    let refused = support::run_failing(&["serve".into(), p3.into_os_string()]);
-    assert!(
-        refused.contains("WASIp3 component") && refused.contains("wasmtime serve -Sp3"),
-        "{refused}"
-    );
-    assert!(
-        !refused.contains("truncated"),
-        "not called broken: {refused}"
-    );
 }

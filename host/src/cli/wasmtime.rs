@@ -33,7 +33,7 @@ pub(crate) struct WasmtimeFlags {
     /// `max-memory-size=BYTES` are honoured.
     #[arg(short = 'W', long = "wasm", value_name = "KEY[=VAL[,..]]")]
     wasm: Vec<String>,
-    /// wasmtime's WASI options: `cli`, `common`, `http` (always on), `inherit-env`,
+    /// wasmtime's WASI options: `cli`, `common`, `http`, `p3` (always on), `inherit-env`,
     /// `inherit-network` (outbound HTTP to public addresses), `keyvalue` (wasi:keyvalue: a store
     /// in memory per tenant, 16 MiB unless `[host] keyvalue_max_bytes` says otherwise) and
     /// `keyvalue-in-memory-data=KEY=VALUE` (what it holds at start) are honoured.
@@ -70,7 +70,8 @@ pub(crate) struct WasmtimeFlags {
     /// reused, and never across tenants or versions. In a tenants file: `[host] instance_reuse`.
     #[arg(long, value_name = "N")]
     max_instance_reuse_count: Option<u32>,
-    /// Concurrent requests per instance: 1 is honoured; more is refused for now.
+    /// Concurrent requests per instance: 1 is honoured (WASIp2 and WASIp3); more is refused, since
+    /// requests sharing an instance share its stdout and their lines could not be told apart.
     #[arg(long, value_name = "N")]
     max_instance_concurrent_reuse_count: Option<u32>,
     /// How long an instance kept for reuse waits for its next request before it is dropped
@@ -246,11 +247,11 @@ impl WasmtimeFlags {
             }
             let enabled = on("-S", key, value);
             match key {
-                "cli" | "common" | "http" => {
+                "cli" | "common" | "http" | "p3" => {
                     if !enabled? {
                         return Err(refuse(
                             &format!("-S {key}=n"),
-                            "mctx-host always links WASI CLI and HTTP (they grant nothing by themselves)",
+                            "mctx-host always links WASI CLI and HTTP, p2 and p3 (they grant nothing by themselves)",
                         ));
                     }
                 }
@@ -329,7 +330,7 @@ impl WasmtimeFlags {
             Some(_) => {
                 return Err(refuse(
                     "--max-instance-concurrent-reuse-count above 1",
-                    "one request per instance, as wasmtime does for WASIp2 components",
+                    "one request at a time per instance (p2 and p3), so that each log line belongs to the request that wrote it",
                 ));
             }
         }

@@ -45,14 +45,12 @@ use crate::logs::hub::LogHub;
 use crate::logs::sink::LogSink;
 use crate::run::artifacts::sha256_hex;
 use crate::run::capabilities::Capabilities;
-use crate::run::runtime::{Rejected, Runtime};
-use crate::run::state::RequestState;
+use crate::run::runtime::{GuestPre, Rejected, Runtime};
 use crate::run::tenants::{
     Deployment, LiveTenants, LoadRequest, LoadStats, Provenance, Source, Tenant, TenantRegistry,
 };
 use shared::{Key, Shared, Written};
 use store::{Document, Reservation, ServerRecord, Store};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// Who is asking, once authenticated.
 #[derive(Clone, Debug)]
@@ -567,11 +565,7 @@ impl Deployments {
 
     /// Compiles a component off the async threads; a refusal says whether
     /// the bytes are no component (400) or one this host cannot run (422).
-    async fn compile(
-        &self,
-        wasm: Bytes,
-        sha256: String,
-    ) -> Result<ProxyPre<RequestState>, DeployError> {
+    async fn compile(&self, wasm: Bytes, sha256: String) -> Result<GuestPre, DeployError> {
         let runtime = self.runtime.clone();
         let compiled = tokio::task::spawn_blocking(move || runtime.load_bytes(&wasm, &sha256))
             .await
@@ -607,7 +601,7 @@ impl Deployments {
         &self,
         document: &Document,
         slug: &str,
-        fresh: Option<(&Version, ProxyPre<RequestState>)>,
+        fresh: Option<(&Version, GuestPre)>,
         removed: Option<&str>,
     ) -> Result<Option<Arc<Tenant>>, DeployError> {
         let current = self.live.get(slug);

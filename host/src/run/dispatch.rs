@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 
 use futures_util::FutureExt as _;
+use futures_util::future::Either;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
@@ -30,8 +31,9 @@ use crate::logs::sink::LogSink;
 use crate::run::gate;
 use crate::run::limits::{Metered, RequestMeter};
 use crate::run::outbound::{Outbound, OutboundContext, OutboundCounts};
+use crate::run::p3;
 use crate::run::report::{RequestReport, event_headers, outcome_response};
-use crate::run::runtime::Runtime;
+use crate::run::runtime::{Guest, GuestPre, Runtime};
 use crate::run::state::RequestState;
 use crate::run::tenants::{Deployment, Tenant};
 
@@ -232,19 +234,17 @@ impl Dispatcher {
         let kept = (limits.reuse > 1)
             .then(|| deployment.kept.take(limits.idle))
             .flatten();
-        let (mut store, proxy, served) = match kept {
+        let (mut store, kept, served) = match kept {
             Some(warm) => {
                 let mut store = warm.store;
                 store.data_mut().begin(capture, meter.clone(), outbound);
-                (store, Some(warm.proxy), warm.served)
+                (store, Some(warm.guest), warm.served)
             }
             None => (
-                self.new_store(RequestState::new(
-                    capture,
-                    capabilities,
-                    meter.clone(),
-                    outbound,
-                )),
+                Self::new_store(
+                    deployment.pre.engine(),
+                    RequestState::new(capture, capabilities, meter.clone(), outbound),
+                ),
                 None,
                 0,
             ),
@@ -256,7 +256,7 @@ impl Dispatcher {
         // finishes (possibly long after, if it streams the body).
         let (response_tx, mut response_rx) = oneshot::channel();
         let status = report.status.clone();
-        let on_response = move |response: Result<Response<_>, _>| {
+        let on_response = move |response: Result<Response<Body>, String>| {
             let code = response.as_ref().map_or(500, |r| r.status().as_u16());
             status.store(code, Ordering::Relaxed);
             let _ = response_tx.send(response);
@@ -270,37 +270,72 @@ impl Dispatcher {
             limit: limits.body_bytes,
             too_large: too_large.clone(),
         });
-        let scheme = if crate::base::transport::over_tls(&request) {
-            Scheme::Https
-        } else {
-            Scheme::Http
-        };
-        let prepared = store
-            .data_mut()
-            .http()
-            .new_incoming_request(scheme, request)
-            .and_then(|req| {
-                let out = store
+        let https = crate::base::transport::over_tls(&request);
+
+        // What runs the guest: its instance back when it ended well and may
+        // serve again.
+        let call = match deployment.pre.clone() {
+            GuestPre::P2(pre) => {
+                let scheme = if https { Scheme::Https } else { Scheme::Http };
+                let prepared = store
                     .data_mut()
                     .http()
-                    .new_response_outparam_from_callback(on_response)?;
-                Ok((req, out))
-            });
-        let (guest_request, response_out) = match prepared {
-            Ok(prepared) => prepared,
-            Err(e) => {
-                report.done = true;
-                return error_response(
-                    StatusCode::BAD_REQUEST,
-                    &format!("cannot pass this request to the guest: {e}"),
-                );
+                    .new_incoming_request(scheme, request)
+                    .and_then(|req| {
+                        let out = store
+                            .data_mut()
+                            .http()
+                            .new_response_outparam_from_callback(move |response| {
+                                on_response(response.map_err(|code| format!("{code:?}")))
+                            })?;
+                        Ok((req, out))
+                    });
+                let (guest_request, response_out) = match prepared {
+                    Ok(prepared) => prepared,
+                    Err(e) => {
+                        report.done = true;
+                        return error_response(
+                            StatusCode::BAD_REQUEST,
+                            &format!("cannot pass this request to the guest: {e}"),
+                        );
+                    }
+                };
+                Either::Left(async move {
+                    let proxy = match kept {
+                        Some(Guest::P2(proxy)) => proxy,
+                        _ => pre.instantiate_async(&mut store).await?,
+                    };
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, guest_request, response_out)
+                        .await?;
+                    Ok((store, Guest::P2(proxy)))
+                })
+            }
+            GuestPre::P3(pre) => {
+                let scheme = if https {
+                    http::uri::Scheme::HTTPS
+                } else {
+                    http::uri::Scheme::HTTP
+                };
+                Either::Right(async move {
+                    let on_response = move |response: Result<Response<Body>, _>| {
+                        on_response(response.map_err(|code| format!("{code:?}")))
+                    };
+                    let kept = match kept {
+                        Some(Guest::P3(service)) => Some(service),
+                        _ => None,
+                    };
+                    let (store, service) =
+                        p3::serve(store, pre, kept, request, scheme, on_response).await?;
+                    Ok((store, Guest::P3(service)))
+                })
             }
         };
 
         let Ok(slot) = self.slots.clone().acquire_owned().await else {
             return error_response(StatusCode::SERVICE_UNAVAILABLE, "the host is shutting down");
         };
-        let pre = deployment.pre.clone();
         let pool = deployment.kept.clone();
         let budget = self.runtime.kept().clone();
         let (reuse, max_idle) = (limits.reuse, capabilities.gate.max_concurrent());
@@ -308,17 +343,7 @@ impl Dispatcher {
             async move {
                 let _slots = (slot, tenant_slot);
                 let meter = report.meter.clone();
-                let guest = Metered::new(meter.clone(), async move {
-                    let proxy = match proxy {
-                        Some(proxy) => proxy,
-                        None => pre.instantiate_async(&mut store).await?,
-                    };
-                    proxy
-                        .wasi_http_incoming_handler()
-                        .call_handle(&mut store, guest_request, response_out)
-                        .await?;
-                    Ok((store, proxy))
-                });
+                let guest = Metered::new(meter.clone(), call);
                 // Past the deadline the guest is dropped mid-call: stopped.
                 let result = match tokio::time::timeout_at(deadline, guest).await {
                     Ok(result) => result,
@@ -335,10 +360,10 @@ impl Dispatcher {
                     // Only an instance whose request went well serves
                     // another: after a trap, a limit or a cancel it is
                     // dropped here.
-                    if let Some((store, proxy)) = instance
+                    if let Some((store, guest)) = instance
                         && outcome == Outcome::Ok
                     {
-                        pool.put(&budget, store, proxy, served + 1, reuse, max_idle);
+                        pool.put(&budget, store, guest, served + 1, reuse, max_idle);
                     }
                 })
             }
@@ -392,7 +417,7 @@ impl Dispatcher {
             }
             Err(code) => error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                &format!("the tenant answered with an error: {code:?}"),
+                &format!("the tenant answered with an error: {code}"),
             ),
         };
         finish_response(response, &too_large, &self.refusals, limits.body_bytes)
@@ -423,8 +448,8 @@ fn finish_response(
 impl Dispatcher {
     /// A store for a fresh instance: its memory limiter and the epoch
     /// callback that enforces the CPU limit of whichever request it serves.
-    fn new_store(&self, state: RequestState) -> Store<RequestState> {
-        let mut store = Store::new(self.runtime.engine(), state);
+    fn new_store(engine: &wasmtime::Engine, state: RequestState) -> Store<RequestState> {
+        let mut store = Store::new(engine, state);
         store.limiter(|state| state.limiter());
         store.epoch_deadline_callback(|ctx| {
             Ok(if ctx.data().meter().check_cpu() {

@@ -22,15 +22,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::Store;
-use wasmtime_wasi_http::p2::bindings::Proxy;
 
+use crate::run::runtime::Guest;
 use crate::run::state::RequestState;
 use crate::run::tenants::LiveTenants;
 
 /// An instance between requests.
 pub(crate) struct Warm {
     pub(crate) store: Store<RequestState>,
-    pub(crate) proxy: Proxy,
+    pub(crate) guest: Guest,
     /// Requests it has served.
     pub(crate) served: u32,
     idle_since: Instant,
@@ -107,7 +107,7 @@ impl InstancePool {
         &self,
         budget: &Arc<Budget>,
         store: Store<RequestState>,
-        proxy: Proxy,
+        guest: Guest,
         served: u32,
         reuse: u32,
         max_idle: usize,
@@ -124,7 +124,7 @@ impl InstancePool {
         }
         kept.push(Warm {
             store,
-            proxy,
+            guest,
             served,
             idle_since: Instant::now(),
             _held: held,

@@ -3,9 +3,14 @@
 //! version's previous request when the tenant asks for reuse.
 //!
 //! ```text
-//!  Dispatcher::dispatch ─► Store (RequestState: WASI ctx, capture, meter) ─► ProxyPre::instantiate ─► handle
-//!                     └──► InstancePool::take (kept Store, RequestState::begin) ──────────────────────┘
+//!  Dispatcher::dispatch ─► Store (RequestState: WASI ctx, capture, meter) ─► GuestPre::P2 instantiate ─► incoming-handler.handle
+//!                     │                                                  └► GuestPre::P3 instantiate ─► p3::serve (run_concurrent until the guest is done)
+//!                     └──► InstancePool::take (kept Store, RequestState::begin) ─┘
 //! ```
+//!
+//! WASIp2 and WASIp3 components compile for two engines (`runtime::Flavor`):
+//! the p3 one has the component model's concurrency support, which costs
+//! every store, and is made only when a p3 component loads.
 
 pub(crate) mod artifacts;
 pub(crate) mod capabilities;
@@ -17,6 +22,7 @@ pub(crate) mod keyvalue;
 pub(crate) mod limits;
 pub(crate) mod memory;
 pub(crate) mod outbound;
+pub(crate) mod p3;
 pub(crate) mod report;
 pub(crate) mod runtime;
 pub(crate) mod state;

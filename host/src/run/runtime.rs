@@ -7,14 +7,15 @@
 //! pooling allocator takes microseconds.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use crate::run::artifacts::{ArtifactCache, CacheOutcome};
 use crate::run::instances::Budget;
@@ -55,49 +56,85 @@ impl RuntimeSettings {
     }
 }
 
-/// The engine, the linker and the artifact cache.
+/// The engines, their linkers and the artifact cache.
 pub(crate) struct Runtime {
-    engine: Engine,
-    linker: Linker<RequestState>,
+    /// For WASIp2 components: every tenant until one deploys a WASIp3
+    /// component, and still most of them then.
+    p2: Flavor,
+    /// For WASIp3 components, made when the first one loads.
+    p3: OnceLock<Flavor>,
     cache: Option<ArtifactCache>,
     settings: RuntimeSettings,
     /// Instances kept for reuse, host-wide (`run::instances`).
     kept: Arc<Budget>,
     /// Every tenant's key-value store (`run::keyvalue`).
     stores: Arc<KeyValueStores>,
+}
+
+/// An engine, the linker made for it and its epoch ticker.
+///
+/// Why two: an engine that can run WASIp3 (`concurrency_support`) sets up
+/// its concurrency state in every store, which measured 9 % of a fresh
+/// WASIp2 instance's throughput and 12 % of a reused one's (hello.wasm,
+/// wrk -c16, 14.9k vs 13.6k and 37.2k vs 32.8k req/s). WASIp2 components,
+/// which need none of it, get an engine without it.
+struct Flavor {
+    engine: Engine,
+    linker: Linker<RequestState>,
     _ticker: EpochTicker,
+}
+
+impl Flavor {
+    fn new(settings: &RuntimeSettings, p3: bool) -> Result<Flavor> {
+        let engine = build_engine(settings, p3)?;
+        let mut linker = Linker::new(&engine);
+        // The whole of WASI p2 (as `wasmtime serve` links by default), so
+        // that guests built with a standard toolchain link; the context
+        // grants no files, sockets or environment.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        if p3 {
+            // And WASI p3, for components built against it (`run::p3`).
+            wasmtime_wasi::p3::add_to_linker(&mut linker)?;
+            wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
+        }
+        crate::run::guest_logging::add_to_linker(&mut linker)?;
+        crate::run::keyvalue::add_to_linker(&mut linker)?;
+        let ticker = EpochTicker::spawn(engine.clone());
+        Ok(Flavor {
+            engine,
+            linker,
+            _ticker: ticker,
+        })
+    }
 }
 
 impl Runtime {
     pub(crate) fn new(settings: RuntimeSettings) -> Result<Runtime> {
-        let engine = build_engine(&settings)?;
-        let mut linker = Linker::new(&engine);
-        // The whole of WASI p2 (as `wasmtime serve` links by default), so that
-        // guests built with a standard toolchain link; the context grants no
-        // files, sockets or environment.
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        crate::run::guest_logging::add_to_linker(&mut linker)?;
-        crate::run::keyvalue::add_to_linker(&mut linker)?;
+        let p2 = Flavor::new(&settings, false)?;
         let cache = settings
             .cache_dir
             .as_ref()
             .map(ArtifactCache::open)
             .transpose()?;
-        let ticker = EpochTicker::spawn(engine.clone());
         Ok(Runtime {
-            engine,
-            linker,
+            p2,
+            p3: OnceLock::new(),
             cache,
             kept: Budget::new(settings.max_kept_instances() as usize),
             stores: Arc::default(),
             settings,
-            _ticker: ticker,
         })
     }
 
-    pub(crate) fn engine(&self) -> &Engine {
-        &self.engine
+    /// The WASIp3 flavor, made on first use.
+    fn p3(&self) -> Result<&Flavor> {
+        if let Some(flavor) = self.p3.get() {
+            return Ok(flavor);
+        }
+        let flavor = Flavor::new(&self.settings, true)?;
+        // Two loads racing: one flavor wins, the other is dropped unused.
+        Ok(self.p3.get_or_init(|| flavor))
     }
 
     /// The host-wide budget of instances kept for reuse.
@@ -124,26 +161,80 @@ impl Runtime {
         &self,
         wasm: &[u8],
         sha256: &str,
-    ) -> Result<(ProxyPre<RequestState>, CacheOutcome), Rejected> {
-        let (component, outcome) = match &self.cache {
-            Some(cache) => cache.load_or_compile(&self.engine, wasm, sha256),
-            None => Component::new(&self.engine, wasm)
+    ) -> Result<(GuestPre, CacheOutcome), Rejected> {
+        let compile = |engine: &Engine| match &self.cache {
+            Some(cache) => cache.load_or_compile(engine, wasm, sha256),
+            None => Component::new(engine, wasm)
                 .map(|c| (c, CacheOutcome::Disabled))
                 .map_err(anyhow::Error::from),
-        }
-        .map_err(|e| Rejected::Malformed(describe_compile_error(e, wasm)))?;
-        let instance_pre = self
+        };
+        // A WASIp3 component does not validate without the component
+        // model's async features: that failure is how it is told apart.
+        let (flavor, (component, outcome)) = match compile(&self.p2.engine) {
+            Ok(compiled) => (&self.p2, compiled),
+            Err(e) if format!("{e:#}").contains("component model async") => {
+                let p3 = self.p3().map_err(Rejected::Unfit)?;
+                let compiled = compile(&p3.engine)
+                    .map_err(|e| Rejected::Malformed(describe_compile_error(e, wasm)))?;
+                (p3, compiled)
+            }
+            Err(e) => return Err(Rejected::Malformed(describe_compile_error(e, wasm))),
+        };
+        let instance_pre = flavor
             .linker
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
             .context("the component imports something this host does not provide")
             .map_err(Rejected::Unfit)?;
-        let pre = ProxyPre::new(instance_pre).map_err(|e| {
+        let unfit = |e: wasmtime::Error| {
             Rejected::Unfit(anyhow!(
-                "not a wasi:http proxy component (it must export wasi:http/incoming-handler): {e}"
+                "not a wasi:http component (it must export wasi:http/incoming-handler@0.2, or \
+                 wasi:http/handler@0.3 for WASIp3): {e}"
             ))
-        })?;
+        };
+        let pre = if std::ptr::eq(flavor, &self.p2) {
+            GuestPre::P2(ProxyPre::new(instance_pre).map_err(unfit)?)
+        } else {
+            GuestPre::P3(ServicePre::new(instance_pre).map_err(unfit)?)
+        };
         Ok((pre, outcome))
+    }
+}
+
+/// A tenant's component, ready to instantiate. Which generation of
+/// wasi:http it speaks decides how a request runs in it.
+#[derive(Clone)]
+pub(crate) enum GuestPre {
+    /// WASIp2, `wasi:http/proxy@0.2`: `incoming-handler.handle` answers
+    /// through a response outparam; its body goes through a host channel.
+    P2(ProxyPre<RequestState>),
+    /// WASIp3, `wasi:http/service@0.3`: `handler.handle` returns the
+    /// response, whose body guest tasks write inside the store's event loop
+    /// (`run::p3`).
+    P3(ServicePre<RequestState>),
+}
+
+/// An instance of a tenant's component, kept to serve its next request.
+pub(crate) enum Guest {
+    P2(wasmtime_wasi_http::p2::bindings::Proxy),
+    P3(wasmtime_wasi_http::p3::bindings::Service),
+}
+
+impl GuestPre {
+    /// The engine it was compiled for, which its stores must use.
+    pub(crate) fn engine(&self) -> &Engine {
+        match self {
+            GuestPre::P2(pre) => pre.instance_pre().engine(),
+            GuestPre::P3(pre) => pre.instance_pre().engine(),
+        }
+    }
+
+    /// `p2` or `p3`, for logs and the dashboard.
+    pub(crate) fn generation(&self) -> &'static str {
+        match self {
+            GuestPre::P2(_) => "p2",
+            GuestPre::P3(_) => "p3",
+        }
     }
 }
 
@@ -183,22 +274,15 @@ fn describe_compile_error(error: anyhow::Error, wasm: &[u8]) -> anyhow::Error {
             "this is a core WebAssembly module, not a component: build for wasm32-wasip2 \
              (or wrap it with `wasm-tools component new`)"
         )
-    } else if format!("{error:#}").contains("component model async") {
-        // wasmtime's parser names the feature a WASIp3 component needs.
-        anyhow!(
-            "this component uses the component model's async features (a WASIp3 component, \
-             wasi:http/handler@0.3): mctx-host serves WASIp2 components (wasi:http/proxy@0.2) \
-             for now; build it against WASIp2 (the `wasip2` crate, or wit-bindgen's p2 \
-             bindings), or serve it with `wasmtime serve -Sp3`"
-        )
     } else {
         error.context("invalid or truncated component")
     }
 }
 
-fn build_engine(settings: &RuntimeSettings) -> Result<Engine> {
+fn build_engine(settings: &RuntimeSettings, p3: bool) -> Result<Engine> {
     let mut config = Config::new();
     config.epoch_interruption(true);
+    config.concurrency_support(p3);
     // Fresh instances get their data segments copied in rather than
     // mapped copy-on-write from the module's image: each first write to a
     // CoW page is a fault that flushes the TLB of every core running the

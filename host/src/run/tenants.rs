@@ -19,14 +19,12 @@ use std::sync::Arc;
 use anyhow::{Result, bail};
 use arc_swap::ArcSwap;
 use semver::Version;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::base::config::{HostSettings, Slug, Status, TenantSpec};
 use crate::run::artifacts::{CacheOutcome, sha256_hex};
 use crate::run::capabilities::Capabilities;
 use crate::run::instances::InstancePool;
-use crate::run::runtime::Runtime;
-use crate::run::state::RequestState;
+use crate::run::runtime::{GuestPre, Runtime};
 /// Which of a tenant's versions a request asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum VersionSelector {
@@ -66,7 +64,7 @@ pub(crate) struct Deployment {
     pub(crate) version: Version,
     /// `version` as text, computed once: it is sent with every request.
     pub(crate) version_label: String,
-    pub(crate) pre: ProxyPre<RequestState>,
+    pub(crate) pre: GuestPre,
     pub(crate) provenance: Provenance,
     /// Instances of this version kept for reuse (empty unless the tenant
     /// sets `instance_reuse` above 1).
@@ -128,11 +126,7 @@ impl Tenant {
 }
 
 impl Deployment {
-    pub(crate) fn new(
-        version: Version,
-        pre: ProxyPre<RequestState>,
-        provenance: Provenance,
-    ) -> Self {
+    pub(crate) fn new(version: Version, pre: GuestPre, provenance: Provenance) -> Self {
         Deployment {
             version_label: version.to_string(),
             version,
@@ -179,7 +173,7 @@ impl TenantRegistry {
         runtime: &Runtime,
         request: LoadRequest<'_>,
     ) -> Result<(Vec<Tenant>, LoadStats)> {
-        let mut loaded: HashMap<PathBuf, (ProxyPre<RequestState>, String, u64)> = HashMap::new();
+        let mut loaded: HashMap<PathBuf, (GuestPre, String, u64)> = HashMap::new();
         let mut stats = LoadStats::default();
         let mut problems = Vec::new();
         let mut tenants = Vec::new();
@@ -316,7 +310,7 @@ fn load_one(
     runtime: &Runtime,
     path: &Path,
     stats: &mut LoadStats,
-) -> Result<(ProxyPre<RequestState>, String, u64)> {
+) -> Result<(GuestPre, String, u64)> {
     let wasm = match std::fs::read(path) {
         Ok(wasm) => wasm,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("file not found"),
@@ -330,6 +324,6 @@ fn load_one(
         CacheOutcome::Hit => stats.cache_hits += 1,
         CacheOutcome::Miss | CacheOutcome::Disabled => stats.compiled += 1,
     }
-    tracing::info!(component = %path.display(), ?outcome, elapsed_ms = started.elapsed().as_millis() as u64, "component ready");
+    tracing::info!(component = %path.display(), wasi = pre.generation(), ?outcome, elapsed_ms = started.elapsed().as_millis() as u64, "component ready");
     Ok((pre, sha256, wasm.len() as u64))
 }
