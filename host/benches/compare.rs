@@ -245,30 +245,41 @@ fn hosts_config(tenants: usize, component: &std::path::Path) -> String {
         .collect()
 }
 
-/// `mctx-host serve` and `wasmtime serve -Scli`, both given `flags`, on
-/// hello.wasm's `/quiet` and `/`, interleaved: the section's table (also
-/// printed) and the medians added to `chart`.
-fn against_wasmtime(
-    hello: &std::path::Path,
-    flags: &[&str],
-    title: &str,
-    label: &str,
-    chart: &mut Vec<(String, f64)>,
-) -> String {
-    let wasmtime = WasmtimeServe::start(hello, flags);
+/// What `against_wasmtime` runs: a component, each host's flags, and how
+/// the section and its rows are named.
+struct Matchup<'a> {
+    component: &'a std::path::Path,
+    ours: &'a [&'a str],
+    theirs: &'a [&'a str],
+    title: &'a str,
+    /// Appended to each host's name in the rows, for each host.
+    labels: (&'a str, &'a str),
+    paths: &'a [&'a str],
+}
+
+/// `mctx-host serve` and `wasmtime serve -Scli` on `matchup`'s component
+/// and paths, interleaved: the section's table (also printed) and the
+/// medians added to `chart`.
+fn against_wasmtime(matchup: Matchup<'_>, chart: &mut Vec<(String, f64)>) -> String {
+    let wasmtime = WasmtimeServe::start(matchup.component, matchup.theirs);
     let ours: Vec<&str> = ["--guest-logs", "off"]
         .iter()
-        .chain(flags)
+        .chain(matchup.ours)
         .copied()
         .collect();
-    let single = HostProcess::single(hello, &ours);
-    let mut section = format!("{title} (hello.wasm, {CONNECTIONS} connections)\n\n{HEADER}\n");
-    for path in ["/quiet", "/"] {
+    let single = HostProcess::single(matchup.component, &ours);
+    let name = matchup.component.file_name().unwrap().to_string_lossy();
+    let mut section = format!(
+        "{} ({name}, {CONNECTIONS} connections)\n\n{HEADER}\n",
+        matchup.title
+    );
+    let (our_label, their_label) = matchup.labels;
+    for path in matchup.paths {
         let (ours, theirs) = interleave(
-            (&format!("mctx-host serve{label}, {path}"), &mut || {
+            (&format!("mctx-host serve{our_label}, {path}"), &mut || {
                 wrk(single.addr, "localhost", path, CONNECTIONS, single.pid())
             }),
-            (&format!("wasmtime serve -Scli{label}, {path}"), &mut || {
+            (&format!("wasmtime serve -Scli{their_label}, {path}"), &mut || {
                 wrk(
                     wasmtime.addr,
                     "localhost",
@@ -313,24 +324,63 @@ async fn run() {
     // each with one fresh instance per request (wasmtime's default for a
     // WASIp2 component), then both at their best, instances reused up to
     // 128 requests each (`--max-instance-reuse-count 128`).
+    let both_paths: &[&str] = &["/quiet", "/"];
     let section = against_wasmtime(
-        &hello,
-        &[],
-        "### 1. Throughput: `mctx-host serve` vs `wasmtime serve`",
-        "",
+        Matchup {
+            component: &hello,
+            ours: &[],
+            theirs: &[],
+            title: "### 1. Throughput: `mctx-host serve` vs `wasmtime serve`",
+            labels: ("", ""),
+            paths: both_paths,
+        },
         &mut chart,
     );
     report.push_str(&section);
+    let reuse: &[&str] = &["--max-instance-reuse-count", "128"];
     let section = against_wasmtime(
-        &hello,
-        &["--max-instance-reuse-count", "128"],
-        "\n### 1a. Instances reused: `--max-instance-reuse-count 128` on both",
-        ", reuse 128",
+        Matchup {
+            component: &hello,
+            ours: reuse,
+            theirs: reuse,
+            title: "\n### 1a. Instances reused: `--max-instance-reuse-count 128` on both",
+            labels: (", reuse 128", ", reuse 128"),
+            paths: both_paths,
+        },
         &mut chart,
     );
     report.push_str(&section);
 
-    // 1b. The same host over TLS (rustls, keep-alive) against plain HTTP.
+    // 1b-1c. A WASIp3 component: fresh instances on both, then each host's
+    // best: ours reused in turn, wasmtime's p3 default (128 in turn and 16
+    // requests at once in one instance).
+    let hello_p3 = guest("hello_p3");
+    let section = against_wasmtime(
+        Matchup {
+            component: &hello_p3,
+            ours: &[],
+            theirs: &["-Sp3", "--max-instance-reuse-count", "1"],
+            title: "\n### 1b. WASIp3 (`wasi:http/service@0.3`): fresh instances on both",
+            labels: (" (p3)", " -Sp3, reuse 1"),
+            paths: &["/quiet"],
+        },
+        &mut chart,
+    );
+    report.push_str(&section);
+    let section = against_wasmtime(
+        Matchup {
+            component: &hello_p3,
+            ours: reuse,
+            theirs: &["-Sp3"],
+            title: "\n### 1c. WASIp3, each at its best: ours reused in turn (128), wasmtime's default (128 in turn, 16 at once)",
+            labels: (" (p3), reuse 128", " -Sp3"),
+            paths: &["/quiet"],
+        },
+        &mut chart,
+    );
+    report.push_str(&section);
+
+    // 1d. The same host over TLS (rustls, keep-alive) against plain HTTP.
     let ca = support::pki::Ca::new("bench CA");
     let cert = ca.host("bench");
     let (cert_path, key_path) = (
@@ -350,7 +400,7 @@ async fn run() {
         ],
     );
     let mut section = format!(
-        "\n### 1b. Over TLS: `mctx-host serve --tls-cert …` vs plain HTTP (hello.wasm, {CONNECTIONS} keep-alive connections)\n\n{header}\n"
+        "\n### 1d. Over TLS: `mctx-host serve --tls-cert …` vs plain HTTP (hello.wasm, {CONNECTIONS} keep-alive connections)\n\n{header}\n"
     );
     for path in ["/quiet", "/"] {
         let (secure, clear) = interleave(
