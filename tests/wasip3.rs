@@ -88,11 +88,20 @@ async fn a_wasip3_tenant_serves_logs_and_is_limited_like_a_wasip2_one() {
         assert_eq!(event["outcome"], outcome, "{path}: {event}");
         assert_eq!(event["status"], status, "{path}");
     }
-    // The trap says what it was; the host and the other tenants go on.
+    // The trap says what it was and where; the host and the other tenants
+    // go on.
     let (_, _, entries) = get(&host, &mut viewer, "/trap").await;
     assert!(
         messages(&entries).contains(&"hello-p3: trap requested"),
         "{entries:?}"
+    );
+    let event = entries.last().unwrap();
+    assert_eq!(event["exception"]["name"], "UnreachableCodeReached");
+    assert!(
+        support::stack_of(event)
+            .iter()
+            .any(|frame| frame.contains("wasi:http/handler@0.3.0#handle")),
+        "{event}"
     );
     assert_eq!(host.get("p2.localhost", "/quiet").await.status, 200);
     assert_eq!(get(&host, &mut viewer, "/quiet").await.0, 200);

@@ -279,15 +279,18 @@ fn against_wasmtime(matchup: Matchup<'_>, chart: &mut Vec<(String, f64)>) -> Str
             (&format!("mctx-host serve{our_label}, {path}"), &mut || {
                 wrk(single.addr, "localhost", path, CONNECTIONS, single.pid())
             }),
-            (&format!("wasmtime serve -Scli{their_label}, {path}"), &mut || {
-                wrk(
-                    wasmtime.addr,
-                    "localhost",
-                    path,
-                    CONNECTIONS,
-                    wasmtime.pid(),
-                )
-            }),
+            (
+                &format!("wasmtime serve -Scli{their_label}, {path}"),
+                &mut || {
+                    wrk(
+                        wasmtime.addr,
+                        "localhost",
+                        path,
+                        CONNECTIONS,
+                        wasmtime.pid(),
+                    )
+                },
+            ),
         );
         let ratio = ours.median(|r| r.rps) / theirs.median(|r| r.rps);
         let _ = writeln!(
