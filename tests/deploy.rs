@@ -716,6 +716,37 @@ async fn on_a_cluster_a_deploy_reaches_every_host() {
     );
 }
 
+/// A server's key-value store lives in JetStream on a cluster, beyond any
+/// host: deleting the server deletes it, so whoever gets the slug next
+/// (here its owner again, within the cooling-off) starts empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_deleted_servers_store_goes_with_it() {
+    let nats = support::NatsServer::start();
+    let config = api_only(&format!(
+        "[host]\nkeyvalue_max_bytes = 4096\n[cluster]\nnats_url = \"{}\"\n",
+        nats.url()
+    ));
+    let host = HostProcess::multi(&config, &["--node", "a"]);
+    let count = async || host.get("kv.localhost", "/count").await.text();
+    for round in 0..2 {
+        let created = api(
+            &host,
+            "POST",
+            "/api/servers",
+            ROOT,
+            Body::Json(json!({ "slug": "kv", "owner": "alice" })),
+        )
+        .await;
+        assert_eq!(created.status, 201, "round {round}: {}", created.text());
+        let deployed = put_version(&host, "kv", "1.0.0", "alice", "visits").await;
+        assert_eq!(deployed.status, 201, "{}", deployed.text());
+        assert_eq!(count().await, "1\n", "round {round}");
+        assert_eq!(count().await, "2\n", "round {round}");
+        let deleted = api(&host, "DELETE", "/api/servers/kv", "alice", Body::None).await;
+        assert_eq!(deleted.status, 200, "{}", deleted.text());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_watch_reloads_when_the_file_or_a_component_changes() {
     let dir = tempfile::tempdir().unwrap();

@@ -5,21 +5,14 @@
 //! reason on the tenant's log stream and nothing already stored lost;
 //! concurrent increments lose no update; the operator sees each store's
 //! size; `-S keyvalue` and `-S keyvalue-in-memory-data` mean in single mode
-//! what they mean to `wasmtime serve`.
+//! what they mean to `wasmtime serve`; on a cluster (a real `nats-server`
+//! with JetStream) every host sees the same store.
 
 mod support;
 
 use bytes::Bytes;
 use serde_json::Value;
-use support::{HostProcess, Reply, Viewer, guest, tenant_toml};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::{HostProcess, NatsServer, Reply, Viewer, guest, tenant_toml};
 
 /// A request to `site` (a `Host` name without the port).
 async fn call(host: &HostProcess, method: &str, site: &str, path: &str, body: &str) -> Reply {
@@ -34,9 +27,13 @@ async fn call(host: &HostProcess, method: &str, site: &str, path: &str, body: &s
     .await
 }
 
+async fn get(host: &HostProcess, site: &str, path: &str) -> Reply {
+    call(host, "GET", site, path, "").await
+}
+
 /// `/count` on `site`: the number it answers.
 async fn count(host: &HostProcess, site: &str, path: &str) -> u64 {
-    let reply = call(host, "GET", site, path, "").await;
+    let reply = get(host, site, path).await;
     assert_eq!(reply.status, 200, "{site}{path}: {}", reply.text());
     reply.text().trim().parse().unwrap()
 }
@@ -68,7 +65,7 @@ async fn a_tenant_keeps_what_it_stores_and_only_it_sees_it() {
         tenant_toml("none", "carol", "active", &versions[..1]),
     ]
     .concat();
-    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let metrics_addr = format!("127.0.0.1:{}", support::free_port());
     let host = HostProcess::multi(&config, &["--metrics-addr", &metrics_addr]);
 
     // Later requests and other versions of the tenant see what it stored.
@@ -77,28 +74,15 @@ async fn a_tenant_keeps_what_it_stores_and_only_it_sees_it() {
     assert_eq!(count(&host, "a.localhost", "/v2/count").await, 3);
     let stored = call(&host, "PUT", "a.localhost", "/kv/plan", "pro").await;
     assert_eq!(stored.status, 200, "{}", stored.text());
-    assert_eq!(
-        call(&host, "GET", "a.localhost", "/kv/plan", "")
-            .await
-            .text(),
-        "pro\n"
-    );
+    assert_eq!(get(&host, "a.localhost", "/kv/plan").await.text(), "pro\n");
     // Another tenant running the same component has a store of its own.
     assert_eq!(count(&host, "b.localhost", "/count").await, 1);
-    assert_eq!(
-        call(&host, "GET", "b.localhost", "/kv/plan", "")
-            .await
-            .status,
-        404
-    );
-    assert_eq!(
-        call(&host, "GET", "b.localhost", "/keys", "").await.text(),
-        "visits\n"
-    );
+    assert_eq!(get(&host, "b.localhost", "/kv/plan").await.status, 404);
+    assert_eq!(get(&host, "b.localhost", "/keys").await.text(), "visits\n");
 
     // Not granted: refused, and its owner is told why.
     let mut watching_none = host.viewer("none", "", "carol").await;
-    let refused = call(&host, "GET", "none.localhost", "/count", "").await;
+    let refused = get(&host, "none.localhost", "/count").await;
     assert_eq!(refused.status, 503);
     assert!(
         refused.text().starts_with("access-denied"),
@@ -129,18 +113,8 @@ async fn a_tenant_keeps_what_it_stores_and_only_it_sees_it() {
         ),
         "{entries:?}"
     );
-    assert_eq!(
-        call(&host, "GET", "a.localhost", "/kv/big", "")
-            .await
-            .status,
-        404
-    );
-    assert_eq!(
-        call(&host, "GET", "a.localhost", "/kv/plan", "")
-            .await
-            .text(),
-        "pro\n"
-    );
+    assert_eq!(get(&host, "a.localhost", "/kv/big").await.status, 404);
+    assert_eq!(get(&host, "a.localhost", "/kv/plan").await.text(), "pro\n");
 
     // 16 increments at once: each gets its own number, none is lost.
     let mut at_once = Vec::new();
@@ -197,12 +171,7 @@ async fn single_mode_takes_wasmtimes_keyvalue_flags() {
     assert_eq!(count(&host, "localhost", "/count").await, 43);
 
     let without = HostProcess::single(&visits, &[]);
-    assert_eq!(
-        call(&without, "GET", "localhost", "/count", "")
-            .await
-            .status,
-        503
-    );
+    assert_eq!(get(&without, "localhost", "/count").await.status, 503);
 
     let stderr = support::run_failing(&[
         "serve".into(),
@@ -211,4 +180,66 @@ async fn single_mode_takes_wasmtimes_keyvalue_flags() {
         visits.into(),
     ]);
     assert!(stderr.contains("add -S keyvalue"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_every_host_sees_the_same_store() {
+    let nats = NatsServer::start();
+    let visits = guest("visits");
+    let config = [
+        format!("[cluster]\nnats_url = \"{}\"\n", nats.url()),
+        tenant_toml("v", "alice", "active", &[("1.0.0", &visits)]) + "keyvalue_max_bytes = 4096\n",
+        tenant_toml("w", "bob", "active", &[("1.0.0", &visits)]) + "keyvalue_max_bytes = 4096\n",
+    ]
+    .concat();
+    let a = HostProcess::multi(&config, &["--node", "a"]);
+    let b = HostProcess::multi(&config, &["--node", "b"]);
+
+    // One counter, whichever host serves the request.
+    assert_eq!(count(&a, "v.localhost", "/count").await, 1);
+    assert_eq!(count(&b, "v.localhost", "/count").await, 2);
+    assert_eq!(count(&a, "v.localhost", "/count").await, 3);
+    let stored = call(&b, "PUT", "v.localhost", "/kv/a%20key/with%C3%BC", "pro").await;
+    assert_eq!(stored.status, 200, "{}", stored.text());
+    assert_eq!(
+        get(&a, "v.localhost", "/kv/a%20key/with%C3%BC")
+            .await
+            .text(),
+        "pro\n"
+    );
+    // Another tenant's store is its own, on the cluster too.
+    assert_eq!(count(&b, "w.localhost", "/count").await, 1);
+    assert_eq!(
+        get(&b, "w.localhost", "/kv/a%20key/with%C3%BC")
+            .await
+            .status,
+        404
+    );
+
+    // 16 increments at once, half on each host: none lost.
+    let mut at_once = Vec::new();
+    for i in 0..16 {
+        let addr = if i % 2 == 0 { a.addr } else { b.addr };
+        at_once.push(tokio::spawn(async move {
+            let site = format!("v.localhost:{}", addr.port());
+            let reply = support::send(addr, "GET", &site, "/count", &[], bytes::Bytes::new()).await;
+            reply.text().trim().parse::<u64>().unwrap()
+        }));
+    }
+    let mut numbers = Vec::new();
+    for task in at_once {
+        numbers.push(task.await.unwrap());
+    }
+    numbers.sort();
+    assert_eq!(numbers, (4..=19).collect::<Vec<u64>>());
+
+    // The quota holds on the cluster: refused, and nothing stored lost.
+    let full = call(&a, "PUT", "v.localhost", "/kv/big", &"x".repeat(5000)).await;
+    assert_eq!(full.status, 507, "{}", full.text());
+    assert!(full.text().contains("the store is full"), "{}", full.text());
+    assert_eq!(
+        get(&b, "v.localhost", "/keys").await.text(),
+        "a%20key/with%C3%BC\nvisits\n"
+    );
+    assert_eq!(count(&b, "v.localhost", "/count").await, 20);
 }

@@ -39,7 +39,7 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        let port = free_port();
+        let port = support::free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let child = Command::new(binary)
             .arg(format!("--config.file={}", config.display()))
@@ -110,14 +110,6 @@ impl Drop for Prometheus {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `{slug: value}` of a `sum by (slug)` result.
 fn by_slug(result: &[Value]) -> Vec<(String, f64)> {
     let mut pairs: Vec<(String, f64)> = result
@@ -143,7 +135,7 @@ async fn prometheus_scrapes_what_the_host_did() {
         tenant_toml("bad", "alice", "active", &[("1.0.0", &misbehave)]),
     ]
     .concat();
-    let metrics_port = free_port();
+    let metrics_port = support::free_port();
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let host = HostProcess::multi(&config, &["--metrics-addr", &metrics_addr]);
     let prometheus = Prometheus::scraping(&metrics_addr);

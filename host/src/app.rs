@@ -209,6 +209,12 @@ impl App {
             Some(settings) => Some(Cluster::start(settings, hub.clone()).await?),
             None => None,
         };
+        if let Some(cluster) = &cluster {
+            // Tenants' key-value stores live in JetStream, shared by the hosts.
+            runtime
+                .stores()
+                .share(async_nats::jetstream::new(cluster.client()));
+        }
         hub.count_losses(metrics.clone());
         let publisher: Arc<dyn LogSink> = Arc::new(Publisher::new(
             hub.clone(),

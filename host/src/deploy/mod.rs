@@ -514,6 +514,7 @@ impl Deployments {
         durable.sweep(&document);
         let reason = format!("server {slug} was deleted by {}", caller.user);
         self.apply(&document, slug, None, Some(&reason)).await?;
+        self.runtime.stores().forget(slug).await;
         tracing::info!(slug, by = caller.user, "server deleted");
         self.metrics.deploy("deleted");
         Ok(())
