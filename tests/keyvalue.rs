@@ -38,6 +38,26 @@ async fn count(host: &HostProcess, site: &str, path: &str) -> u64 {
     reply.text().trim().parse().unwrap()
 }
 
+/// `n` `/count`s on `site` at once, spread over `hosts`: the numbers they
+/// answered, sorted.
+async fn counts_at_once(hosts: &[std::net::SocketAddr], site: &str, n: usize) -> Vec<u64> {
+    let mut at_once = Vec::new();
+    for i in 0..n {
+        let addr = hosts[i % hosts.len()];
+        let site = format!("{site}:{}", addr.port());
+        at_once.push(tokio::spawn(async move {
+            let reply = support::send(addr, "GET", &site, "/count", &[], Bytes::new()).await;
+            reply.text().trim().parse::<u64>().unwrap()
+        }));
+    }
+    let mut numbers = Vec::new();
+    for task in at_once {
+        numbers.push(task.await.unwrap());
+    }
+    numbers.sort();
+    numbers
+}
+
 /// The entries of the request `reply` answered, as `viewer` got them.
 async fn entries_of(viewer: &mut Viewer, reply: &Reply) -> Vec<Value> {
     let id = reply.header("x-request-id").unwrap().to_string();
@@ -117,20 +137,7 @@ async fn a_tenant_keeps_what_it_stores_and_only_it_sees_it() {
     assert_eq!(get(&host, "a.localhost", "/kv/plan").await.text(), "pro\n");
 
     // 16 increments at once: each gets its own number, none is lost.
-    let mut at_once = Vec::new();
-    for _ in 0..16 {
-        let addr = host.addr;
-        at_once.push(tokio::spawn(async move {
-            let host = format!("b.localhost:{}", addr.port());
-            let reply = support::send(addr, "GET", &host, "/count", &[], Bytes::new()).await;
-            reply.text().trim().parse::<u64>().unwrap()
-        }));
-    }
-    let mut numbers = Vec::new();
-    for task in at_once {
-        numbers.push(task.await.unwrap());
-    }
-    numbers.sort();
+    let numbers = counts_at_once(&[host.addr], "b.localhost", 16).await;
     assert_eq!(numbers, (2..=17).collect::<Vec<u64>>());
 
     // The operator sees each granted store's size and quota.
@@ -217,20 +224,7 @@ async fn on_a_cluster_every_host_sees_the_same_store() {
     );
 
     // 16 increments at once, half on each host: none lost.
-    let mut at_once = Vec::new();
-    for i in 0..16 {
-        let addr = if i % 2 == 0 { a.addr } else { b.addr };
-        at_once.push(tokio::spawn(async move {
-            let site = format!("v.localhost:{}", addr.port());
-            let reply = support::send(addr, "GET", &site, "/count", &[], bytes::Bytes::new()).await;
-            reply.text().trim().parse::<u64>().unwrap()
-        }));
-    }
-    let mut numbers = Vec::new();
-    for task in at_once {
-        numbers.push(task.await.unwrap());
-    }
-    numbers.sort();
+    let numbers = counts_at_once(&[a.addr, b.addr], "v.localhost", 16).await;
     assert_eq!(numbers, (4..=19).collect::<Vec<u64>>());
 
     // The quota holds on the cluster: refused, and nothing stored lost.
