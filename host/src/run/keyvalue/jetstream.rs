@@ -104,12 +104,13 @@ impl Shared {
     }
 
     /// Writes the pairs one after another, after checking the quota;
-    /// returns the bucket's size as last seen.
+    /// returns the bucket's size as it will be, when it was looked at (a
+    /// change that only deletes does not look).
     pub(super) async fn set_many(
         &self,
         pairs: Vec<(String, Option<Vec<u8>>)>,
         quota: u64,
-    ) -> Result<u64, Problem> {
+    ) -> Result<Option<u64>, Problem> {
         let adds: u64 = pairs
             .iter()
             .filter_map(|(key, value)| {
@@ -117,12 +118,13 @@ impl Shared {
                 Some((key.len() + value.len()) as u64 + ENTRY_OVERHEAD)
             })
             .sum();
-        let mut used = 0;
+        let mut seen = None;
         if adds > 0 {
-            used = self.bytes().await?;
+            let used = self.bytes().await?;
             if used + adds > quota {
                 return Err(Problem::Refused(super::full(adds, used, quota)));
             }
+            seen = Some(used + adds);
         }
         for (key, value) in pairs {
             match value {
@@ -139,7 +141,7 @@ impl Shared {
                     .map_err(|e| failed("delete", e))?,
             }
         }
-        Ok(used + adds)
+        Ok(seen)
     }
 
     /// Adds `delta` with compare-and-set, so that concurrent increments on
@@ -160,8 +162,11 @@ impl Shared {
                 .filter(|entry| entry.operation == kv::Operation::Put);
             let current = entry.as_ref().map(|entry| entry.value.as_ref());
             let next = super::incremented(key, current, delta).map_err(Problem::Refused)?;
-            if current.is_none() && self.bytes().await? + ENTRY_OVERHEAD > quota {
-                return Err(Problem::Refused(super::full(ENTRY_OVERHEAD, quota, quota)));
+            if current.is_none() {
+                let used = self.bytes().await?;
+                if used + ENTRY_OVERHEAD > quota {
+                    return Err(Problem::Refused(super::full(ENTRY_OVERHEAD, used, quota)));
+                }
             }
             let value = Bytes::from(next.to_string().into_bytes());
             let written = match &entry {

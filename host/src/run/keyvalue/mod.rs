@@ -159,8 +159,9 @@ impl TenantStore {
         let quota = self.quota();
         match self.shared().await? {
             Some(shared) => {
-                let used = shared.set_many(pairs, quota).await?;
-                self.seen.store(used, Ordering::Relaxed);
+                if let Some(used) = shared.set_many(pairs, quota).await? {
+                    self.seen.store(used, Ordering::Relaxed);
+                }
                 Ok(())
             }
             None => self.entries().apply(pairs, quota).map_err(Problem::Refused),
