@@ -85,9 +85,7 @@ impl Deployments {
                          declaring it in the file",
                         spec.slug.as_str()
                     )),
-                    Some(tenant) if unchanged(tenant, spec, &host, on_host, runtime.stores()) => {
-                        kept.push(tenant.clone())
-                    }
+                    Some(tenant) if unchanged(tenant, spec) => kept.push(tenant.clone()),
                     _ => build.push(spec.clone()),
                 }
             }
@@ -171,13 +169,7 @@ impl Deployments {
 /// now: the same table, the same bytes in each component file, the same
 /// environment (secrets are read again, so a rotated secret counts as a
 /// change).
-fn unchanged(
-    tenant: &Tenant,
-    spec: &TenantSpec,
-    host: &crate::base::config::HostSettings,
-    on_host: usize,
-    stores: &crate::run::keyvalue::KeyValueStores,
-) -> bool {
+fn unchanged(tenant: &Tenant, spec: &TenantSpec) -> bool {
     let Source::File(old) = &tenant.source else {
         return false;
     };
@@ -191,7 +183,9 @@ fn unchanged(
     if !same_bytes {
         return false;
     }
+    // Only the environment can differ now; settling the rest (limits, the
+    // gate, the key-value store) would do work and touch shared state.
     let mut problems = Vec::new();
-    let settled = Capabilities::settle(spec, host, on_host, stores, &mut problems);
-    problems.is_empty() && settled.env == tenant.capabilities.env
+    let (env, _) = Capabilities::environment(spec, &mut problems);
+    problems.is_empty() && env == tenant.capabilities.env
 }

@@ -98,26 +98,7 @@ impl Capabilities {
             .or(host.max_concurrent_per_tenant)
             .unwrap_or(fair_share) as usize;
         let max_queued = spec.max_queued.map_or(max_concurrent, |n| n as usize);
-        let mut env: Vec<(String, String)> = spec
-            .env
-            .iter()
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .collect();
-        let mut secrets = Vec::new();
-        for (key, source) in &spec.secrets {
-            match read_secret(source) {
-                Ok(value) => {
-                    if !value.is_empty() {
-                        secrets.push(value.clone());
-                    }
-                    env.push((key.clone(), value));
-                }
-                Err(why) => problems.push(format!(
-                    "tenant {:?}: secret {key:?}: {why}",
-                    spec.slug.as_str()
-                )),
-            }
-        }
+        let (env, mut secrets) = Self::environment(spec, problems);
         let mut request_headers = Vec::new();
         for (name, value) in &spec.request_headers {
             match (
@@ -152,6 +133,38 @@ impl Capabilities {
                 quota => Some(stores.grant(spec.slug.as_str(), quota, &spec.keyvalue_seed)),
             },
         }
+    }
+}
+
+impl Capabilities {
+    /// The guest's environment (`env`, then the secrets read from their
+    /// sources) and the secrets' values; a secret that cannot be read goes
+    /// to `problems`.
+    pub(crate) fn environment(
+        spec: &TenantSpec,
+        problems: &mut Vec<String>,
+    ) -> (Vec<(String, String)>, Vec<String>) {
+        let mut env: Vec<(String, String)> = spec
+            .env
+            .iter()
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        let mut secrets = Vec::new();
+        for (key, source) in &spec.secrets {
+            match read_secret(source) {
+                Ok(value) => {
+                    if !value.is_empty() {
+                        secrets.push(value.clone());
+                    }
+                    env.push((key.clone(), value));
+                }
+                Err(why) => problems.push(format!(
+                    "tenant {:?}: secret {key:?}: {why}",
+                    spec.slug.as_str()
+                )),
+            }
+        }
+        (env, secrets)
     }
 }
 
