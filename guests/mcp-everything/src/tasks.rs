@@ -222,26 +222,40 @@ fn create(tool: &str, arguments: Value, gathered: Value) -> Reply {
 }
 
 /// What later requests said about a task.
-#[derive(Default)]
 struct Said {
     /// When a `tasks/cancel` found it running.
     cancelled: Option<u64>,
     /// Answers to its questions, by key: `{ response, at }`.
     answers: serde_json::Map<String, Value>,
+    /// Its questions still without an answer, by key.
+    pending: Vec<(&'static str, Value)>,
 }
 
 impl Said {
-    /// What the store holds about `task_id`, whose questions are `asked`.
-    fn recall(bucket: &memory::Bucket, task_id: &str, asked: &[(&'static str, Value)]) -> Said {
-        let cancelled = memory::get(bucket, &fact(task_id, "cancelled")).and_then(|at| at.as_u64());
-        let answers = asked
-            .iter()
-            .filter_map(|(key, _)| {
-                let answer = memory::get(bucket, &fact(task_id, &format!("answer/{key}")))?;
-                Some((key.to_string(), answer))
-            })
-            .collect();
-        Said { cancelled, answers }
+    /// What the store holds about `task_id`, whose questions are `asked`
+    /// (without a store: nothing, so every question is pending).
+    fn recall(
+        bucket: Option<&memory::Bucket>,
+        task_id: &str,
+        asked: Vec<(&'static str, Value)>,
+    ) -> Said {
+        let read = |what: &str| bucket.and_then(|bucket| memory::get(bucket, &fact(task_id, what)));
+        let cancelled = read("cancelled").and_then(|at| at.as_u64());
+        let mut answers = serde_json::Map::new();
+        let mut pending = Vec::new();
+        for (key, ask) in asked {
+            match read(&answer_fact(key)) {
+                Some(answer) => {
+                    answers.insert(key.to_string(), answer);
+                }
+                None => pending.push((key, ask)),
+            }
+        }
+        Said {
+            cancelled,
+            answers,
+            pending,
+        }
     }
 
     fn last_answer(&self) -> Option<u64> {
@@ -258,6 +272,11 @@ impl Said {
 fn fact(task_id: &str, what: &str) -> String {
     let name = task_id.rsplit('.').next().unwrap_or(task_id);
     format!("task/{name}/{what}")
+}
+
+/// Which fact the answer to question `key` is.
+fn answer_fact(key: &str) -> String {
+    format!("answer/{key}")
 }
 
 /// The questions a waiting task asks, by key.
@@ -343,19 +362,19 @@ fn state(record: &Value, said: &Said) -> (&'static str, Option<(&'static str, Va
             created,
         ),
         "confirm_delete" | "multi_input" => {
-            let pending: serde_json::Map<String, Value> = questions(record)
-                .into_iter()
-                .filter(|(key, _)| !said.answers.contains_key(*key))
-                .map(|(key, ask)| (key.to_string(), ask))
-                .collect();
             let updated = said.last_answer().unwrap_or(created);
-            if pending.is_empty() {
+            if said.pending.is_empty() {
                 (
                     "completed",
                     Some(("result", answered(record, said))),
                     updated,
                 )
             } else {
+                let pending = said
+                    .pending
+                    .iter()
+                    .map(|(key, ask)| (key.to_string(), ask.clone()))
+                    .collect();
                 let pending = Value::Object(pending);
                 ("input_required", Some(("inputRequests", pending)), updated)
             }
@@ -401,11 +420,7 @@ pub fn method(method: &str, params: &Value, capabilities: &Value) -> Option<Resu
         }
     };
     let store = memory::open();
-    let asked = questions(&record);
-    let said = match &store {
-        Ok(bucket) => Said::recall(bucket, task_id, &asked),
-        Err(_) => Said::default(),
-    };
+    let said = Said::recall(store.as_ref().ok(), task_id, questions(&record));
     let (status, detail, updated) = state(&record, &said);
     let terminal = matches!(status, "completed" | "failed" | "cancelled");
     Some(Ok(match method {
@@ -440,11 +455,7 @@ pub fn method(method: &str, params: &Value, capabilities: &Value) -> Option<Resu
         // extension asks for).
         _ if status != "input_required" => Reply::Result(json!({})),
         _ => {
-            let pending: Vec<&str> = asked
-                .iter()
-                .map(|(key, _)| *key)
-                .filter(|key| !said.answers.contains_key(*key))
-                .collect();
+            let pending: Vec<&str> = said.pending.iter().map(|(key, _)| *key).collect();
             let given = params["inputResponses"]
                 .as_object()
                 .cloned()
@@ -457,7 +468,7 @@ pub fn method(method: &str, params: &Value, capabilities: &Value) -> Option<Resu
             let kept = store.and_then(|bucket| {
                 answers.iter().try_for_each(|(key, response)| {
                     let answer = json!({ "response": response, "at": now_ms() });
-                    memory::put(&bucket, &fact(task_id, &format!("answer/{key}")), &answer)
+                    memory::put(&bucket, &fact(task_id, &answer_fact(key)), &answer)
                 })
             });
             match kept {
