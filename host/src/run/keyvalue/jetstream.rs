@@ -18,7 +18,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use futures_util::TryStreamExt as _;
 
-use super::{ENTRY_OVERHEAD, PAGE, Page, Problem};
+use super::{PAGE, Page, Problem};
 
 fn bucket_name(slug: &str) -> String {
     format!("mctx-kv-{slug}")
@@ -115,7 +115,7 @@ impl Shared {
             .iter()
             .filter_map(|(key, value)| {
                 let value = value.as_ref()?;
-                Some((key.len() + value.len()) as u64 + ENTRY_OVERHEAD)
+                Some(super::cost(key, value))
             })
             .sum();
         let mut seen = None;
@@ -162,13 +162,14 @@ impl Shared {
                 .filter(|entry| entry.operation == kv::Operation::Put);
             let current = entry.as_ref().map(|entry| entry.value.as_ref());
             let next = super::incremented(key, current, delta).map_err(Problem::Refused)?;
+            let value = Bytes::from(next.to_string().into_bytes());
             if current.is_none() {
+                let adds = super::cost(key, &value);
                 let used = self.bytes().await?;
-                if used + ENTRY_OVERHEAD > quota {
-                    return Err(Problem::Refused(super::full(ENTRY_OVERHEAD, used, quota)));
+                if used + adds > quota {
+                    return Err(Problem::Refused(super::full(adds, used, quota)));
                 }
             }
-            let value = Bytes::from(next.to_string().into_bytes());
             let written = match &entry {
                 Some(entry) => self
                     .bucket

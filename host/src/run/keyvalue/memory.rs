@@ -3,16 +3,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::{ENTRY_OVERHEAD, PAGE, Page};
+use super::{PAGE, Page, cost};
 
 #[derive(Default)]
 pub(super) struct Entries {
     map: BTreeMap<String, Vec<u8>>,
     used: u64,
-}
-
-fn cost(key: &str, value: &[u8]) -> u64 {
-    (key.len() + value.len()) as u64 + ENTRY_OVERHEAD
 }
 
 impl Entries {
@@ -77,6 +73,7 @@ impl Entries {
 
 #[cfg(test)]
 mod tests {
+    use super::super::ENTRY_OVERHEAD;
     use super::*;
 
     fn set(entries: &mut Entries, key: &str, value: &str, quota: u64) -> Result<(), String> {

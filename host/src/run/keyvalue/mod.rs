@@ -54,6 +54,12 @@ pub(crate) enum Problem {
     Failed(String),
 }
 
+/// What an entry counts against the quota: its key, its value and
+/// [`ENTRY_OVERHEAD`].
+fn cost(key: &str, value: &[u8]) -> u64 {
+    (key.len() + value.len()) as u64 + ENTRY_OVERHEAD
+}
+
 fn full(needed: u64, used: u64, quota: u64) -> String {
     format!(
         "the store is full: this change needs {needed} bytes more and {used} of its {quota} \
