@@ -811,7 +811,8 @@ fn write_docs(report: &str, chart: &[(String, f64)], elapsed: Duration) {
          - Machine: {} (shared: every comparison is a ratio of medians from interleaved runs, {ROUNDS} rounds each, in one invocation)\n\
          - mctx-host {} (release build), {wasmtime}, {rustc}, load from {wrk_version} (`-t2 -c{CONNECTIONS} -d{}s`)\n\n\
          ![throughput by configuration](benchmarks.svg)\n\n\
-         Where the time goes, from a `perf` profile: [profile.md](profile.md). \
+         Where the time goes, from a `perf` profile, and what the CPU limit costs (1-3 %, measured \
+         against a build without it, which this benchmark cannot make): [profile.md](profile.md). \
          Two hosts sharing log hubs on NATS: [cluster-benchmark.md](cluster-benchmark.md) \
          (`cargo bench -p mctx-host --bench cluster`).\n\n{report}",
         elapsed.as_secs_f64(),
