@@ -71,7 +71,8 @@ pub(crate) struct WasmtimeFlags {
     #[arg(long, value_name = "N")]
     max_instance_reuse_count: Option<u32>,
     /// Concurrent requests per instance: 1 is honoured (WASIp2 and WASIp3); more is refused, since
-    /// requests sharing an instance share its stdout and their lines could not be told apart.
+    /// requests sharing an instance would share its memory and CPU limits (one request past them
+    /// would stop the others) and its stdout.
     #[arg(long, value_name = "N")]
     max_instance_concurrent_reuse_count: Option<u32>,
     /// How long an instance kept for reuse waits for its next request before it is dropped
@@ -330,7 +331,7 @@ impl WasmtimeFlags {
             Some(_) => {
                 return Err(refuse(
                     "--max-instance-concurrent-reuse-count above 1",
-                    "one request at a time per instance (p2 and p3), so that each log line belongs to the request that wrote it",
+                    "one request at a time per instance (p2 and p3), so that limits and log lines stay each request's own",
                 ));
             }
         }

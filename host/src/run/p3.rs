@@ -15,7 +15,8 @@
 //! that reuses instances (`instance_reuse`) gets them back one after
 //! another, never two requests at once. (Several requests in one p3
 //! instance at once, which `wasmtime serve` does by default, would share
-//! one stdout; see README "WASIp3 components".)
+//! one stdout, one memory limit and one CPU meter; see README "WASIp3
+//! components".)
 
 use bytes::Bytes;
 use http::Response;
