@@ -170,13 +170,13 @@ impl Runtime {
         };
         // A WASIp3 component does not validate without the component
         // model's async features: that failure is how it is told apart.
-        let (flavor, (component, outcome)) = match compile(&self.p2.engine) {
-            Ok(compiled) => (&self.p2, compiled),
+        let (flavor, is_p3, (component, outcome)) = match compile(&self.p2.engine) {
+            Ok(compiled) => (&self.p2, false, compiled),
             Err(e) if format!("{e:#}").contains("component model async") => {
                 let p3 = self.p3().map_err(Rejected::Unfit)?;
                 let compiled = compile(&p3.engine)
                     .map_err(|e| Rejected::Malformed(describe_compile_error(e, wasm)))?;
-                (p3, compiled)
+                (p3, true, compiled)
             }
             Err(e) => return Err(Rejected::Malformed(describe_compile_error(e, wasm))),
         };
@@ -192,10 +192,10 @@ impl Runtime {
                  wasi:http/handler@0.3 for WASIp3): {e}"
             ))
         };
-        let pre = if std::ptr::eq(flavor, &self.p2) {
-            GuestPre::P2(ProxyPre::new(instance_pre).map_err(unfit)?)
-        } else {
+        let pre = if is_p3 {
             GuestPre::P3(ServicePre::new(instance_pre).map_err(unfit)?)
+        } else {
+            GuestPre::P2(ProxyPre::new(instance_pre).map_err(unfit)?)
         };
         Ok((pre, outcome))
     }
