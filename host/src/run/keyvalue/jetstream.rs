@@ -89,9 +89,15 @@ impl Shared {
         Ok(())
     }
 
-    async fn bytes(&self) -> Result<u64, Problem> {
+    /// Refused when `adds` more bytes would take the bucket past `quota`;
+    /// else the size it will have.
+    async fn room_for(&self, adds: u64, quota: u64) -> Result<u64, Problem> {
         let status = self.bucket.status().await.map_err(|e| failed("size", e))?;
-        Ok(status.info.state.bytes)
+        let used = status.info.state.bytes;
+        if used + adds > quota {
+            return Err(Problem::Refused(super::full(adds, used, quota)));
+        }
+        Ok(used + adds)
     }
 
     pub(super) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Problem> {
@@ -120,11 +126,7 @@ impl Shared {
             .sum();
         let mut seen = None;
         if adds > 0 {
-            let used = self.bytes().await?;
-            if used + adds > quota {
-                return Err(Problem::Refused(super::full(adds, used, quota)));
-            }
-            seen = Some(used + adds);
+            seen = Some(self.room_for(adds, quota).await?);
         }
         for (key, value) in pairs {
             match value {
@@ -164,11 +166,7 @@ impl Shared {
             let next = super::incremented(key, current, delta).map_err(Problem::Refused)?;
             let value = Bytes::from(next.to_string().into_bytes());
             if current.is_none() {
-                let adds = super::cost(key, &value);
-                let used = self.bytes().await?;
-                if used + adds > quota {
-                    return Err(Problem::Refused(super::full(adds, used, quota)));
-                }
+                self.room_for(super::cost(key, &value), quota).await?;
             }
             let written = match &entry {
                 Some(entry) => self
