@@ -729,15 +729,7 @@ async fn on_a_cluster_a_deleted_servers_store_goes_with_it() {
     let host = HostProcess::multi(&config, &["--node", "a"]);
     let count = async || host.get("kv.localhost", "/count").await.text();
     for round in 0..2 {
-        let created = api(
-            &host,
-            "POST",
-            "/api/servers",
-            ROOT,
-            Body::Json(json!({ "slug": "kv", "owner": "alice" })),
-        )
-        .await;
-        assert_eq!(created.status, 201, "round {round}: {}", created.text());
+        server_with(&host, "kv", "alice", &[]).await;
         let deployed = put_version(&host, "kv", "1.0.0", "alice", "visits").await;
         assert_eq!(deployed.status, 201, "{}", deployed.text());
         assert_eq!(count().await, "1\n", "round {round}");
