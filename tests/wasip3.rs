@@ -67,12 +67,17 @@ async fn a_wasip3_tenant_serves_logs_and_is_limited_like_a_wasip2_one() {
         (status, body.as_str()),
         (200, "chunk 1\nchunk 2\nchunk 3\n")
     );
+    let lines = messages(&entries);
+    assert!(
+        lines[0].starts_with("[INFO] streaming in instance "),
+        "{lines:?}"
+    );
     assert_eq!(
-        messages(&entries),
+        lines[1..],
         [
-            "[INFO] sending chunk 1",
-            "[INFO] sending chunk 2",
-            "[INFO] sending chunk 3"
+            "[INFO] sending chunk 1 of /stream?chunks=3",
+            "[INFO] sending chunk 2 of /stream?chunks=3",
+            "[INFO] sending chunk 3 of /stream?chunks=3"
         ]
     );
     assert_eq!(entries.last().unwrap()["outcome"], "ok");
@@ -188,4 +193,226 @@ async fn a_reused_wasip3_instance_serves_in_turn_and_is_dropped_after_a_trap() {
     // Three requests, then a fresh instance; the trap's instance is not
     // kept, so the request after it starts afresh.
     assert_eq!(counts, [1, 2, 3, 1, 1]);
+}
+
+/// Entries from the viewer until `n` request events have come.
+async fn entries_until_events(viewer: &mut Viewer, n: usize) -> Vec<Value> {
+    let mut entries: Vec<Value> = Vec::new();
+    while entries.iter().filter(|e| e["type"] == "request").count() < n {
+        let frame = viewer.frame().await;
+        entries.extend(frame["entries"].as_array().unwrap().iter().cloned());
+    }
+    entries
+}
+
+/// The request event of `id` among `entries`.
+fn event_of(entries: &[Value], id: &str) -> Value {
+    entries
+        .iter()
+        .find(|e| e["type"] == "request" && e["requestId"] == id)
+        .unwrap_or_else(|| panic!("no event for {id}: {entries:?}"))
+        .clone()
+}
+
+/// A tenants file whose p3 tenant shares instances, `concurrent` requests
+/// at once, with `settings`.
+fn sharing(concurrent: u32, settings: &str) -> String {
+    config(&format!(
+        "instance_reuse = 64\ninstance_concurrent_reuse = {concurrent}\n{settings}"
+    ))
+}
+
+/// Instances of one version the host runs side by side (one a core) before
+/// it stacks requests into busy ones (`run::shared`).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+type Streaming = (
+    String,
+    http::Response<hyper::body::Incoming>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+);
+
+/// Starts `n` two-second streams one after another, each in flight (its
+/// first chunk received) before the next: the first `cores()` get an
+/// instance each.
+async fn streams(host: &HostProcess, n: usize) -> Vec<Streaming> {
+    let mut started = Vec::new();
+    for _ in 0..n {
+        let (mut response, connection) = host.get_head("p3.localhost", "/stream?chunks=100").await;
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let frame = response.body_mut().frame().await.unwrap().unwrap();
+        assert_eq!(frame.data_ref().unwrap().as_ref(), b"chunk 1\n");
+        started.push((id, response, connection));
+    }
+    started
+}
+
+/// The lines (not the event) of request `id`.
+fn lines_of<'a>(entries: &'a [Value], id: &str) -> Vec<&'a str> {
+    entries
+        .iter()
+        .filter(|e| e["requestId"] == id && e["type"] != "request")
+        .filter_map(|e| e["message"].as_str())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_sharing_a_wasip3_instance_keep_their_own_lines() {
+    let host = HostProcess::multi(&sharing(16, ""), &[]);
+    let mut viewer = host.viewer("p3", "", "alice").await;
+    let requests: Vec<_> = (0..16)
+        .map(|k| host.spawn_get("p3.localhost", &format!("/stream?chunks=4&k={k}")))
+        .collect();
+    let mut ids = Vec::new();
+    for (k, request) in requests.into_iter().enumerate() {
+        let reply = request.await.unwrap();
+        assert_eq!(reply.text(), "chunk 1\nchunk 2\nchunk 3\nchunk 4\n");
+        ids.push((k, reply.header("x-request-id").unwrap().to_string()));
+    }
+    let entries = entries_until_events(&mut viewer, 16).await;
+    // Each request's lines, in order, none of another's; where they lie in
+    // the stream (entries come in order), by instance.
+    let mut by_instance: std::collections::HashMap<String, Vec<(usize, usize)>> =
+        Default::default();
+    for (k, id) in &ids {
+        let lines = lines_of(&entries, id);
+        let instance = lines[0]
+            .strip_prefix("[INFO] streaming in instance ")
+            .unwrap_or_else(|| panic!("request {k}: {lines:?}"));
+        let expected: Vec<String> = (1..=4)
+            .map(|i| format!("[INFO] sending chunk {i} of /stream?chunks=4&k={k}"))
+            .collect();
+        assert_eq!(lines[1..], expected, "request {k} ({id})");
+        let event = event_of(&entries, id);
+        assert_eq!(event["outcome"], "ok", "{event}");
+        let at: Vec<usize> = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e["requestId"] == id.as_str())
+            .map(|(i, _)| i)
+            .collect();
+        by_instance
+            .entry(instance.to_string())
+            .or_default()
+            .push((at[0], *at.last().unwrap()));
+    }
+    // At most one instance a core, so instances served several requests,
+    // and some instance served two at once: one began before the other
+    // had ended.
+    assert!(by_instance.len() <= cores(), "{by_instance:?}");
+    assert!(
+        by_instance.values().any(|spans| spans
+            .iter()
+            .any(|a| spans.iter().any(|b| a != b && b.0 < a.1 && a.0 < b.1))),
+        "{by_instance:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_in_a_shared_wasip3_instance_ends_the_requests_sharing_it() {
+    let host = HostProcess::multi(&sharing(4, ""), &[]);
+    let mut viewer = host.viewer("p3", "", "alice").await;
+    // One stream in each instance the host runs side by side: the next
+    // request shares the first one's.
+    let mut started = streams(&host, cores()).await;
+
+    // The request that traps gets its own trap, with its name and stack…
+    let reply = host.get("p3.localhost", "/trap").await;
+    assert_eq!(reply.status, 500);
+    let trap = reply.header("x-request-id").unwrap().to_string();
+    let entries = entries_until_events(&mut viewer, 2).await;
+    let trapped = event_of(&entries, &trap);
+    assert_eq!(trapped["outcome"], "exception", "{trapped}");
+    assert_eq!(trapped["exception"]["name"], "UnreachableCodeReached");
+    // …and the request sharing its instance ends with it, told which one
+    // it was; its body stops short.
+    let (long, response, _connection) = &mut started[0];
+    let stopped = event_of(&entries, long);
+    assert_eq!(stopped["outcome"], "exception", "{stopped}");
+    let message = stopped["exception"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("stopped with its shared instance") && message.contains(&trap),
+        "{stopped}"
+    );
+    let mut rest = Vec::new();
+    while let Some(Ok(frame)) = response.body_mut().frame().await {
+        rest.extend_from_slice(frame.data_ref().map_or(&[][..], |d| d.as_ref()));
+    }
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("chunk 100"),
+        "the body went on"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_reached_in_a_shared_wasip3_instance_stops_it_and_names_the_request() {
+    let host = HostProcess::multi(&sharing(4, ""), &[]);
+    let mut viewer = host.viewer("p3", "", "alice").await;
+    for (path, outcome, long_outcome, said) in [
+        (
+            "/spin",
+            "exceededCpu",
+            "exception",
+            "exceeded its CPU limit (300 ms)",
+        ),
+        (
+            "/oom",
+            "exceededMemory",
+            "exceededMemory",
+            "went past its memory limit (32 MiB)",
+        ),
+    ] {
+        let started = streams(&host, cores()).await;
+        let reply = host.get("p3.localhost", path).await;
+        assert_eq!(reply.status, 503, "{path}");
+        let culprit = reply.header("x-request-id").unwrap().to_string();
+        let entries = entries_until_events(&mut viewer, 2).await;
+        assert_eq!(event_of(&entries, &culprit)["outcome"], outcome, "{path}");
+        // The request sharing its instance is told what stopped it, and
+        // which request it was when that is known.
+        let long = &started[0].0;
+        assert_eq!(event_of(&entries, long)["outcome"], long_outcome, "{path}");
+        let told: Vec<&str> = lines_of(&entries, long)
+            .into_iter()
+            .filter(|m| m.contains("stopped with its shared instance"))
+            .collect();
+        assert_eq!(told.len(), 1, "{path}: {entries:?}");
+        assert!(told[0].contains(said), "{path}: {told:?}");
+        if path == "/spin" {
+            assert!(told[0].contains(&culprit), "{told:?}");
+        }
+        // Other tenants go on.
+        assert_eq!(host.get("p2.localhost", "/quiet").await.status, 200);
+        // The streams in the other instances are left to end (or be
+        // dropped with their connections) before the next round.
+        for (_, _, connection) in started {
+            connection.abort();
+        }
+        let _ = entries_until_events(&mut viewer, cores() - 1).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_its_time_limit_stops_its_shared_wasip3_instance() {
+    let host = HostProcess::multi(&sharing(4, "request_timeout_ms = 1000\n"), &[]);
+    let mut viewer = host.viewer("p3", "", "alice").await;
+    // Two-second bodies with a one-second limit: one in each instance the
+    // host runs side by side, and one more, which shares the first's
+    // instance and is stopped when the first reaches its limit.
+    let started = streams(&host, cores() + 1).await;
+    let entries = entries_until_events(&mut viewer, cores() + 1).await;
+    let (first, last) = (&started[0].0, &started.last().unwrap().0);
+    assert_eq!(event_of(&entries, first)["outcome"], "exceededWallTime");
+    let stopped = event_of(&entries, last);
+    assert_eq!(stopped["outcome"], "exception", "{stopped}");
+    let message = stopped["exception"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(first.as_str()) && message.contains("wall-clock limit"),
+        "{stopped}"
+    );
 }

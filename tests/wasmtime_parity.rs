@@ -332,7 +332,7 @@ async fn guest_output_prints_as_wasmtime_serve_prints_it() {
 #[test]
 fn unsupported_wasmtime_flags_are_refused_in_one_line_naming_the_flag() {
     let hello = guest("hello");
-    let refused: [&[&str]; 10] = [
+    let refused: [&[&str]; 9] = [
         &["-C", "cranelift-opt-level=0"],
         &["-D", "debug-info"],
         &["-R", "path=trace.bin"],
@@ -342,7 +342,6 @@ fn unsupported_wasmtime_flags_are_refused_in_one_line_naming_the_flag() {
         &["-S", "nn"],
         &["-W", "fuel=1000"],
         &["-O", "memory-reservation=1048576"],
-        &["--max-instance-concurrent-reuse-count", "2"],
     ];
     for flags in refused {
         let mut args: Vec<std::ffi::OsString> = vec!["serve".into()];
@@ -380,6 +379,35 @@ async fn hello_p3_answers_the_same_under_wasmtime_serve() {
                 status_only: true,
                 ..get("/trap")
             },
+        ],
+    )
+    .await;
+}
+
+/// The same component with instances shared by concurrent requests
+/// (`--max-instance-concurrent-reuse-count`, wasmtime's p3 default of 16):
+/// both count the requests an instance served alike, and both start afresh
+/// after a trap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_p3_in_shared_instances_answers_the_same_under_wasmtime_serve() {
+    same_answers_with(
+        &guest("hello_p3"),
+        &[
+            "-Sp3",
+            "--max-instance-reuse-count",
+            "128",
+            "--max-instance-concurrent-reuse-count",
+            "16",
+        ],
+        &[
+            get("/counter"),
+            get("/stream?chunks=2"),
+            get("/counter"),
+            Case {
+                status_only: true,
+                ..get("/trap")
+            },
+            get("/counter"),
         ],
     )
     .await;

@@ -6,12 +6,16 @@
 //! - `/` (any other path): logs a line, answers `hello from p3 at PATH`.
 //! - `/quiet`: the same without the line.
 //! - `/lines?n=N`: logs N lines naming the path, then answers.
-//! - `/stream?chunks=N`: N body chunks 20 ms apart (a line for each).
+//! - `/stream?chunks=N`: a line naming this instance (a random id drawn on
+//!   its first request), then N body chunks 20 ms apart (a line for each,
+//!   naming the request's path).
 //! - `/counter`: how many requests this instance has served (1 when fresh).
 //! - `/trap`, `/spin`, `/oom`: a panic, a loop that never ends, allocation
 //!   until memory runs out — for the host's limits.
 
+use std::hash::{BuildHasher, RandomState};
 use std::hint::black_box;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use wasip3::clocks::monotonic_clock::wait_for;
@@ -24,6 +28,12 @@ struct HelloP3;
 
 /// Requests this instance has served.
 static SERVED: AtomicU32 = AtomicU32::new(0);
+
+/// This instance's id: random, drawn once.
+fn instance_id() -> u64 {
+    static ID: OnceLock<u64> = OnceLock::new();
+    *ID.get_or_init(|| RandomState::new().hash_one(0u8))
+}
 
 impl wasip3::exports::http::handler::Guest for HelloP3 {
     async fn handle(request: Request) -> Result<Response, ErrorCode> {
@@ -67,9 +77,12 @@ impl wasip3::exports::http::handler::Guest for HelloP3 {
                 }
                 vec![format!("{n} lines\n")]
             }
-            "/stream" => (1..=number("chunks"))
-                .map(|i| format!("chunk {i}\n"))
-                .collect(),
+            "/stream" => {
+                println!("[INFO] streaming in instance {:016x}", instance_id());
+                (1..=number("chunks"))
+                    .map(|i| format!("chunk {i}\n"))
+                    .collect()
+            }
             _ => {
                 println!("[INFO] p3 request received: {target}");
                 vec![format!("hello from p3 at {target}\n")]
@@ -85,7 +98,7 @@ impl wasip3::exports::http::handler::Guest for HelloP3 {
             for chunk in chunks {
                 if streaming {
                     wait_for(20_000_000).await;
-                    println!("[INFO] sending {}", chunk.trim_end());
+                    println!("[INFO] sending {} of {target}", chunk.trim_end());
                 }
                 let unsent = body_tx.write_all(chunk.into_bytes()).await;
                 if !unsent.is_empty() {

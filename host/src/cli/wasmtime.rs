@@ -70,9 +70,11 @@ pub(crate) struct WasmtimeFlags {
     /// reused, and never across tenants or versions. In a tenants file: `[host] instance_reuse`.
     #[arg(long, value_name = "N")]
     max_instance_reuse_count: Option<u32>,
-    /// Concurrent requests per instance: 1 is honoured (WASIp2 and WASIp3); more is refused, since
-    /// requests sharing an instance would share its memory and CPU limits (one request past them
-    /// would stop the others) and its stdout.
+    /// Requests one WASIp3 instance serves at once (default 1), within --max-instance-reuse-count
+    /// in all. Each line the guest writes still carries the id of the request whose task wrote it,
+    /// but the instance's memory limit is shared, and a trap or a limit reached by one request
+    /// stops every request in that instance. WASIp2 instances serve one at a time whatever this
+    /// says. In a tenants file: `[host] instance_concurrent_reuse`.
     #[arg(long, value_name = "N")]
     max_instance_concurrent_reuse_count: Option<u32>,
     /// How long an instance kept for reuse waits for its next request before it is dropped
@@ -327,13 +329,9 @@ impl WasmtimeFlags {
             Some(n) => config.host.instance_reuse = n,
         }
         match self.max_instance_concurrent_reuse_count {
-            None | Some(1) => {}
-            Some(_) => {
-                return Err(refuse(
-                    "--max-instance-concurrent-reuse-count above 1",
-                    "one request at a time per instance (p2 and p3), so that limits and log lines stay each request's own",
-                ));
-            }
+            None => {}
+            Some(0) => bail!("--max-instance-concurrent-reuse-count must be at least 1"),
+            Some(n) => config.host.instance_concurrent_reuse = n,
         }
         if let Some(timeout) = &self.idle_instance_timeout {
             let idle = duration("--idle-instance-timeout", timeout)?;

@@ -85,6 +85,10 @@ impl Capabilities {
                 .max_request_body_bytes
                 .unwrap_or(host.max_request_body_bytes),
             reuse: spec.instance_reuse.unwrap_or(host.instance_reuse).max(1),
+            concurrent_reuse: spec
+                .instance_concurrent_reuse
+                .unwrap_or(host.instance_concurrent_reuse)
+                .max(1),
             idle: Duration::from_millis(host.idle_instance_timeout_ms),
         };
         let pool = host.max_concurrent_requests.max(1);

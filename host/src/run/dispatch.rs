@@ -34,7 +34,8 @@ use crate::run::outbound::{Outbound, OutboundContext, OutboundCounts};
 use crate::run::p3;
 use crate::run::report::{RequestReport, event_headers, outcome_response};
 use crate::run::runtime::{Guest, GuestPre, Runtime};
-use crate::run::state::RequestState;
+use crate::run::shared::{self, Job, Submitted};
+use crate::run::state::{Attributed, RequestState};
 use crate::run::tenants::{Deployment, Tenant};
 
 pub(crate) const X_TENANT_SLUG: HeaderName = HeaderName::from_static("x-tenant-slug");
@@ -229,28 +230,6 @@ impl Dispatcher {
         };
         let disconnected = report.disconnected.clone();
 
-        // A kept instance of this version if the tenant reuses them, else
-        // a fresh store to instantiate in.
-        let kept = (limits.reuse > 1)
-            .then(|| deployment.kept.take(limits.idle))
-            .flatten();
-        let (mut store, kept, served) = match kept {
-            Some(warm) => {
-                let mut store = warm.store;
-                store.data_mut().begin(capture, meter.clone(), outbound);
-                (store, Some(warm.guest), warm.served)
-            }
-            None => (
-                Self::new_store(
-                    deployment.pre.engine(),
-                    RequestState::new(capture, capabilities, meter.clone(), outbound),
-                ),
-                None,
-                0,
-            ),
-        };
-        store.set_epoch_deadline(1);
-
         // The guest hands its response head to this callback; the status is
         // kept for the request event, which is published when the guest
         // finishes (possibly long after, if it streams the body).
@@ -271,71 +250,133 @@ impl Dispatcher {
             too_large: too_large.clone(),
         });
         let https = crate::base::transport::over_tls(&request);
-
-        // What runs the guest: its instance back when it ended well and may
-        // serve again.
-        let call = match deployment.pre.clone() {
-            GuestPre::P2(pre) => {
-                let scheme = if https { Scheme::Https } else { Scheme::Http };
-                let prepared = store
-                    .data_mut()
-                    .http()
-                    .new_incoming_request(scheme, request)
-                    .and_then(|req| {
-                        let out = store
-                            .data_mut()
-                            .http()
-                            .new_response_outparam_from_callback(move |response| {
-                                on_response(response.map_err(|code| format!("{code:?}")))
-                            })?;
-                        Ok((req, out))
-                    });
-                let (guest_request, response_out) = match prepared {
-                    Ok(prepared) => prepared,
-                    Err(e) => {
-                        report.done = true;
-                        return error_response(
-                            StatusCode::BAD_REQUEST,
-                            &format!("cannot pass this request to the guest: {e}"),
-                        );
-                    }
-                };
-                Either::Left(async move {
-                    let proxy = match kept {
-                        Some(Guest::P2(proxy)) => proxy,
-                        _ => pre.instantiate_async(&mut store).await?,
-                    };
-                    proxy
-                        .wasi_http_incoming_handler()
-                        .call_handle(&mut store, guest_request, response_out)
-                        .await?;
-                    Ok((store, Guest::P2(proxy)))
-                })
-            }
-            GuestPre::P3(pre) => {
-                let scheme = if https {
-                    http::uri::Scheme::HTTPS
-                } else {
-                    http::uri::Scheme::HTTP
-                };
-                Either::Right(async move {
-                    let on_response = move |response: Result<Response<Body>, _>| {
-                        on_response(response.map_err(|code| format!("{code:?}")))
-                    };
-                    let kept = match kept {
-                        Some(Guest::P3(service)) => Some(service),
-                        _ => None,
-                    };
-                    let (store, service) =
-                        p3::serve(store, pre, kept, request, scheme, on_response).await?;
-                    Ok((store, Guest::P3(service)))
-                })
-            }
+        let p3_scheme = if https {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
         };
 
         let Ok(slot) = self.slots.clone().acquire_owned().await else {
             return error_response(StatusCode::SERVICE_UNAVAILABLE, "the host is shutting down");
         };
+        let serves = Attributed {
+            capture,
+            meter: meter.clone(),
+            outbound,
+        };
+        let call = match &deployment.pre {
+            // A p3 tenant that lets an instance serve several requests at
+            // once: to one of its version's shared instances.
+            GuestPre::P3(pre) if limits.concurrent_reuse > 1 && limits.reuse > 1 => {
+                let job = Job {
+                    request,
+                    scheme: p3_scheme,
+                    serves: serves.clone(),
+                    on_response: Box::new(move |response| {
+                        on_response(response.map_err(|code| format!("{code:?}")))
+                    }),
+                };
+                let engine = pre.engine();
+                Call::Shared(deployment.shared.submit(
+                    job,
+                    limits,
+                    self.runtime.kept(),
+                    pre,
+                    |instance| {
+                        let Attributed {
+                            capture,
+                            meter,
+                            outbound,
+                        } = serves;
+                        let state = RequestState::new(capture, capabilities, meter, outbound);
+                        shared::shared_store(engine, state, instance)
+                    },
+                ))
+            }
+            pre => {
+                let Attributed {
+                    capture,
+                    meter,
+                    outbound,
+                } = serves;
+                // A kept instance of this version if the tenant reuses
+                // them, else a fresh store to instantiate in.
+                let kept = (limits.reuse > 1)
+                    .then(|| deployment.kept.take(limits.idle))
+                    .flatten();
+                let (mut store, kept, served) = match kept {
+                    Some(warm) => {
+                        let mut store = warm.store;
+                        store.data_mut().begin(capture, meter.clone(), outbound);
+                        (store, Some(warm.guest), warm.served)
+                    }
+                    None => (
+                        Self::new_store(
+                            deployment.pre.engine(),
+                            RequestState::new(capture, capabilities, meter.clone(), outbound),
+                        ),
+                        None,
+                        0,
+                    ),
+                };
+                store.set_epoch_deadline(1);
+                // What runs the guest: its instance back when it ended well
+                // and may serve again.
+                let call = match pre.clone() {
+                    GuestPre::P2(pre) => {
+                        let scheme = if https { Scheme::Https } else { Scheme::Http };
+                        let prepared = store
+                            .data_mut()
+                            .http()
+                            .new_incoming_request(scheme, request)
+                            .and_then(|req| {
+                                let out = store
+                                    .data_mut()
+                                    .http()
+                                    .new_response_outparam_from_callback(move |response| {
+                                        on_response(response.map_err(|code| format!("{code:?}")))
+                                    })?;
+                                Ok((req, out))
+                            });
+                        let (guest_request, response_out) = match prepared {
+                            Ok(prepared) => prepared,
+                            Err(e) => {
+                                report.done = true;
+                                return error_response(
+                                    StatusCode::BAD_REQUEST,
+                                    &format!("cannot pass this request to the guest: {e}"),
+                                );
+                            }
+                        };
+                        Either::Left(async move {
+                            let proxy = match kept {
+                                Some(Guest::P2(proxy)) => proxy,
+                                _ => pre.instantiate_async(&mut store).await?,
+                            };
+                            proxy
+                                .wasi_http_incoming_handler()
+                                .call_handle(&mut store, guest_request, response_out)
+                                .await?;
+                            Ok((store, Guest::P2(proxy)))
+                        })
+                    }
+                    GuestPre::P3(pre) => Either::Right(async move {
+                        let on_response = move |response: Result<Response<Body>, _>| {
+                            on_response(response.map_err(|code| format!("{code:?}")))
+                        };
+                        let kept = match kept {
+                            Some(Guest::P3(service)) => Some(service),
+                            _ => None,
+                        };
+                        let (store, service) =
+                            p3::serve(store, pre, kept, request, p3_scheme, on_response).await?;
+                        Ok((store, Guest::P3(service)))
+                    }),
+                };
+                Call::Own { call, served }
+            }
+        };
+
         let pool = deployment.kept.clone();
         let budget = self.runtime.kept().clone();
         let (reuse, max_idle) = (limits.reuse, capabilities.gate.max_concurrent());
@@ -343,24 +384,33 @@ impl Dispatcher {
             async move {
                 let _slots = (slot, tenant_slot);
                 let meter = report.meter.clone();
-                let guest = Metered::new(meter.clone(), call);
-                // Past the deadline the guest is dropped mid-call: stopped.
-                let result = match tokio::time::timeout_at(deadline, guest).await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        meter.set_wall_exceeded();
-                        Err(wasmtime::format_err!("stopped at the wall-clock limit"))
+                let (result, instance) = match call {
+                    Call::Own { call, served } => {
+                        let guest = Metered::new(meter.clone(), call);
+                        // Past the deadline the guest is dropped mid-call:
+                        // stopped.
+                        let result = match tokio::time::timeout_at(deadline, guest).await {
+                            Ok(result) => result,
+                            Err(_) => {
+                                meter.set_wall_exceeded();
+                                Err(wasmtime::format_err!("stopped at the wall-clock limit"))
+                            }
+                        };
+                        match result {
+                            Ok(instance) => (Ok(()), Some((instance, served))),
+                            Err(e) => (Err(e), None),
+                        }
                     }
-                };
-                let (result, instance) = match result {
-                    Ok(instance) => (Ok(()), Some(instance)),
-                    Err(e) => (Err(e), None),
+                    Call::Shared(submitted) => {
+                        let request_id = report.capture.meta().request_id.clone();
+                        (submitted.wait(deadline, &meter, &request_id).await, None)
+                    }
                 };
                 report.finish(result, |outcome| {
                     // Only an instance whose request went well serves
                     // another: after a trap, a limit or a cancel it is
                     // dropped here.
-                    if let Some((store, guest)) = instance
+                    if let Some(((store, guest), served)) = instance
                         && outcome == Outcome::Ok
                     {
                         pool.put(&budget, store, guest, served + 1, reuse, max_idle);
@@ -424,6 +474,13 @@ impl Dispatcher {
     }
 }
 
+/// What runs a request's guest: its own instance (fresh, or kept and
+/// having served `served` requests), or a shared one.
+enum Call<F> {
+    Own { call: F, served: u32 },
+    Shared(Submitted),
+}
+
 /// What happened first while the guest ran: it sent its response head, or
 /// it ended.
 enum First<H> {
@@ -472,7 +529,7 @@ fn body_too_large(limit: u64) -> Response<Body> {
 
 /// A request body that fails once more than `limit` bytes have come,
 /// without buffering anything; `too_large` tells the dispatcher.
-struct LimitedBody {
+pub(crate) struct LimitedBody {
     body: Incoming,
     read: u64,
     limit: u64,

@@ -63,7 +63,8 @@ impl Budget {
         self.kept.load(Ordering::Relaxed)
     }
 
-    fn hold(self: &Arc<Self>) -> Option<Held> {
+    /// A place in the budget, while one is left.
+    pub(crate) fn hold(self: &Arc<Self>) -> Option<Held> {
         self.kept
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |kept| {
                 (kept < self.max).then_some(kept + 1)
@@ -74,7 +75,7 @@ impl Budget {
 }
 
 /// One place in the [`Budget`], given back when dropped.
-struct Held(Arc<Budget>);
+pub(crate) struct Held(Arc<Budget>);
 
 impl Drop for Held {
     fn drop(&mut self) {

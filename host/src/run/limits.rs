@@ -49,6 +49,9 @@ pub(crate) struct Limits {
     /// Requests one instance serves before it is dropped (1: a fresh
     /// instance each).
     pub(crate) reuse: u32,
+    /// Requests one WASIp3 instance serves at once (1: one at a time;
+    /// `run::shared` when more).
+    pub(crate) concurrent_reuse: u32,
     /// How long an instance kept for reuse waits for a request.
     pub(crate) idle: Duration,
 }
@@ -146,8 +149,31 @@ impl RequestMeter {
     /// Called from the epoch callback: true (and remembered) once the CPU
     /// limit is exceeded.
     pub(crate) fn check_cpu(&self) -> bool {
-        // A poll long enough to meet a tick is charged by the thread's CPU
-        // clock from here on.
+        let exceeded = self.at_tick() > self.cpu_limit;
+        if exceeded {
+            self.cpu_exceeded.store(true, Ordering::Relaxed);
+        }
+        exceeded
+    }
+
+    /// At an epoch tick: the CPU time used so far, the poll in progress
+    /// charged by the thread's CPU clock from now on.
+    pub(crate) fn at_tick(&self) -> Duration {
+        self.switch_to_thread_clock();
+        self.cpu_used()
+    }
+
+    /// Charges `spent` to this request: the CPU time of a shared instance
+    /// (`run::shared`) since its last tick, when this request's code is the
+    /// one running at the tick.
+    pub(crate) fn charge(&self, spent: Duration) {
+        let spent = u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX);
+        self.cpu_ns.fetch_add(spent, Ordering::Relaxed);
+    }
+
+    /// A poll long enough to meet a tick is charged by the thread's CPU
+    /// clock from here on.
+    fn switch_to_thread_clock(&self) {
         if self.poll_began_ns.load(Ordering::Relaxed) != NOT_POLLING
             && self.switched_at_ns.load(Ordering::Relaxed) == NOT_POLLING
         {
@@ -155,11 +181,11 @@ impl RequestMeter {
                 .store(Self::thread_cpu_ns(), Ordering::Relaxed);
             self.switched_at_ns.store(self.now_ns(), Ordering::Relaxed);
         }
-        let exceeded = self.cpu_used() > self.cpu_limit;
-        if exceeded {
-            self.cpu_exceeded.store(true, Ordering::Relaxed);
-        }
-        exceeded
+    }
+
+    /// The instance this request ran in went past its memory limit.
+    pub(crate) fn set_memory_exceeded(&self) {
+        self.memory_exceeded.store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn cpu_limit(&self) -> Duration {

@@ -5,7 +5,8 @@
 //! ```text
 //!  Dispatcher::dispatch ─► Store (RequestState: WASI ctx, capture, meter) ─► GuestPre::P2 instantiate ─► incoming-handler.handle
 //!                     │                                                  └► GuestPre::P3 instantiate ─► p3::serve (run_concurrent until the guest is done)
-//!                     └──► InstancePool::take (kept Store, RequestState::begin) ─┘
+//!                     ├──► InstancePool::take (kept Store, RequestState::begin) ─┘
+//!                     └──► SharedInstances::submit ─► a p3 instance's own task, serving several requests at once (run::shared)
 //! ```
 //!
 //! WASIp2 and WASIp3 components compile for two engines (`runtime::Flavor`):
@@ -25,5 +26,6 @@ pub(crate) mod outbound;
 pub(crate) mod p3;
 pub(crate) mod report;
 pub(crate) mod runtime;
+pub(crate) mod shared;
 pub(crate) mod state;
 pub(crate) mod tenants;

@@ -68,6 +68,7 @@ impl OutboundContext {
 }
 
 /// One request's outbound calls: the rules of its tenant, and counts.
+#[derive(Clone)]
 pub(crate) struct Outbound {
     spec: Arc<OutboundSpec>,
     context: Arc<OutboundContext>,

@@ -10,13 +10,11 @@
 //! task left (body written, or the client gone and its writes failing),
 //! and only then is the request over and its event published.
 //!
-//! One request at a time per instance keeps every line the guest writes
-//! attributed to the request that wrote it, exactly as for p2: a tenant
-//! that reuses instances (`instance_reuse`) gets them back one after
-//! another, never two requests at once. (Several requests in one p3
-//! instance at once, which `wasmtime serve` does by default, would share
-//! one stdout, one memory limit and one CPU meter; see README "WASIp3
-//! components".)
+//! Here an instance serves one request at a time, which keeps every line
+//! the guest writes attributed to the request that wrote it, exactly as for
+//! p2: a tenant that reuses instances (`instance_reuse`) gets them back one
+//! after another. A tenant granted `instance_concurrent_reuse` has its
+//! requests served several at once by `run::shared` instead.
 
 use bytes::Bytes;
 use http::Response;
@@ -24,7 +22,7 @@ use wasmtime::Store;
 use wasmtime_wasi_http::p3::Request as GuestRequest;
 use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::p3::bindings::{Service, ServicePre};
-use wasmtime_wasi_http::{FieldMap, WasiHttpView};
+use wasmtime_wasi_http::{FieldMap, WasiHttpHooks, WasiHttpView};
 
 use crate::base::responses::Body;
 use crate::run::state::RequestState;
@@ -49,30 +47,10 @@ where
         Some(service) => service,
         None => pre.instantiate_async(&mut store).await?,
     };
-    let (parts, body) = request.into_parts();
-    // As the p2 bindings do: the authority from the URI, else `Host`.
-    let authority = parts.uri.authority().cloned().or_else(|| {
-        parts
-            .headers
-            .get(http::header::HOST)
-            .and_then(|host| host.to_str().ok())
-            .and_then(|host| host.parse().ok())
-    });
-    let path = parts.uri.path_and_query().cloned();
     store
         .run_concurrent(async |accessor| -> wasmtime::Result<()> {
-            let (request, request_io) = accessor.with(|mut access| {
-                let headers = FieldMap::new_immutable(access.get().http().hooks, parts.headers);
-                GuestRequest::new(
-                    parts.method,
-                    Some(scheme),
-                    authority,
-                    path,
-                    headers,
-                    None,
-                    body,
-                )
-            });
+            let (request, request_io) = accessor
+                .with(|mut access| guest_request(access.get().http().hooks, request, scheme));
             match service.handle(accessor, request).await? {
                 Ok(response) => {
                     let response =
@@ -88,4 +66,39 @@ where
         })
         .await??;
     Ok((store, service))
+}
+
+/// `request` as the guest sees it, and the future that feeds it its body.
+pub(crate) fn guest_request<B>(
+    hooks: &mut dyn WasiHttpHooks,
+    request: http::Request<B>,
+    scheme: http::uri::Scheme,
+) -> (
+    GuestRequest,
+    impl Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send + 'static + use<B>,
+)
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let (parts, body) = request.into_parts();
+    // As the p2 bindings do: the authority from the URI, else `Host`.
+    let authority = parts.uri.authority().cloned().or_else(|| {
+        parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .and_then(|host| host.parse().ok())
+    });
+    let path = parts.uri.path_and_query().cloned();
+    let headers = FieldMap::new_immutable(hooks, parts.headers);
+    GuestRequest::new(
+        parts.method,
+        Some(scheme),
+        authority,
+        path,
+        headers,
+        None,
+        body,
+    )
 }

@@ -2,9 +2,10 @@
 //! wasi:http contexts (stdout and stderr wired to the request's capture),
 //! the resource table, and the request's limits.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{GuestTaskId, ResourceTable};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -28,6 +29,38 @@ pub(crate) struct RequestState {
     outbound: Outbound,
     /// The tenant's key-value store, when its table grants one.
     keyvalue: Option<Arc<TenantStore>>,
+    /// In an instance serving several requests at once: which request each
+    /// guest task serves.
+    sharing: Option<Box<Sharing>>,
+}
+
+/// What a host call acts for: the request whose lines it captures, whose
+/// limits it counts against, whose outbound calls it makes.
+#[derive(Clone)]
+pub(crate) struct Attributed {
+    pub(crate) capture: Arc<RequestCapture>,
+    pub(crate) meter: Arc<RequestMeter>,
+    pub(crate) outbound: Outbound,
+}
+
+/// The requests of an instance that serves several at once (`run::shared`).
+///
+/// Each request is one call of the guest's `handle` export, which the
+/// component model runs as a task of its own; whatever the guest does for
+/// that request, on its way to the response or writing the body after it,
+/// runs in that task or in tasks it started. So the root of the async call
+/// stack at a host call names the request exactly, and the store's call
+/// hook points the state at it before the host function runs.
+struct Sharing {
+    by_task: HashMap<GuestTaskId, Attributed>,
+    /// The task the state points at now.
+    current: Option<GuestTaskId>,
+    /// The instance's CPU time charged to requests so far.
+    charged: std::time::Duration,
+    /// The instance's own meter: its polls (a stretch of guest code past
+    /// the CPU limit stops the instance) and its memory (the limit is on
+    /// the instance, whichever request grew it).
+    instance: Arc<RequestMeter>,
 }
 
 impl RequestState {
@@ -64,7 +97,86 @@ impl RequestState {
             output,
             outbound,
             keyvalue: capabilities.keyvalue.clone(),
+            sharing: None,
         }
+    }
+
+    /// Makes this the state of an instance that serves several requests at
+    /// once, metered by `instance`.
+    pub(crate) fn share(&mut self, instance: Arc<RequestMeter>) {
+        self.limiter.set_meter(instance.clone());
+        self.sharing = Some(Box::new(Sharing {
+            by_task: HashMap::new(),
+            current: None,
+            charged: std::time::Duration::ZERO,
+            instance,
+        }));
+    }
+
+    /// Records that guest task `task` serves the request `serves`.
+    pub(crate) fn adopt(&mut self, task: GuestTaskId, serves: Attributed) {
+        if let Some(sharing) = &mut self.sharing {
+            // A task id can be a finished task's, reused: point afresh.
+            if sharing.current == Some(task) {
+                sharing.current = None;
+            }
+            sharing.by_task.insert(task, serves);
+        }
+    }
+
+    /// Points the state at the request guest task `task` serves (from the
+    /// store's call hook, before each host call and each entry into guest
+    /// code). A task no request adopted (none is known to exist) leaves it
+    /// where it was.
+    pub(crate) fn act_for(&mut self, task: GuestTaskId) {
+        let Some(sharing) = &mut self.sharing else {
+            return;
+        };
+        if sharing.current == Some(task) {
+            return;
+        }
+        if let Some(serves) = sharing.by_task.get(&task) {
+            sharing.current = Some(task);
+            self.output.store(serves.capture.clone());
+            self.meter = serves.meter.clone();
+            self.outbound = serves.outbound.clone();
+        }
+    }
+
+    /// From the epoch callback of a shared instance, whose meter times all
+    /// its polls: the CPU time since the last tick is charged to the
+    /// request whose code runs now (`task`, else the one last entered);
+    /// true once that request is past its CPU limit. Sampled at ticks, so
+    /// a request that computes for long is charged what it uses, and one
+    /// that is done in microseconds is charged little or nothing.
+    pub(crate) fn charge_cpu_at_tick(&mut self, task: Option<GuestTaskId>) -> bool {
+        let Some(sharing) = &mut self.sharing else {
+            return self.meter.check_cpu();
+        };
+        let used = sharing.instance.at_tick();
+        let spent = used.saturating_sub(sharing.charged);
+        sharing.charged = used;
+        let computing = task
+            .filter(|task| sharing.by_task.contains_key(task))
+            .or(sharing.current);
+        match computing.and_then(|task| sharing.by_task.get(&task)) {
+            Some(serves) => {
+                serves.meter.charge(spent);
+                serves.meter.check_cpu()
+            }
+            None => false,
+        }
+    }
+
+    /// The request the guest code running (or last run) serves.
+    pub(crate) fn acting_for(&self) -> Option<&Attributed> {
+        let sharing = self.sharing.as_ref()?;
+        sharing.by_task.get(&sharing.current?)
+    }
+
+    /// The requests this shared instance has served, for when it ends.
+    pub(crate) fn served(&self) -> impl Iterator<Item = &Attributed> {
+        self.sharing.iter().flat_map(|s| s.by_task.values())
     }
 
     /// Points a kept instance's state at the next request it serves: its

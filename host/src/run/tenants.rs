@@ -69,6 +69,9 @@ pub(crate) struct Deployment {
     /// Instances of this version kept for reuse (empty unless the tenant
     /// sets `instance_reuse` above 1).
     pub(crate) kept: Arc<InstancePool>,
+    /// Its WASIp3 instances serving several requests at once (none unless
+    /// the tenant sets `instance_concurrent_reuse` above 1).
+    pub(crate) shared: crate::run::shared::SharedInstances,
     /// Its request metrics, looked up on its first request.
     pub(crate) metrics: std::sync::OnceLock<Arc<crate::base::metrics::VersionMetrics>>,
 }
@@ -133,6 +136,7 @@ impl Deployment {
             pre,
             provenance,
             kept: Arc::default(),
+            shared: Default::default(),
             metrics: std::sync::OnceLock::new(),
         }
     }

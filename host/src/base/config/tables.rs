@@ -59,6 +59,11 @@ pub struct HostSettings {
     /// dropped (`wasmtime serve --max-instance-reuse-count`); 1: a fresh
     /// instance for every request. A tenant may set its own.
     pub instance_reuse: u32,
+    /// Requests one WASIp3 instance serves at once (`wasmtime serve
+    /// --max-instance-concurrent-reuse-count`), within `instance_reuse` in
+    /// all; 1: one at a time. WASIp2 instances always serve one at a time.
+    /// A tenant may set its own.
+    pub instance_concurrent_reuse: u32,
     /// How long an instance kept for reuse may wait for its next request
     /// before it is dropped (`--idle-instance-timeout`).
     pub idle_instance_timeout_ms: u64,
@@ -101,6 +106,7 @@ impl Default for HostSettings {
             max_request_body_bytes: 16 << 20,
             max_concurrent_per_tenant: None,
             instance_reuse: 1,
+            instance_concurrent_reuse: 1,
             idle_instance_timeout_ms: 1000,
             keyvalue_max_bytes: 0,
             state_dir: None,
@@ -127,6 +133,12 @@ impl HostSettings {
         if self.instance_reuse == 0 {
             problems.push(
                 "[host] instance_reuse must be at least 1 (1: a fresh instance per request)"
+                    .to_string(),
+            );
+        }
+        if self.instance_concurrent_reuse == 0 {
+            problems.push(
+                "[host] instance_concurrent_reuse must be at least 1 (1: one request at a time)"
                     .to_string(),
             );
         }

@@ -118,6 +118,8 @@ pub struct TenantSpec {
     pub max_queued: Option<u32>,
     /// Overrides `[host] instance_reuse` for this tenant.
     pub instance_reuse: Option<u32>,
+    /// Overrides `[host] instance_concurrent_reuse` for this tenant.
+    pub instance_concurrent_reuse: Option<u32>,
     /// The tenant's key-value store, in bytes (overrides `[host]
     /// keyvalue_max_bytes`; 0: none).
     pub keyvalue_max_bytes: Option<u64>,
@@ -155,6 +157,7 @@ impl TenantSpec {
             max_concurrent: None,
             max_queued: None,
             instance_reuse: None,
+            instance_concurrent_reuse: None,
             keyvalue_max_bytes: None,
             keyvalue_seed: BTreeMap::new(),
             outbound: OutboundSpec::default(),
@@ -223,6 +226,7 @@ pub(super) struct TenantTable {
     max_concurrent: Option<u32>,
     max_queued: Option<u32>,
     instance_reuse: Option<u32>,
+    instance_concurrent_reuse: Option<u32>,
     keyvalue_max_bytes: Option<u64>,
     #[serde(default)]
     allowed_outbound_hosts: Vec<String>,
@@ -283,6 +287,10 @@ impl TenantTable {
             ("request_timeout_ms", self.request_timeout_ms),
             ("max_concurrent", self.max_concurrent.map(u64::from)),
             ("instance_reuse", self.instance_reuse.map(u64::from)),
+            (
+                "instance_concurrent_reuse",
+                self.instance_concurrent_reuse.map(u64::from),
+            ),
         ] {
             if value == Some(0) {
                 problems.push(format!("{name}: {key} must be at least 1"));
@@ -329,6 +337,7 @@ impl TenantTable {
             max_concurrent: self.max_concurrent,
             max_queued: self.max_queued,
             instance_reuse: self.instance_reuse,
+            instance_concurrent_reuse: self.instance_concurrent_reuse,
             keyvalue_max_bytes: self.keyvalue_max_bytes,
             keyvalue_seed: BTreeMap::new(),
             outbound: OutboundSpec {
