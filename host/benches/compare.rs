@@ -382,7 +382,6 @@ async fn run() {
         &mut chart,
     );
     report.push_str(&section);
-
     // 1d. The same host over TLS (rustls, keep-alive) against plain HTTP.
     let ca = support::pki::Ca::new("bench CA");
     let cert = ca.host("bench");
@@ -429,6 +428,26 @@ async fn run() {
     }
     drop((plain, tls));
     println!("{section}");
+    report.push_str(&section);
+
+    // 1e. The same flags on both: one p3 instance serving up to 16
+    // requests at once (`run::shared`).
+    let section = against_wasmtime(
+        Matchup {
+            component: &hello_p3,
+            ours: &[
+                "--max-instance-reuse-count",
+                "128",
+                "--max-instance-concurrent-reuse-count",
+                "16",
+            ],
+            theirs: &["-Sp3"],
+            title: "\n### 1e. WASIp3, the same on both: 128 requests an instance, 16 at once",
+            labels: (" (p3), 128, 16 at once", " -Sp3"),
+            paths: &["/quiet"],
+        },
+        &mut chart,
+    );
     report.push_str(&section);
 
     // 2. Multi-tenant: 1 vs 50 tenants, then 0 vs 10 viewers on the busy slug.
