@@ -118,7 +118,7 @@ impl Instance {
                 (load != CLOSED
                     && in_flight < u64::from(concurrent)
                     && taken < u64::from(self.reuse))
-                .then_some(load + ONE_IN_FLIGHT + ONE_TAKEN)
+                .then(|| load + ONE_IN_FLIGHT + ONE_TAKEN)
             })
             .is_ok()
     }
@@ -713,5 +713,66 @@ impl<B: http_body::Body> Drop for Sent<B> {
         if let Some(done) = self.done.take() {
             done.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(reuse: u32) -> Instance {
+        Instance {
+            jobs: mpsc::unbounded_channel().0,
+            load: AtomicU64::new(0),
+            stop: Notify::new(),
+            reuse,
+            spent: Notify::new(),
+            why: OnceLock::new(),
+            ended: Notify::new(),
+        }
+    }
+
+    #[test]
+    fn an_instance_takes_what_it_has_room_for_and_closes_only_when_idle() {
+        let shared = instance(3);
+        // Two at once…
+        assert!(shared.admit(2) && shared.admit(2));
+        assert!(!shared.admit(2), "a third at once");
+        assert!(!shared.close_if_idle(), "closed with requests in flight");
+        shared.served_one();
+        // …and three in all.
+        assert!(shared.admit(2));
+        assert!(!shared.admit(2), "a fourth in all");
+        assert!(shared.spent());
+        shared.served_one();
+        assert_eq!(shared.in_flight(), 1);
+        shared.served_one();
+        assert_eq!(shared.in_flight(), 0);
+        assert!(shared.close_if_idle() && shared.is_closed());
+        // Closed stays closed: a late body's end changes nothing.
+        shared.served_one();
+        assert!(shared.is_closed() && !shared.admit(2));
+    }
+
+    #[tokio::test]
+    async fn a_spent_instance_is_told_when_its_last_request_is_served() {
+        let shared = instance(1);
+        assert!(shared.admit(4));
+        let told = shared.spent.notified();
+        shared.served_one();
+        tokio::time::timeout(Duration::from_secs(5), told)
+            .await
+            .expect("told");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_request_learns_why_once_it_is_said() {
+        let shared = Arc::new(instance(1));
+        let waiting = tokio::spawn({
+            let shared = shared.clone();
+            async move { shared.why().await }
+        });
+        shared.say_why("because".to_string());
+        assert_eq!(waiting.await.unwrap(), "because");
     }
 }
