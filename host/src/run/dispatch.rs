@@ -21,6 +21,7 @@ use tracing::Instrument as _;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use crate::base::metrics::Metrics;
 use crate::base::refusals::{Refusal, Refusals};
@@ -28,6 +29,7 @@ use crate::base::responses::{Body, busy_response, error_response};
 use crate::logs::capture::RequestCapture;
 use crate::logs::entry::{McpCall, Outcome, RequestHeaders, RequestMeta};
 use crate::logs::sink::LogSink;
+use crate::run::capabilities::Capabilities;
 use crate::run::gate;
 use crate::run::limits::{Metered, RequestMeter};
 use crate::run::outbound::{Outbound, OutboundContext, OutboundCounts};
@@ -250,11 +252,6 @@ impl Dispatcher {
             too_large: too_large.clone(),
         });
         let https = crate::base::transport::over_tls(&request);
-        let p3_scheme = if https {
-            http::uri::Scheme::HTTPS
-        } else {
-            http::uri::Scheme::HTTP
-        };
 
         let Ok(slot) = self.slots.clone().acquire_owned().await else {
             return error_response(StatusCode::SERVICE_UNAVAILABLE, "the host is shutting down");
@@ -268,113 +265,33 @@ impl Dispatcher {
             // A p3 tenant that lets an instance serve several requests at
             // once: to one of its version's shared instances.
             GuestPre::P3(pre) if limits.concurrent_reuse > 1 && limits.reuse > 1 => {
-                let job = Job {
-                    request,
-                    scheme: p3_scheme,
-                    serves: serves.clone(),
-                    on_response: Box::new(move |response| {
-                        on_response(response.map_err(|code| format!("{code:?}")))
-                    }),
-                };
-                let engine = pre.engine();
-                Call::Shared(deployment.shared.submit(
-                    job,
-                    limits,
-                    self.runtime.kept(),
+                Call::Shared(self.shared_call(
+                    deployment,
                     pre,
-                    |instance| {
-                        let Attributed {
-                            capture,
-                            meter,
-                            outbound,
-                        } = serves;
-                        let state = RequestState::new(capture, capabilities, meter, outbound);
-                        shared::shared_store(engine, state, instance)
-                    },
+                    capabilities,
+                    serves,
+                    request,
+                    p3_scheme(https),
+                    on_response,
                 ))
             }
-            pre => {
-                let Attributed {
-                    capture,
-                    meter,
-                    outbound,
-                } = serves;
-                // A kept instance of this version if the tenant reuses
-                // them, else a fresh store to instantiate in.
-                let kept = (limits.reuse > 1)
-                    .then(|| deployment.kept.take(limits.idle))
-                    .flatten();
-                let (mut store, kept, served) = match kept {
-                    Some(warm) => {
-                        let mut store = warm.store;
-                        store.data_mut().begin(capture, meter.clone(), outbound);
-                        (store, Some(warm.guest), warm.served)
-                    }
-                    None => (
-                        Self::new_store(
-                            deployment.pre.engine(),
-                            RequestState::new(capture, capabilities, meter.clone(), outbound),
-                        ),
-                        None,
-                        0,
-                    ),
-                };
-                store.set_epoch_deadline(1);
-                // What runs the guest: its instance back when it ended well
-                // and may serve again.
-                let call = match pre.clone() {
-                    GuestPre::P2(pre) => {
-                        let scheme = if https { Scheme::Https } else { Scheme::Http };
-                        let prepared = store
-                            .data_mut()
-                            .http()
-                            .new_incoming_request(scheme, request)
-                            .and_then(|req| {
-                                let out = store
-                                    .data_mut()
-                                    .http()
-                                    .new_response_outparam_from_callback(move |response| {
-                                        on_response(response.map_err(|code| format!("{code:?}")))
-                                    })?;
-                                Ok((req, out))
-                            });
-                        let (guest_request, response_out) = match prepared {
-                            Ok(prepared) => prepared,
-                            Err(e) => {
-                                report.done = true;
-                                return error_response(
-                                    StatusCode::BAD_REQUEST,
-                                    &format!("cannot pass this request to the guest: {e}"),
-                                );
-                            }
-                        };
-                        Either::Left(async move {
-                            let proxy = match kept {
-                                Some(Guest::P2(proxy)) => proxy,
-                                _ => pre.instantiate_async(&mut store).await?,
-                            };
-                            proxy
-                                .wasi_http_incoming_handler()
-                                .call_handle(&mut store, guest_request, response_out)
-                                .await?;
-                            Ok((store, Guest::P2(proxy)))
-                        })
-                    }
-                    GuestPre::P3(pre) => Either::Right(async move {
-                        let on_response = move |response: Result<Response<Body>, _>| {
-                            on_response(response.map_err(|code| format!("{code:?}")))
-                        };
-                        let kept = match kept {
-                            Some(Guest::P3(service)) => Some(service),
-                            _ => None,
-                        };
-                        let (store, service) =
-                            p3::serve(store, pre, kept, request, p3_scheme, on_response).await?;
-                        Ok((store, Guest::P3(service)))
-                    }),
-                };
-                Call::Own { call, served }
-            }
+            _ => match Self::own_call(
+                deployment,
+                capabilities,
+                serves,
+                request,
+                https,
+                on_response,
+            ) {
+                Ok(call) => call,
+                Err(e) => {
+                    report.done = true;
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        &format!("cannot pass this request to the guest: {e}"),
+                    );
+                }
+            },
         };
 
         let pool = deployment.kept.clone();
@@ -474,6 +391,27 @@ impl Dispatcher {
     }
 }
 
+/// A guest running in an instance of its own: the instance back when the
+/// call went well.
+trait OwnCall:
+    Future<Output = wasmtime::Result<(Store<RequestState>, Guest)>> + Send + 'static
+{
+}
+
+impl<F> OwnCall for F where
+    F: Future<Output = wasmtime::Result<(Store<RequestState>, Guest)>> + Send + 'static
+{
+}
+
+/// The scheme a WASIp3 guest is told.
+fn p3_scheme(https: bool) -> http::uri::Scheme {
+    if https {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    }
+}
+
 /// What runs a request's guest: its own instance (fresh, or kept and
 /// having served `served` requests), or a shared one.
 enum Call<F> {
@@ -503,6 +441,130 @@ fn finish_response(
 }
 
 impl Dispatcher {
+    /// Hands the request to one of `deployment`'s shared WASIp3 instances
+    /// (`run::shared`), or to a new one whose store starts with this
+    /// request's state.
+    #[allow(clippy::too_many_arguments)]
+    fn shared_call(
+        &self,
+        deployment: &Deployment,
+        pre: &ServicePre<RequestState>,
+        capabilities: &Capabilities,
+        serves: Attributed,
+        request: Request<LimitedBody>,
+        scheme: http::uri::Scheme,
+        on_response: impl FnOnce(Result<Response<Body>, String>) + Send + 'static,
+    ) -> Submitted {
+        let job = Job {
+            request,
+            scheme,
+            serves: serves.clone(),
+            on_response: Box::new(move |response| {
+                on_response(response.map_err(|code| format!("{code:?}")))
+            }),
+        };
+        let engine = pre.engine();
+        deployment.shared.submit(
+            job,
+            capabilities.limits,
+            self.runtime.kept(),
+            pre,
+            |instance| {
+                let Attributed {
+                    capture,
+                    meter,
+                    outbound,
+                } = serves;
+                let state = RequestState::new(capture, capabilities, meter, outbound);
+                shared::shared_store(engine, state, instance)
+            },
+        )
+    }
+
+    /// The request in an instance of its own: one kept from the version's
+    /// previous request if the tenant reuses them, else a fresh one. Gives
+    /// the future that runs the guest (and returns the instance, to be kept
+    /// if the request ends well) and how many requests the instance had
+    /// served; `Err` when the request cannot be handed to the guest.
+    fn own_call(
+        deployment: &Deployment,
+        capabilities: &Capabilities,
+        serves: Attributed,
+        request: Request<LimitedBody>,
+        https: bool,
+        on_response: impl FnOnce(Result<Response<Body>, String>) + Send + Sync + 'static,
+    ) -> Result<Call<impl OwnCall>, String> {
+        let limits = capabilities.limits;
+        let Attributed {
+            capture,
+            meter,
+            outbound,
+        } = serves;
+        let kept = (limits.reuse > 1)
+            .then(|| deployment.kept.take(limits.idle))
+            .flatten();
+        let (mut store, kept, served) = match kept {
+            Some(warm) => {
+                let mut store = warm.store;
+                store.data_mut().begin(capture, meter, outbound);
+                (store, Some(warm.guest), warm.served)
+            }
+            None => (
+                Self::new_store(
+                    deployment.pre.engine(),
+                    RequestState::new(capture, capabilities, meter, outbound),
+                ),
+                None,
+                0,
+            ),
+        };
+        store.set_epoch_deadline(1);
+        let call = match deployment.pre.clone() {
+            GuestPre::P2(pre) => {
+                let scheme = if https { Scheme::Https } else { Scheme::Http };
+                let guest_request = store
+                    .data_mut()
+                    .http()
+                    .new_incoming_request(scheme, request)
+                    .map_err(|e| e.to_string())?;
+                let response_out = store
+                    .data_mut()
+                    .http()
+                    .new_response_outparam_from_callback(move |response| {
+                        on_response(response.map_err(|code| format!("{code:?}")))
+                    })
+                    .map_err(|e| e.to_string())?;
+                Either::Left(async move {
+                    let proxy = match kept {
+                        Some(Guest::P2(proxy)) => proxy,
+                        _ => pre.instantiate_async(&mut store).await?,
+                    };
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, guest_request, response_out)
+                        .await?;
+                    Ok((store, Guest::P2(proxy)))
+                })
+            }
+            GuestPre::P3(pre) => {
+                let scheme = p3_scheme(https);
+                Either::Right(async move {
+                    let on_response = move |response: Result<Response<Body>, _>| {
+                        on_response(response.map_err(|code| format!("{code:?}")))
+                    };
+                    let kept = match kept {
+                        Some(Guest::P3(service)) => Some(service),
+                        _ => None,
+                    };
+                    let (store, service) =
+                        p3::serve(store, pre, kept, request, scheme, on_response).await?;
+                    Ok((store, Guest::P3(service)))
+                })
+            }
+        };
+        Ok(Call::Own { call, served })
+    }
+
     /// A store for a fresh instance: its memory limiter and the epoch
     /// callback that enforces the CPU limit of whichever request it serves.
     fn new_store(engine: &wasmtime::Engine, state: RequestState) -> Store<RequestState> {
