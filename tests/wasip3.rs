@@ -410,3 +410,54 @@ async fn a_request_past_its_time_limit_stops_its_shared_wasip3_instance() {
         "{stopped}"
     );
 }
+
+#[test]
+fn sharing_asked_of_a_wasip2_tenant_is_said_to_do_nothing() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tenants.toml");
+    std::fs::write(
+        &config,
+        tenant_toml("p2", "alice", "active", &[("1.0.0", &guest("hello"))])
+            + "instance_concurrent_reuse = 4\n",
+    )
+    .unwrap();
+    let mut host = std::process::Command::new(env!("CARGO_BIN_EXE_mctx-host"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--no-cache", "--config"])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env(
+            "MCTX_SESSION_SECRET",
+            "a test secret of at least thirty-two bytes",
+        )
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(host.stderr.take().unwrap());
+    let (lines, said) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let warning = loop {
+        match said.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(line) if line.contains("instance_concurrent_reuse") => break line,
+            Ok(_) => continue,
+            Err(e) => panic!("no warning from the host: {e}"),
+        }
+    };
+    let _ = host.kill();
+    let _ = host.wait();
+    assert!(
+        warning.contains("WARN")
+            && warning.contains("1.0.0")
+            && warning.contains("one request at a time"),
+        "{warning}"
+    );
+}

@@ -220,6 +220,23 @@ impl TenantRegistry {
                 runtime.stores(),
                 &mut problems,
             );
+            // Asked for by the tenant's own table, and impossible for a p2
+            // component: said, not silently ignored.
+            if let Some(concurrent) = spec.instance_concurrent_reuse.filter(|&n| n > 1) {
+                let p2: Vec<String> = versions
+                    .values()
+                    .filter(|d| matches!(d.pre, GuestPre::P2(_)))
+                    .map(|d| d.version_label.clone())
+                    .collect();
+                if !p2.is_empty() {
+                    tracing::warn!(
+                        slug = spec.slug.as_str(),
+                        versions = p2.join(", "),
+                        "instance_concurrent_reuse = {concurrent} applies to WASIp3 components; \
+                         these WASIp2 versions serve one request at a time per instance"
+                    );
+                }
+            }
             tenants.push(Tenant {
                 slug: spec.slug.clone(),
                 owner: spec.owner.clone(),
