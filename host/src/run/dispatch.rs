@@ -470,13 +470,7 @@ impl Dispatcher {
             self.runtime.kept(),
             pre,
             |instance| {
-                let Attributed {
-                    capture,
-                    meter,
-                    outbound,
-                } = serves;
-                let state = RequestState::new(capture, capabilities, meter, outbound);
-                shared::shared_store(engine, state, instance)
+                shared::shared_store(engine, RequestState::new(serves, capabilities), instance)
             },
         )
     }
@@ -495,24 +489,19 @@ impl Dispatcher {
         on_response: impl FnOnce(Result<Response<Body>, String>) + Send + Sync + 'static,
     ) -> Result<Call<impl OwnCall>, String> {
         let limits = capabilities.limits;
-        let Attributed {
-            capture,
-            meter,
-            outbound,
-        } = serves;
         let kept = (limits.reuse > 1)
             .then(|| deployment.kept.take(limits.idle))
             .flatten();
         let (mut store, kept, served) = match kept {
             Some(warm) => {
                 let mut store = warm.store;
-                store.data_mut().begin(capture, meter, outbound);
+                store.data_mut().begin(serves);
                 (store, Some(warm.guest), warm.served)
             }
             None => (
                 Self::new_store(
                     deployment.pre.engine(),
-                    RequestState::new(capture, capabilities, meter, outbound),
+                    RequestState::new(serves, capabilities),
                 ),
                 None,
                 0,

@@ -183,7 +183,8 @@ impl RequestMeter {
         }
     }
 
-    /// The instance this request ran in went past its memory limit.
+    /// The instance this request ran in went past its memory limit (the
+    /// limiter's finding, or, in a shared instance, its neighbour's).
     pub(crate) fn set_memory_exceeded(&self) {
         self.memory_exceeded.store(true, Ordering::Relaxed);
     }
@@ -284,7 +285,7 @@ impl ResourceLimiter for MemoryLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.max_bytes {
-            self.meter.memory_exceeded.store(true, Ordering::Relaxed);
+            self.meter.set_memory_exceeded();
             return Ok(false);
         }
         Ok(true)

@@ -156,6 +156,11 @@ impl Instance {
             || self.is_closed()
     }
 
+    /// Closes it, whatever is in flight (it is stopping).
+    fn close_now(&self) {
+        self.load.store(CLOSED, Ordering::Release);
+    }
+
     fn is_closed(&self) -> bool {
         self.load.load(Ordering::Acquire) == CLOSED
     }
@@ -520,12 +525,6 @@ impl Worker {
                 Ok(())
             })
             .await?
-    }
-}
-
-impl Instance {
-    fn close_now(&self) {
-        self.load.store(CLOSED, Ordering::Release);
     }
 }
 

@@ -57,23 +57,23 @@ struct Sharing {
     current: Option<GuestTaskId>,
     /// The instance's CPU time charged to requests so far.
     charged: std::time::Duration,
-    /// The instance's own meter: its polls (a stretch of guest code past
-    /// the CPU limit stops the instance) and its memory (the limit is on
+    /// The instance's own meter: its polls, whose time is charged at each
+    /// tick to the request computing then, and its memory (the limit is on
     /// the instance, whichever request grew it).
     instance: Arc<RequestMeter>,
 }
 
 impl RequestState {
-    /// The state of a request whose stdout and stderr go to `capture`,
-    /// within its tenant's `capabilities`: its environment (and secrets),
-    /// its memory limit, its outbound rules. The context grants no files
-    /// and no sockets.
-    pub(crate) fn new(
-        capture: Arc<RequestCapture>,
-        capabilities: &Capabilities,
-        meter: Arc<RequestMeter>,
-        outbound: Outbound,
-    ) -> Self {
+    /// The state of the request `serves` names (its stdout and stderr go
+    /// to its capture), within its tenant's `capabilities`: its environment
+    /// (and secrets), its memory limit, its outbound rules. The context
+    /// grants no files and no sockets.
+    pub(crate) fn new(serves: Attributed, capabilities: &Capabilities) -> Self {
+        let Attributed {
+            capture,
+            meter,
+            outbound,
+        } = serves;
         let output = Arc::new(OutputTarget::new(capture));
         let mut wasi = WasiCtx::builder();
         wasi.stdout(CaptureStream::to(&output, Stream::Stdout))
@@ -135,11 +135,9 @@ impl RequestState {
         if sharing.current == Some(task) {
             return;
         }
-        if let Some(serves) = sharing.by_task.get(&task) {
+        if let Some(serves) = sharing.by_task.get(&task).cloned() {
             sharing.current = Some(task);
-            self.output.store(serves.capture.clone());
-            self.meter = serves.meter.clone();
-            self.outbound = serves.outbound.clone();
+            self.point_at(serves);
         }
     }
 
@@ -183,16 +181,17 @@ impl RequestState {
     /// output, its limits' meter, its outbound calls. What the guest keeps
     /// in its own memory stays (that is what reuse is); nothing of the
     /// previous request's host side does.
-    pub(crate) fn begin(
-        &mut self,
-        capture: Arc<RequestCapture>,
-        meter: Arc<RequestMeter>,
-        outbound: Outbound,
-    ) {
-        self.output.store(capture);
-        self.limiter.set_meter(meter.clone());
-        self.meter = meter;
-        self.outbound = outbound;
+    pub(crate) fn begin(&mut self, serves: Attributed) {
+        self.limiter.set_meter(serves.meter.clone());
+        self.point_at(serves);
+    }
+
+    /// Output, CPU meter and outbound calls become `serves`'s (the memory
+    /// limiter is the caller's to point: a shared instance keeps its own).
+    fn point_at(&mut self, serves: Attributed) {
+        self.output.store(serves.capture);
+        self.meter = serves.meter;
+        self.outbound = serves.outbound;
     }
 
     pub(crate) fn capture(&self) -> arc_swap::Guard<Arc<RequestCapture>> {
