@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 
 use mctx_host::config::Config;
-use mctx_host::{App, AppConfig, GuestLogFormat, RoutingMode};
+use mctx_host::{App, AppConfig, GuestLogFormat, PoolOptions, RoutingMode};
 use support::{guest, send, tenant_toml};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,10 +24,8 @@ async fn an_app_built_in_process_serves_a_tenant_and_shuts_down() {
         },
         config,
         cache_dir: Some(support::target_dir().join("test-artifact-cache")),
-        pooling: true,
+        pool: PoolOptions::default(),
         guest_logs: GuestLogFormat::Off,
-        pool_overrides: Vec::new(),
-        memory_init_cow: false,
         tenants_file: None,
         state_dir: Some(state.path().to_path_buf()),
     })

@@ -99,6 +99,50 @@ async fn state_carries_over_only_with_reuse_and_within_one_tenant_version() {
     );
 }
 
+/// Memory one request's instance wrote never reaches the instance that
+/// takes its pool slot next, another tenant's included (one component, so
+/// one set of slots), whichever way the pool resets a slot: decommitted
+/// (the default; one instance a batch here, so that slots come back at
+/// once) or zeroed in place (`-O pooling-pagemap-scan=auto`: on where the
+/// kernel has the ioctl and no swap is on, else decommitted too). A reused
+/// instance shows that the probe finds what is left when something is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_instance_reads_memory_the_one_before_it_in_its_slot_wrote() {
+    let misbehave = guest("misbehave");
+    let one = [("1.0.0", misbehave.as_path())];
+    let config = [
+        tenant_toml("a", "alice", "active", &one),
+        tenant_toml("b", "bob", "active", &one),
+        with(
+            tenant_toml("kept", "alice", "active", &one),
+            "instance_reuse = 3",
+        ),
+    ]
+    .concat();
+    for flags in [
+        ["-O", "pooling-decommit-batch-size=1"],
+        ["-O", "pooling-pagemap-scan=auto"],
+    ] {
+        let host = HostProcess::multi(&config, &flags);
+        let mut viewers = HashMap::new();
+        for (slug, owner) in [("a", "alice"), ("b", "bob"), ("kept", "alice")] {
+            viewers.insert(slug, host.viewer(slug, "type=request", owner).await);
+        }
+        let kept = viewers.get_mut("kept").unwrap();
+        assert_eq!(counter(&host, kept, "kept", "/residue").await, 0);
+        let left = counter(&host, kept, "kept", "/residue").await;
+        assert!(left > 0, "{flags:?}: a reused instance finds its marks");
+
+        let mut found = Vec::new();
+        for i in 0..24 {
+            let slug = ["a", "b"][i % 2];
+            let viewer = viewers.get_mut(slug).unwrap();
+            found.push(counter(&host, viewer, slug, "/residue").await);
+        }
+        assert!(found.iter().all(|&n| n == 0), "{flags:?}: {found:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trap_a_limit_or_a_cancel_drops_the_instance() {
     let config = misbehave_as_m("instance_reuse = 100\ncpu_limit_ms = 100");

@@ -213,7 +213,7 @@ async fn wasmtime_serve_command_lines_mean_the_same_under_mctx_host() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("greeting.txt"), "hello from the host\n").unwrap();
     let grant = format!("{}::/data", dir.path().display());
-    let table: [(&[&str], Case); 8] = [
+    let table: [(&[&str], Case); 9] = [
         (&["--env", "GREETING=hi"], get("/env?name=GREETING")),
         (
             &["-S", "cli,http", "--env", "GREETING=hi"],
@@ -229,6 +229,13 @@ async fn wasmtime_serve_command_lines_mean_the_same_under_mctx_host() {
             &[
                 "-O",
                 "pooling-allocator,pooling-total-memories=200,pooling-table-keep-resident=65536,memory-init-cow=y,pooling-decommit-batch-size=8",
+            ],
+            get("/"),
+        ),
+        (
+            &[
+                "-O",
+                "pooling-allocator,pooling-pagemap-scan=auto,pooling-memory-keep-resident=262144",
             ],
             get("/"),
         ),

@@ -353,6 +353,29 @@ async fn run() {
         &mut chart,
     );
     report.push_str(&section);
+    // 1f. Fresh instances again, both resetting finished instances' memory
+    // in place (`-O pooling-pagemap-scan`, off by default on both: README
+    // "Instance pool"), with one command line for both hosts.
+    let in_place: &[&str] = &[
+        "-O",
+        "pooling-allocator",
+        "-O",
+        "pooling-pagemap-scan=y",
+        "-O",
+        "pooling-memory-keep-resident=262144",
+    ];
+    let section = against_wasmtime(
+        Matchup {
+            component: &hello,
+            ours: in_place,
+            theirs: in_place,
+            title: "\n### 1f. Fresh instances, memories reset in place: `-O pooling-allocator -O pooling-pagemap-scan=y -O pooling-memory-keep-resident=262144` on both",
+            labels: (", in place", ", in place"),
+            paths: both_paths,
+        },
+        &mut chart,
+    );
+    report.push_str(&section);
 
     // 1b-1c. A WASIp3 component: fresh instances on both, then each host's
     // best: ours reused in turn, wasmtime's p3 default (128 in turn and 16

@@ -38,6 +38,7 @@ use crate::logs::sink::{LogSink, Tee};
 use crate::run::dispatch::Dispatcher;
 use crate::run::limits;
 use crate::run::memory;
+use crate::run::pool::PoolOptions;
 use crate::run::runtime::{Runtime, RuntimeSettings};
 
 /// How long a host joining a cluster waits to catch up with the servers
@@ -53,15 +54,11 @@ pub struct AppConfig {
     pub routing: RoutingMode,
     /// Where compiled components are cached; `None` compiles at start.
     pub cache_dir: Option<PathBuf>,
-    /// Instances from a preallocated pool (fast) rather than on demand.
-    pub pooling: bool,
+    /// Where instances' memories come from and how they are reset
+    /// (`--no-pooling`, `-O`).
+    pub pool: PoolOptions,
     /// Guest output printed on this process's stdout, or not.
     pub guest_logs: GuestLogFormat,
-    /// `wasmtime serve -O pooling-KEY=N` knobs over the pool's own sizes.
-    pub pool_overrides: Vec<(String, u64)>,
-    /// `-O memory-init-cow=y`: memories initialized copy-on-write (off by
-    /// default: copying measured faster here, `run::runtime`).
-    pub memory_init_cow: bool,
     /// The tenants file, re-read on a reload; `None` in single-component
     /// mode.
     pub tenants_file: Option<PathBuf>,
@@ -132,10 +129,8 @@ impl App {
             config,
             routing,
             cache_dir,
-            pooling,
+            pool,
             guest_logs,
-            pool_overrides,
-            memory_init_cow,
             tenants_file,
             state_dir,
         } = app;
@@ -152,9 +147,7 @@ impl App {
             max_concurrent_requests: host.max_concurrent_requests,
             memory_limit_bytes: limits::mib(largest_memory_mb),
             cache_dir,
-            pooling,
-            pool_overrides,
-            memory_init_cow,
+            pool,
         })?);
         let started = Instant::now();
         let loaded = Deployments::load(

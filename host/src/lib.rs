@@ -11,7 +11,7 @@
 //! | root | [`app`], [`cli`] | `App::build` wires every part from an [`AppConfig`]; `App::serve` runs and shuts down in order. The CLI only turns flags and files into that config (and holds the `tail` client). |
 //! | edge | `edge::{server, routing, control, dashboard, log_stream, deploy_api}` | the network: accept loop, `Host` + path → tenant or control plane, `/healthz`, the dashboard, the log-stream WebSocket, the deploy API's HTTP. |
 //! | deploy | `deploy::{store, shared, reload}` | the server list and every change to it, one at a time: the rules, durable (`state_dir`, or JetStream on a cluster) before the tenant registry swaps; reloading the tenants file. |
-//! | run | `run::{dispatch, runtime, p3, shared, state, limits, tenants, instances, keyvalue, artifacts, guest_logging}` | WebAssembly: an engine and linker per WASI generation (p2; p3 when one loads), tenants' components compiled once, each request in a fresh instance (or, for a tenant that asks, one kept from its version's previous request, or a p3 instance serving several at once) with its CPU and memory limits; each tenant's key-value store; the registry of tenants, an immutable snapshot swapped whole. |
+//! | run | `run::{dispatch, runtime, pool, p3, shared, state, limits, tenants, instances, keyvalue, artifacts, guest_logging}` | WebAssembly: an engine and linker per WASI generation (p2; p3 when one loads), tenants' components compiled once, each request in a fresh instance (from a pool whose slots are made clean between tenants, `pool`) (or, for a tenant that asks, one kept from its version's previous request, or a p3 instance serving several at once) with its CPU and memory limits; each tenant's key-value store; the registry of tenants, an immutable snapshot swapped whole. |
 //! | logs | `logs::{capture, entry, publish, hub, wire, cluster, console}` | what guests write becoming entries, numbered once, fanned out to viewers here and on other hosts. |
 //! | base | `base::{config, auth, responses}` | the tenants file (one struct per table), session tokens, the host's own responses. |
 //!
@@ -56,3 +56,4 @@ pub use base::{auth, config};
 pub use edge::routing::RoutingMode;
 pub use logs::console::GuestLogFormat;
 pub use logs::{capture, entry, sink};
+pub use run::pool::PoolOptions;

@@ -14,6 +14,7 @@
 //! | `/tick?lines=N` | writes N lines `tick <unix ns>` stamped as each is written (default 1), for latency measurements |
 //! | `/script` | logs markup (`<script>`, an `onerror` handler) that a viewer must show as text |
 //! | `/counter?tag=T` | answers how many requests this instance has served (state kept in the guest: 1 on a fresh instance) and logs `counter N for T` |
+//! | `/residue?kb=N` | answers how many 8-byte words of a new N KiB allocation (default 64) already hold its mark, then marks them all and frees it: 0 unless memory an earlier request wrote reached this one |
 //! | anything else | answers `ok` |
 
 use std::hint::black_box;
@@ -116,6 +117,12 @@ impl wasip2::exports::http::incoming_handler::Guest for Misbehave {
                 println!("[INFO] counter {served} for {tag}");
                 respond(out, 200, "text/plain", format!("{served}\n").as_bytes());
             }
+            "/residue" => {
+                let kb = query_number(query, "kb", 64) as usize;
+                let stale = residue(kb << 10);
+                println!("[INFO] {stale} words of {kb} KiB already marked");
+                respond(out, 200, "text/plain", format!("{stale}\n").as_bytes());
+            }
             "/script" => {
                 println!(
                     "<script>window.__pwned = 1</script><img src=x onerror=\"window.__pwned = 2\">"
@@ -124,6 +131,39 @@ impl wasip2::exports::http::incoming_handler::Guest for Misbehave {
             }
             _ => respond(out, 200, "text/plain", b"ok\n"),
         }
+    }
+}
+
+/// What `/residue` writes: a word no allocator bookkeeping looks like.
+const MARK: u64 = 0xA5A5_5A5A_C3C3_3C3C;
+
+/// How many 8-byte words of a new `len`-byte heap block hold [`MARK`];
+/// then marks the whole block and frees it. The allocator hands a fresh
+/// instance the same block every time, so a host whose pool slots keep one
+/// instance's memory for the next shows the marks here; within one reused
+/// instance the freed block comes back marked, which is how a test knows
+/// the probe sees.
+fn residue(len: usize) -> usize {
+    let layout = std::alloc::Layout::from_size_align(len.max(8), 4096).expect("a valid layout");
+    let words = layout.size() / 8;
+    // SAFETY: the block is ours from alloc to dealloc, 4096-aligned, and
+    // `words` words long. Its contents were never written by this program:
+    // volatile reads, so that the compiler loads what memory holds rather
+    // than assuming anything about it; `black_box` keeps the marks from
+    // being dropped as stores to memory about to be freed.
+    unsafe {
+        let block = std::alloc::alloc(layout).cast::<u64>();
+        if block.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        let marked = (0..words)
+            .filter(|&i| block.add(i).read_volatile() == MARK)
+            .count();
+        for i in 0..words {
+            block.add(i).write(MARK);
+        }
+        std::alloc::dealloc(black_box(block).cast(), layout);
+        marked
     }
 }
 

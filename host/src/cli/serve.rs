@@ -20,6 +20,7 @@ use crate::base::config::{ClusterSettings, Config, HostSettings, Slug, TenantSpe
 use crate::edge::routing::{RoutingMode, SINGLE_MODE_CONTROL_PREFIX};
 use crate::logs::console::GuestLogFormat;
 use crate::run::artifacts::ArtifactCache;
+use crate::run::pool::PoolOptions;
 
 #[derive(Args, Debug)]
 pub(crate) struct ServeArgs {
@@ -280,10 +281,11 @@ impl ServeArgs {
             config,
             routing: routing.clone(),
             cache_dir,
-            pooling: !(self.no_pooling || asked.no_pooling),
+            pool: PoolOptions {
+                pooling: asked.pool.pooling && !self.no_pooling,
+                ..asked.pool
+            },
             guest_logs,
-            pool_overrides: asked.pool_overrides,
-            memory_init_cow: asked.memory_init_cow,
             tenants_file: self.config.clone(),
             state_dir,
         })

@@ -24,6 +24,7 @@ pub(crate) mod limits;
 pub(crate) mod memory;
 pub(crate) mod outbound;
 pub(crate) mod p3;
+pub(crate) mod pool;
 pub(crate) mod report;
 pub(crate) mod runtime;
 pub(crate) mod shared;

@@ -13,13 +13,14 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use crate::run::artifacts::{ArtifactCache, CacheOutcome};
 use crate::run::instances::Budget;
 use crate::run::keyvalue::KeyValueStores;
+use crate::run::pool::{self, PoolOptions};
 use crate::run::state::RequestState;
 
 /// How often the epoch advances. The CPU limit is enforced at this
@@ -36,14 +37,8 @@ pub(crate) struct RuntimeSettings {
     /// Where compiled components are cached; `None` compiles every
     /// component at start.
     pub(crate) cache_dir: Option<PathBuf>,
-    /// Instances from a preallocated pool (fast) rather than on demand.
-    pub(crate) pooling: bool,
-    /// `wasmtime serve`'s `-O pooling-*=N` knobs, applied over the pool
-    /// this host sizes itself (key without `pooling-`, value).
-    pub(crate) pool_overrides: Vec<(String, u64)>,
-    /// Initialize linear memories copy-on-write from the module image
-    /// (wasmtime's default) rather than by copying (ours).
-    pub(crate) memory_init_cow: bool,
+    /// The instance pool, as asked (`run::pool`).
+    pub(crate) pool: PoolOptions,
 }
 
 impl RuntimeSettings {
@@ -110,7 +105,12 @@ impl Flavor {
 }
 
 impl Runtime {
-    pub(crate) fn new(settings: RuntimeSettings) -> Result<Runtime> {
+    pub(crate) fn new(mut settings: RuntimeSettings) -> Result<Runtime> {
+        // Decided once, so that the WASIp3 engine made later agrees.
+        settings.pool.pagemap_scan = match pool::dirty_page_reset(&settings.pool)? {
+            true => Enabled::Yes,
+            false => Enabled::No,
+        };
         let p2 = Flavor::new(&settings, false)?;
         let cache = settings
             .cache_dir
@@ -290,9 +290,16 @@ fn build_engine(settings: &RuntimeSettings, p3: bool) -> Result<Engine> {
     // fresh-instance path. Measured (2 cores, wrk -c16): hello.wasm 13.4k →
     // 14.8k req/s, js-hello (13 MB) 640 → 704 req/s (docs/profile.md).
     // `-O memory-init-cow=y` turns CoW back on.
-    config.memory_init_cow(settings.memory_init_cow);
-    if settings.pooling {
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(settings)));
+    config.memory_init_cow(settings.pool.memory_init_cow);
+    if settings.pool.pooling {
+        let pool = pool::config(
+            &settings.pool,
+            settings
+                .max_concurrent_requests
+                .saturating_add(settings.max_kept_instances()),
+            settings.memory_limit_bytes,
+        );
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         match Engine::new(&config) {
             Ok(engine) => return Ok(engine),
             // Typically a virtual-memory limit (ulimit -v) too small for the
@@ -306,96 +313,6 @@ fn build_engine(settings: &RuntimeSettings, p3: bool) -> Result<Engine> {
         }
     }
     Engine::new(&config).map_err(anyhow::Error::from)
-}
-
-/// Instances whose memories are decommitted together (`-O
-/// pooling-decommit-batch-size` overrides it).
-const DECOMMIT_BATCH: usize = 32;
-
-/// Sizes the instance pool from the request concurrency and memory limit.
-fn pool_config(settings: &RuntimeSettings) -> PoolingAllocationConfig {
-    let n = settings
-        .max_concurrent_requests
-        .max(1)
-        .saturating_add(settings.max_kept_instances());
-    let mut pool = PoolingAllocationConfig::default();
-    // A component is several core instances (the guest, its WASI shims); a
-    // Rust guest uses 2-5, a JavaScript runtime more.
-    pool.total_component_instances(n)
-        .total_core_instances(n.saturating_mul(10))
-        .total_memories(n.saturating_mul(2))
-        .total_tables(n.saturating_mul(4))
-        .total_stacks(n)
-        .max_memory_size(settings.memory_limit_bytes)
-        // Reset tables by rewriting them rather than with madvise: the TLB
-        // shootdowns madvise causes dominate a small guest's per-request
-        // cost (measured with benches/compare.rs: hello goes from ~8.5k to
-        // ~14k requests/s). Not for linear memories: a 1 MiB memset per
-        // request measured as slow as the madvise it replaces.
-        .table_keep_resident(64 << 10)
-        // Decommit finished instances' memories in batches: one madvise
-        // (and one round of TLB shootdowns across the cores) per batch
-        // instead of per instance. Measured on the fresh-instance path
-        // (hello.wasm, wrk -c16, 2 cores): 11.6k → 13.0k req/s at 16, 13.5k
-        // at 64-128; a batch holds its instances' pages until it is full,
-        // so after a burst at most this many instances stay resident until
-        // traffic resumes (docs/profile.md).
-        .decommit_batch_size(DECOMMIT_BATCH);
-    for (key, value) in &settings.pool_overrides {
-        apply_pool_knob(&mut pool, key, *value);
-    }
-    pool
-}
-
-/// The pool knobs `wasmtime serve -O pooling-KEY=N` sets, by KEY.
-pub(crate) const POOL_KNOBS: [&str; 19] = [
-    "max-unused-warm-slots",
-    "decommit-batch-size",
-    "async-stack-keep-resident",
-    "memory-keep-resident",
-    "table-keep-resident",
-    "total-component-instances",
-    "max-component-instance-size",
-    "max-core-instances-per-component",
-    "max-memories-per-component",
-    "max-tables-per-component",
-    "total-memories",
-    "total-tables",
-    "total-stacks",
-    "total-core-instances",
-    "max-core-instance-size",
-    "max-tables-per-module",
-    "table-elements",
-    "max-memories-per-module",
-    "max-memory-size",
-];
-
-/// Sets one of [`POOL_KNOBS`] (others are ignored: the CLI refuses them).
-fn apply_pool_knob(pool: &mut PoolingAllocationConfig, key: &str, value: u64) {
-    let count = u32::try_from(value).unwrap_or(u32::MAX);
-    let size = usize::try_from(value).unwrap_or(usize::MAX);
-    match key {
-        "max-unused-warm-slots" => pool.max_unused_warm_slots(count),
-        "decommit-batch-size" => pool.decommit_batch_size(size),
-        "async-stack-keep-resident" => pool.async_stack_keep_resident(size),
-        "memory-keep-resident" => pool.linear_memory_keep_resident(size),
-        "table-keep-resident" => pool.table_keep_resident(size),
-        "total-component-instances" => pool.total_component_instances(count),
-        "max-component-instance-size" => pool.max_component_instance_size(size),
-        "max-core-instances-per-component" => pool.max_core_instances_per_component(count),
-        "max-memories-per-component" => pool.max_memories_per_component(count),
-        "max-tables-per-component" => pool.max_tables_per_component(count),
-        "total-memories" => pool.total_memories(count),
-        "total-tables" => pool.total_tables(count),
-        "total-stacks" => pool.total_stacks(count),
-        "total-core-instances" => pool.total_core_instances(count),
-        "max-core-instance-size" => pool.max_core_instance_size(size),
-        "max-tables-per-module" => pool.max_tables_per_module(count),
-        "table-elements" => pool.table_elements(size),
-        "max-memories-per-module" => pool.max_memories_per_module(count),
-        "max-memory-size" => pool.max_memory_size(size),
-        _ => pool,
-    };
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] on one thread for the
