@@ -194,6 +194,18 @@ async fn prometheus_scrapes_what_the_host_did() {
             r.first().is_some_and(|s| s["value"][1] == "1")
         })
         .await;
+    // What finished instances left resident in the pool (their tables,
+    // rewritten in place): more than nothing once instances have ended.
+    prometheus
+        .until("mctx_pool_idle_resident_bytes", |r| {
+            r.first().is_some_and(|s| {
+                s["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some_and(|bytes| bytes > 0.0)
+            })
+        })
+        .await;
     let up = prometheus
         .until("up{job=\"mctx\"}", |r| !r.is_empty())
         .await;

@@ -256,6 +256,10 @@ impl App {
                 let stores = runtime.stores().clone();
                 Box::new(move || stores.usage())
             },
+            pool_idle_resident: {
+                let runtime = runtime.clone();
+                Box::new(move || runtime.pool_idle_resident_bytes())
+            },
         });
         let connections = Connections::new(Budget::new(
             host.max_connections,

@@ -385,6 +385,8 @@ pub(crate) struct Sampled {
     pub(crate) kept_instances: Box<dyn Fn() -> (usize, usize) + Send + Sync>,
     /// Each tenant's key-value store: slug, bytes used, bytes granted.
     pub(crate) keyvalue: Box<dyn Fn() -> Vec<(String, u64, u64)> + Send + Sync>,
+    /// Bytes the instance pool's unused slots keep resident.
+    pub(crate) pool_idle_resident: Box<dyn Fn() -> usize + Send + Sync>,
 }
 
 /// The cluster link, sampled.
@@ -455,7 +457,13 @@ impl Collector for Sampled {
             ConstCounter::new(count).encode(family.encode_family(&StatusLabel { status })?)?;
         }
         let (kept, max) = (self.kept_instances)();
+        let pool_idle_resident = (self.pool_idle_resident)();
         for (name, help, value) in [
+            (
+                "pool_idle_resident_bytes",
+                "Bytes the instance pool's unused slots keep resident (tables; memories too when reset in place, -O pooling-pagemap-scan)",
+                pool_idle_resident,
+            ),
             (
                 "instances_kept",
                 "Instances kept between requests for reuse (instance_reuse), host-wide",

@@ -137,6 +137,17 @@ impl Runtime {
         Ok(self.p3.get_or_init(|| flavor))
     }
 
+    /// Bytes the instance pools' unused slots keep resident: tables always
+    /// (`table_keep_resident`), memories when reset in place (`run::pool`).
+    pub(crate) fn pool_idle_resident_bytes(&self) -> usize {
+        [Some(&self.p2), self.p3.get()]
+            .into_iter()
+            .flatten()
+            .filter_map(|flavor| flavor.engine.pooling_allocator_metrics())
+            .map(|pool| pool.unused_memory_bytes_resident() + pool.unused_table_bytes_resident())
+            .sum()
+    }
+
     /// The host-wide budget of instances kept for reuse.
     pub(crate) fn kept(&self) -> &Arc<Budget> {
         &self.kept
