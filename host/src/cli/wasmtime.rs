@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::Args;
+use wasmtime::Enabled;
 
 use crate::base::config::{AllowList, Config};
 use crate::run::pool::{POOL_KNOBS, PoolOptions};
-use wasmtime::Enabled;
 
 /// The flags of `wasmtime serve` 48 that are not ours already.
 #[derive(Args, Debug, Default)]

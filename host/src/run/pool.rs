@@ -19,7 +19,7 @@
 //!   here. Not the default: wasmtime 48 leaves a written page that is not in
 //!   memory at that moment as it is (swapped out, or being moved by the
 //!   kernel's compaction), so the next instance in the slot could read it
-//!   (bytecodealliance/wasmtime#14357). [`dirty_page_reset`] turns it on
+//!   (bytecodealliance/wasmtime#14357). [`reset_in_place`] turns it on
 //!   only where the kernel has the ioctl and nothing can swap the pool out.
 
 use std::path::Path;
@@ -40,7 +40,7 @@ pub struct PoolOptions {
     /// module's image (wasmtime's default) rather than by copying (ours).
     pub memory_init_cow: bool,
     /// `-O pooling-pagemap-scan[=y|n|auto]`: reset memories in place
-    /// (module docs). After [`dirty_page_reset`], `Yes` or `No`.
+    /// (module docs). After [`reset_in_place`], `Yes` or `No`.
     pub pagemap_scan: Enabled,
 }
 
@@ -163,7 +163,7 @@ fn apply_knob(pool: &mut PoolingAllocationConfig, key: &str, value: u64) {
 /// instances' memories are reset in place (module docs). `y` fails the
 /// start where it cannot be had; `auto` falls back to decommitting and
 /// says why.
-pub(crate) fn dirty_page_reset(options: &PoolOptions) -> Result<bool> {
+pub(crate) fn reset_in_place(options: &PoolOptions) -> Result<bool> {
     let asked = options.pagemap_scan;
     if asked == Enabled::No {
         return Ok(false);
@@ -282,9 +282,9 @@ mod tests {
             pagemap_scan,
             ..PoolOptions::default()
         };
-        assert!(!dirty_page_reset(&asked(true, Enabled::No)).unwrap());
-        assert!(!dirty_page_reset(&asked(false, Enabled::Auto)).unwrap());
-        let refused = dirty_page_reset(&asked(false, Enabled::Yes)).unwrap_err();
+        assert!(!reset_in_place(&asked(true, Enabled::No)).unwrap());
+        assert!(!reset_in_place(&asked(false, Enabled::Auto)).unwrap());
+        let refused = reset_in_place(&asked(false, Enabled::Yes)).unwrap_err();
         assert!(refused.to_string().contains("not pooled"), "{refused:#}");
     }
 

@@ -107,7 +107,7 @@ impl Flavor {
 impl Runtime {
     pub(crate) fn new(mut settings: RuntimeSettings) -> Result<Runtime> {
         // Decided once, so that the WASIp3 engine made later agrees.
-        settings.pool.pagemap_scan = match pool::dirty_page_reset(&settings.pool)? {
+        settings.pool.pagemap_scan = match pool::reset_in_place(&settings.pool)? {
             true => Enabled::Yes,
             false => Enabled::No,
         };
