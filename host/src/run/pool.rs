@@ -100,12 +100,25 @@ pub(crate) fn config(
     if options.pagemap_scan == Enabled::Yes {
         // Without a size to keep, wasmtime would scan for nothing.
         pool.pagemap_scan(Enabled::Yes)
-            .linear_memory_keep_resident(KEEP_RESIDENT_IN_PLACE);
+            .linear_memory_keep_resident(kept_in_place(options));
     }
     for (key, value) in &options.overrides {
         apply_knob(&mut pool, key, *value);
     }
     pool
+}
+
+/// Written bytes of an instance's memory zeroed in place when memories
+/// are: the operator's last `-O pooling-memory-keep-resident`, else
+/// [`KEEP_RESIDENT_IN_PLACE`].
+fn kept_in_place(options: &PoolOptions) -> usize {
+    options
+        .overrides
+        .iter()
+        .rfind(|(key, _)| key == "memory-keep-resident")
+        .map_or(KEEP_RESIDENT_IN_PLACE, |(_, bytes)| {
+            usize::try_from(*bytes).unwrap_or(usize::MAX)
+        })
 }
 
 /// The pool knobs `wasmtime serve -O pooling-KEY=N` sets, by KEY.
@@ -184,11 +197,7 @@ pub(crate) fn reset_in_place(options: &PoolOptions) -> Result<bool> {
     };
     match (unavailable, asked) {
         (None, _) => {
-            let keep = options
-                .overrides
-                .iter()
-                .rfind(|(key, _)| key == "memory-keep-resident")
-                .map_or(KEEP_RESIDENT_IN_PLACE as u64, |(_, bytes)| *bytes);
+            let keep = kept_in_place(options);
             tracing::warn!(
                 "memories reset in place (-O pooling-pagemap-scan): up to {} KiB an instance \
                  zeroed and kept per pool slot. wasmtime 48 leaves a written page that the \
