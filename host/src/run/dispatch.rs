@@ -403,6 +403,14 @@ impl<F> OwnCall for F where
 {
 }
 
+/// `on_response` for a guest whose error codes are `E` (WASIp2's or
+/// WASIp3's): the response head, or the code as text.
+fn error_as_text<E: std::fmt::Debug>(
+    on_response: impl FnOnce(Result<Response<Body>, String>),
+) -> impl FnOnce(Result<Response<Body>, E>) {
+    move |response| on_response(response.map_err(|code| format!("{code:?}")))
+}
+
 /// The scheme a WASIp3 guest is told.
 fn p3_scheme(https: bool) -> http::uri::Scheme {
     if https {
@@ -459,9 +467,7 @@ impl Dispatcher {
             request,
             scheme,
             serves: serves.clone(),
-            on_response: Box::new(move |response| {
-                on_response(response.map_err(|code| format!("{code:?}")))
-            }),
+            on_response: Box::new(error_as_text(on_response)),
         };
         let engine = pre.engine();
         deployment.shared.submit(
@@ -519,9 +525,7 @@ impl Dispatcher {
                 let response_out = store
                     .data_mut()
                     .http()
-                    .new_response_outparam_from_callback(move |response| {
-                        on_response(response.map_err(|code| format!("{code:?}")))
-                    })
+                    .new_response_outparam_from_callback(error_as_text(on_response))
                     .map_err(|e| e.to_string())?;
                 Either::Left(async move {
                     let proxy = match kept {
@@ -538,9 +542,7 @@ impl Dispatcher {
             GuestPre::P3(pre) => {
                 let scheme = p3_scheme(https);
                 Either::Right(async move {
-                    let on_response = move |response: Result<Response<Body>, _>| {
-                        on_response(response.map_err(|code| format!("{code:?}")))
-                    };
+                    let on_response = error_as_text(on_response);
                     let kept = match kept {
                         Some(Guest::P3(service)) => Some(service),
                         _ => None,
