@@ -308,3 +308,62 @@ async fn without_jetstream_viewers_are_counted_locally_and_told_why() {
     let entries = viewer.request_entries(&id).await;
     assert!(entries.iter().all(|e| e["node"] == "a"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_in_the_nats_url_is_used_and_never_shown() {
+    let mut nats = NatsServer::start_with_auth(&["--user", "host", "--pass", "s3cr3t-pass"]);
+    let hello = guest("hello");
+    let config = tenant_toml("hello", "alice", "active", &[("1.0.0", &hello)]);
+    let url = format!("nats://host:s3cr3t-pass@127.0.0.1:{}", nats.port);
+    let host = HostProcess::multi(&config, &["--nats-url", &url, "--node", "a"]);
+    host.wait_for_cluster(|s| s["link"] == "up").await;
+    let health = host.get("localhost", "/healthz").await.text();
+    assert!(!health.contains("s3cr3t"), "{health}");
+    let shown = format!("nats://127.0.0.1:{}", nats.port);
+    assert!(health.contains(&shown), "{health}");
+
+    // What a viewer is told when the link drops names the server only.
+    let mut viewer = host.viewer("hello", "", "alice").await;
+    nats.kill();
+    let frames = frames_until(&mut viewer, |f| f["type"] == "notice").await;
+    let notice = frames.last().unwrap();
+    let message = notice["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&shown), "{notice}");
+    assert!(!message.contains("s3cr3t"), "{notice}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_token_file_must_be_private_and_is_presented() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let nats = NatsServer::start_with_auth(&["--auth", "file-token"]);
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("nats-token");
+    std::fs::write(&token, "file-token\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (hello, url) = (guest("hello"), nats.url());
+    let stderr = support::run_failing(&[
+        "serve".into(),
+        hello.clone().into(),
+        "--nats-url".into(),
+        url.clone().into(),
+        "--nats-token-file".into(),
+        token.clone().into(),
+    ]);
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = tenant_toml("hello", "alice", "active", &[("1.0.0", &hello)]);
+    let token = token.display().to_string();
+    let host = HostProcess::multi(
+        &config,
+        &[
+            "--nats-url",
+            &url,
+            "--nats-token-file",
+            &token,
+            "--node",
+            "a",
+        ],
+    );
+    host.wait_for_cluster(|s| s["link"] == "up").await;
+}

@@ -313,3 +313,52 @@ async fn single_component_mode_takes_the_limits_as_flags() {
     assert_eq!(reply.status, 504, "{}", reply.text());
     assert!(reply.text().contains("(300 ms)"), "{}", reply.text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_arriving_is_closed_and_counted() {
+    let everything = guest("mcp_everything");
+    let config = [
+        "[host]\nbody_read_timeout_secs = 1\n".to_string(),
+        tenant_toml("mcp", "alice", "active", &[("1.0.0", &everything)]),
+    ]
+    .concat();
+    let host = HostProcess::multi(&config, &[]);
+    let bearer = format!("authorization: Bearer {}\r\n", support::token("alice"));
+    // Each declares 1000 bytes and sends 10: the dashboard's sign-in form,
+    // the deploy API, a tenant.
+    let heads = [
+        "POST /login HTTP/1.1\r\nHost: localhost\r\ncontent-type: application/x-www-form-urlencoded\r\n"
+            .to_string(),
+        format!("POST /api/servers HTTP/1.1\r\nHost: localhost\r\ncontent-type: application/json\r\n{bearer}"),
+        "POST /mcp HTTP/1.1\r\nHost: mcp.localhost\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\n".to_string(),
+    ];
+    let per_kind = 10;
+    let mut stalled = Vec::new();
+    for head in &heads {
+        for _ in 0..per_kind {
+            let mut stream = TcpStream::connect(host.addr).await.unwrap();
+            let request = format!("{head}content-length: 1000\r\n\r\n{{\"token\":");
+            stream.write_all(request.as_bytes()).await.unwrap();
+            stalled.push(stream);
+        }
+    }
+    // While they stall, a well-formed request is served.
+    let served = host.get("mcp.localhost", "/").await.status;
+    assert!(served < 500, "{served}");
+    for (i, stream) in stalled.iter_mut().enumerate() {
+        let answer = until_closed(stream).await;
+        let kind = &heads[i / per_kind];
+        assert!(
+            answer.is_empty()
+                || answer.starts_with("HTTP/1.1 408")
+                || answer.starts_with("HTTP/1.1 500"),
+            "{kind}: {answer}"
+        );
+    }
+    let health = host.get("localhost", "/healthz").await.json();
+    assert_eq!(
+        health["refused"]["bodyStalled"],
+        heads.len() * per_kind,
+        "{health}"
+    );
+}

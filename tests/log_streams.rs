@@ -849,3 +849,39 @@ async fn more_attacks_are_refused_and_leave_nothing_behind() {
     let entries = viewers[9].request_entries(&id).await;
     assert!(entries.iter().all(|e| e["slug"] == "hello"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_that_never_reads_is_closed_and_its_slot_given_back() {
+    let host = HostProcess::multi(
+        &config(
+            "",
+            "max_viewers_per_slug = 1\nslow_viewer_grace_secs = 1\nviewer_queue_bytes = 1048576",
+        ),
+        &[],
+    );
+    // Connected, then never read: the kernel's buffers fill, then the
+    // host's write to it blocks.
+    let _deaf = host.viewer("bad", "", "alice").await;
+    let token = support::token("alice");
+    let cookie = format!("session={token}");
+    let mut admitted = None;
+    for _ in 0..60 {
+        host.get("bad.localhost", "/flood?lines=20000").await;
+        match host
+            .try_viewer("/log-stream/bad", &[("cookie", cookie.as_str())])
+            .await
+        {
+            Ok(viewer) => {
+                admitted = Some(viewer);
+                break;
+            }
+            Err(refused) => assert_eq!(refused.status, 429, "{}", refused.error),
+        }
+    }
+    assert!(
+        admitted.is_some(),
+        "the deaf viewer still holds the slug's only slot"
+    );
+    // The host serves as before.
+    assert_eq!(host.get("hello.localhost", "/").await.status, 200);
+}

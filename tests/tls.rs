@@ -38,6 +38,17 @@ async fn https(
     authority: &str,
     path: &str,
 ) -> Answer {
+    https_form(host, client, authority, path, None).await
+}
+
+/// `https`, as a POST of an HTML form's `form` body when there is one.
+async fn https_form(
+    host: &HostProcess,
+    client: Arc<rustls::ClientConfig>,
+    authority: &str,
+    path: &str,
+    form: Option<&str>,
+) -> Answer {
     let tcp = tokio::net::TcpStream::connect(host.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let tls = tokio_rustls::TlsConnector::from(client)
@@ -47,9 +58,12 @@ async fn https(
     let peer = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let port = host.addr.port();
-    let request = http::Request::get(format!("https://{authority}:{port}{path}"))
+    let request = http::Request::builder()
+        .method(if form.is_some() { "POST" } else { "GET" })
+        .uri(format!("https://{authority}:{port}{path}"))
         .header("host", format!("{authority}:{port}"))
-        .body(Full::new(Bytes::new()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(form.unwrap_or_default().to_string())))
         .unwrap();
     let response = if h2 {
         let (mut sender, connection) =
@@ -328,11 +342,12 @@ async fn plain_http_is_redirected_and_tls_responses_are_strict() {
         answer.headers.get("strict-transport-security").unwrap(),
         "max-age=31536000"
     );
-    let login = https(
+    let login = https_form(
         &host,
         ca.client(&[b"http/1.1"]),
         "localhost",
-        &format!("/login?token={}", token("alice")),
+        "/login",
+        Some(&format!("token={}", token("alice"))),
     )
     .await;
     let cookie = login.headers.get("set-cookie").unwrap().to_str().unwrap();

@@ -316,3 +316,15 @@ const deployments = (() => {
   });
   button.addEventListener("click", open);
 })();
+
+// `serve --dev` prints `/login#token=…`: the fragment never reaches a
+// server (nor its logs), and it only fills the form in — signing in is
+// still the visitor's own button press, so a link cannot sign anyone in.
+(() => {
+  const field = document.getElementById("token");
+  const match = /^#token=(.+)$/.exec(window.location.hash);
+  if (!field || !match) return;
+  field.value = decodeURIComponent(match[1]);
+  history.replaceState(null, "", window.location.pathname);
+  document.getElementById("sign-in")?.focus();
+})();

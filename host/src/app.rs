@@ -281,6 +281,7 @@ impl App {
             refusals,
             http: HttpLimits {
                 header_read_timeout: host.header_read_timeout(),
+                body_read_timeout: host.body_read_timeout(),
                 max_header_bytes: host.max_header_bytes,
             },
             tls: tls.clone(),
@@ -317,6 +318,12 @@ impl App {
         }
     }
 
+    /// Records a listener the CLI holds (`--shutdown-addr`) as the host's
+    /// own: tenants reach it only through an exact outbound entry.
+    pub fn add_own_address(&self, address: std::net::SocketAddr) {
+        self.door.dispatcher.add_own_address(address);
+    }
+
     /// Where `/metrics` is served, if anywhere.
     pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
         self.metrics_listener
@@ -347,8 +354,18 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
-        if let Ok(address) = listener.local_addr() {
-            self.door.dispatcher.set_own_address(address);
+        // Every listener of the host is its own: none is a tenant's to reach.
+        let own = [
+            Some(&listener),
+            self.redirect.as_ref(),
+            self.metrics_listener.as_ref(),
+        ];
+        for address in own
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.local_addr().ok())
+        {
+            self.door.dispatcher.add_own_address(address);
         }
         let refusals = self.door.refusals.clone();
         let logging = tokio::spawn(

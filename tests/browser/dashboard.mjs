@@ -195,6 +195,34 @@ try {
   assert.equal(newest[0], "1.1.0");
   assert.equal(newest[2], "alice");
 
+  step("a tenant page in the same browser gets no session and cannot call the API");
+  const tenantSees = async (tenantUrl) => {
+    const response = await page.goto(tenantUrl);
+    assert.equal(response.status(), 200, tenantUrl);
+    const echoed = JSON.parse(await page.locator("body").textContent());
+    assert.equal(echoed.headers.cookie, undefined, `${tenantUrl} received ${echoed.headers.cookie}`);
+    assert.equal(echoed.headers.authorization, undefined);
+    // The tenant's own script, calling the control plane's API the way an
+    // attacker would: with the browser's credentials.
+    return page.evaluate(async (api) => {
+      try {
+        const r = await fetch(api, { credentials: "include" });
+        return `status ${r.status}: ${(await r.text()).slice(0, 80)}`;
+      } catch (e) {
+        return `refused: ${e.name}`;
+      }
+    }, `${url}/api/servers`);
+  };
+  assert.ok((await context.cookies()).some((c) => c.name === "session"), "still signed in");
+  // On the control plane's host, under /t/: the cookie is taken off and the
+  // page is sandboxed (an opaque origin), so the API is another origin.
+  const fromPath = await tenantSees(`${url}/t/hello/steal`);
+  assert.match(fromPath, /^refused: TypeError|^status 40[13]/, fromPath);
+  // On its own origin: the host-only cookie never goes there at all.
+  const own = url.replace("://localhost", "://hello.localhost");
+  const fromOwn = await tenantSees(`${own}/steal`);
+  assert.match(fromOwn, /^refused: TypeError|^status 40[13]/, fromOwn);
+
   step("a refused stream is explained, not retried");
   await page.goto(`${url}/dev/servers/bad`);
   await context.clearCookies();

@@ -894,6 +894,8 @@ pub struct NatsServer {
     pub port: u16,
     store: tempfile::TempDir,
     jetstream: bool,
+    /// Arguments that make clients authenticate (`--auth TOKEN`, `--user`…).
+    auth: Vec<String>,
 }
 
 impl NatsServer {
@@ -918,19 +920,33 @@ impl NatsServer {
         Self::start_with(false)
     }
 
+    /// A server (with JetStream) that admits only clients that authenticate
+    /// as `auth` says: `["--auth", token]`, `["--user", u, "--pass", p]`.
+    pub fn start_with_auth(auth: &[&str]) -> Self {
+        let mut server = Self::unstarted(true);
+        server.auth = auth.iter().map(|a| a.to_string()).collect();
+        server.launch();
+        server
+    }
+
     fn start_with(jetstream: bool) -> Self {
+        let mut server = Self::unstarted(jetstream);
+        server.launch();
+        server
+    }
+
+    fn unstarted(jetstream: bool) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let mut server = NatsServer {
+        NatsServer {
             child: None,
             port,
             store: tempfile::tempdir().unwrap(),
             jetstream,
-        };
-        server.launch();
-        server
+            auth: Vec::new(),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -944,6 +960,7 @@ impl NatsServer {
         if self.jetstream {
             command.arg("-js").arg("-sd").arg(self.store.path());
         }
+        command.args(&self.auth);
         let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -15,12 +15,13 @@
 //! | `/script` | logs markup (`<script>`, an `onerror` handler) that a viewer must show as text |
 //! | `/counter?tag=T` | answers how many requests this instance has served (state kept in the guest: 1 on a fresh instance) and logs `counter N for T` |
 //! | `/residue?kb=N` | answers how many 8-byte words of a new N KiB allocation (default 64) already hold its mark, then marks them all and frees it: 0 unless memory an earlier request wrote reached this one |
+//! | `/cookies` | answers with `Set-Cookie`s for the host's `session`, a `Domain` cookie, a harmless `theme`, and `Clear-Site-Data: "cookies"` |
 //! | anything else | answers `ok` |
 
 use std::hint::black_box;
 use std::io::Write as _;
 
-use guest_kit::{path_with_query, query_number, respond, split_query};
+use guest_kit::{path_with_query, query_number, respond, respond_with_headers, split_query};
 use wasip2::http::types::{Fields, IncomingRequest, OutgoingResponse, ResponseOutparam};
 
 wasip2::http::proxy::export!(Misbehave);
@@ -128,6 +129,23 @@ impl wasip2::exports::http::incoming_handler::Guest for Misbehave {
                     "<script>window.__pwned = 1</script><img src=x onerror=\"window.__pwned = 2\">"
                 );
                 respond(out, 200, "text/plain", b"logged markup\n");
+            }
+            "/cookies" => {
+                // What a tenant would send to fixate or wipe its visitors'
+                // host session; the host keeps only `theme`.
+                respond_with_headers(
+                    out,
+                    200,
+                    &[
+                        ("content-type", "text/plain"),
+                        ("set-cookie", "session=fixated; Path=/"),
+                        ("set-cookie", "__Host-session=fixated; Path=/; Secure"),
+                        ("set-cookie", "wide=1; Path=/; Domain=localhost"),
+                        ("set-cookie", "theme=dark; Path=/"),
+                        ("clear-site-data", "\"cookies\""),
+                    ],
+                    b"cookies offered\n",
+                );
             }
             _ => respond(out, 200, "text/plain", b"ok\n"),
         }

@@ -35,6 +35,8 @@ pub struct Sessions {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    /// Checks the signature and nothing else (`signed_by_us`).
+    signature_only: Validation,
 }
 
 /// Why a request is not authenticated (always answered 401).
@@ -69,18 +71,27 @@ impl Sessions {
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = 5;
+        let mut signature_only = Validation::new(Algorithm::HS256);
+        signature_only.set_required_spec_claims::<&str>(&[]);
+        signature_only.validate_exp = false;
+        signature_only.validate_nbf = false;
+        signature_only.validate_aud = false;
         Ok(Sessions {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
+            signature_only,
         })
     }
 
-    /// A fresh random secret (hex), for `--dev`.
-    pub fn generate_secret() -> String {
-        (0..32)
-            .map(|_| format!("{:02x}", fastrand::u8(..)))
-            .collect()
+    /// A fresh secret for `--dev`: 32 bytes from the OS random source, as
+    /// hex. Never a seeded generator: one printed token and the start time
+    /// would be enough to find its seed and forge any session.
+    pub fn generate_secret() -> Result<String> {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key)
+            .map_err(|e| anyhow::anyhow!("the OS random source failed: {e}"))?;
+        Ok(key.iter().map(|b| format!("{b:02x}")).collect())
     }
 
     /// A token for `user`, valid for `ttl`.
@@ -116,6 +127,19 @@ impl Sessions {
                 _ => AuthError::Invalid(e.to_string()),
             }),
         }
+    }
+
+    /// Whether the host signed `token` — valid, expired or not yet valid:
+    /// what `crate::edge::boundary` keeps from tenants.
+    pub fn signed_by_us(&self, token: &str) -> bool {
+        // Three dot-separated parts or it is no JWT: most cookies stop here.
+        token.bytes().filter(|&b| b == b'.').count() == 2
+            && jsonwebtoken::decode::<serde_json::Value>(
+                token,
+                &self.decoding,
+                &self.signature_only,
+            )
+            .is_ok()
     }
 
     /// The user a request is signed in as.
@@ -204,6 +228,19 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_secrets_are_32_fresh_bytes() {
+        let secrets: std::collections::HashSet<String> = (0..64)
+            .map(|_| Sessions::generate_secret().unwrap())
+            .collect();
+        assert_eq!(secrets.len(), 64);
+        assert!(
+            secrets
+                .iter()
+                .all(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+        );
+    }
     use base64::Engine as _;
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod config;
 pub(crate) mod metrics;
+pub(crate) mod private;
 pub(crate) mod refusals;
 pub(crate) mod responses;
 pub(crate) mod tls;

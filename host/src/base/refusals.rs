@@ -32,6 +32,11 @@ pub(crate) enum Refusal {
     /// A TLS handshake that failed or did not finish in time (plain HTTP
     /// to the TLS port, a client that does not trust the certificate).
     TlsHandshake,
+    /// A tenant response header that would have reached past the tenant's
+    /// own origin (`crate::edge::boundary`).
+    TenantHeaderDropped,
+    /// A request body that stopped arriving for `body_read_timeout_secs`.
+    BodyStalled,
 }
 
 impl Refusal {
@@ -45,6 +50,8 @@ impl Refusal {
         Refusal::BodyTooLarge,
         Refusal::WallTimeout,
         Refusal::TlsHandshake,
+        Refusal::TenantHeaderDropped,
+        Refusal::BodyStalled,
     ];
 
     /// Its name in `/healthz` and log lines.
@@ -59,12 +66,14 @@ impl Refusal {
             Refusal::BodyTooLarge => "bodyTooLarge",
             Refusal::WallTimeout => "wallTimeLimit",
             Refusal::TlsHandshake => "tlsHandshakeFailed",
+            Refusal::TenantHeaderDropped => "tenantHeadersDropped",
+            Refusal::BodyStalled => "bodyStalled",
         }
     }
 }
 
 /// How many kinds of refusal there are.
-const KINDS: usize = 9;
+const KINDS: usize = 11;
 
 /// Counts per kind: since start, and since the last summary.
 #[derive(Default)]

@@ -16,7 +16,7 @@ use super::session_secret_from_env;
 use super::wasmtime;
 use crate::app::{App, AppConfig};
 use crate::base::auth::Sessions;
-use crate::base::config::{ClusterSettings, Config, HostSettings, Slug, TenantSpec};
+use crate::base::config::{ClusterSettings, Config, CredentialUrl, HostSettings, Slug, TenantSpec};
 use crate::edge::routing::{RoutingMode, SINGLE_MODE_CONTROL_PREFIX};
 use crate::logs::console::GuestLogFormat;
 use crate::run::artifacts::ArtifactCache;
@@ -134,6 +134,30 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MCTX_NATS_URL", value_name = "URL")]
     nats_url: Option<String>,
 
+    /// A NATS credentials file (`.creds`, mode 600) for the cluster
+    /// [default: the config's `[cluster] nats_creds`].
+    #[arg(long, env = "MCTX_NATS_CREDS", value_name = "FILE")]
+    nats_creds: Option<PathBuf>,
+
+    /// A file (mode 600) holding a NATS token for the cluster [default: the
+    /// config's `[cluster] nats_token_file`].
+    #[arg(long, env = "MCTX_NATS_TOKEN_FILE", value_name = "FILE")]
+    nats_token_file: Option<PathBuf>,
+
+    /// CA certificates (PEM) the NATS server's certificate must chain to;
+    /// TLS is then required [default: `[cluster] nats_tls_ca`].
+    #[arg(long, value_name = "FILE")]
+    nats_tls_ca: Option<PathBuf>,
+
+    /// This host's client certificate (PEM) for NATS, with --nats-tls-key
+    /// [default: `[cluster] nats_tls_cert`].
+    #[arg(long, value_name = "FILE", requires = "nats_tls_key")]
+    nats_tls_cert: Option<PathBuf>,
+
+    /// The client certificate's key (PEM, mode 600) [default: `[cluster] nats_tls_key`].
+    #[arg(long, value_name = "FILE", requires = "nats_tls_cert")]
+    nats_tls_key: Option<PathBuf>,
+
     /// This host's name on the cluster (`node` in entries) [default: the
     /// config's `[cluster] node`, else {hostname}-{pid}].
     #[arg(long, env = "MCTX_NODE", value_name = "NAME")]
@@ -222,7 +246,32 @@ impl ServeArgs {
             let cluster = config
                 .cluster
                 .get_or_insert_with(|| ClusterSettings::new(url.clone()));
-            cluster.nats_url = url.clone();
+            cluster.nats_url = CredentialUrl::new(url.clone());
+        }
+        let nats_files = [
+            (&self.nats_creds, "--nats-creds"),
+            (&self.nats_token_file, "--nats-token-file"),
+            (&self.nats_tls_ca, "--nats-tls-ca"),
+            (&self.nats_tls_cert, "--nats-tls-cert"),
+            (&self.nats_tls_key, "--nats-tls-key"),
+        ];
+        if let Some((_, flag)) = nats_files.iter().find(|(file, _)| file.is_some()) {
+            let Some(cluster) = &mut config.cluster else {
+                anyhow::bail!("{flag} is for a cluster: add --nats-url or a [cluster] table");
+            };
+            let given = |flag: &Option<PathBuf>, setting: &mut Option<PathBuf>| {
+                if flag.is_some() {
+                    setting.clone_from(flag);
+                }
+            };
+            given(&self.nats_creds, &mut cluster.nats_creds);
+            given(&self.nats_token_file, &mut cluster.nats_token_file);
+            given(&self.nats_tls_ca, &mut cluster.nats_tls_ca);
+            given(&self.nats_tls_cert, &mut cluster.nats_tls_cert);
+            given(&self.nats_tls_key, &mut cluster.nats_tls_key);
+            if cluster.nats_creds.is_some() && cluster.nats_token_file.is_some() {
+                anyhow::bail!("a NATS credentials file and a token file: choose one");
+            }
         }
         if let Some(node) = &self.node {
             ClusterSettings::check_node(node).map_err(|e| anyhow::anyhow!("--node: {e}"))?;
@@ -296,6 +345,10 @@ impl ServeArgs {
         if let (Some(file), true) = (&self.config, self.watch) {
             super::watch::spawn(file.clone(), tls_files, app.reloader())?;
         }
+        let (shutdown, shutdown_listener) = shutdown_signal(self.wasmtime.shutdown_addr).await?;
+        if let Some(address) = shutdown_listener {
+            app.add_own_address(address);
+        }
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
@@ -307,7 +360,6 @@ impl ServeArgs {
             app.cluster_node(),
             app.metrics_address(),
         );
-        let shutdown = shutdown_signal(self.wasmtime.shutdown_addr).await?;
         app.serve(listener, shutdown).await
     }
 }
@@ -326,7 +378,14 @@ impl ServeArgs {
         if config.auth.session_secret.is_some() || !development {
             return Vec::new();
         }
-        let secret = Sessions::generate_secret();
+        let secret = match Sessions::generate_secret() {
+            Ok(secret) => secret,
+            Err(e) => {
+                // The app then refuses to start for want of a secret.
+                tracing::error!("cannot generate a development session secret: {e:#}");
+                return Vec::new();
+            }
+        };
         let Ok(sessions) = Sessions::new(secret.as_bytes()) else {
             return Vec::new();
         };
@@ -422,18 +481,25 @@ fn announce(
         let _ = writeln!(out, "  dev session token for {owner:?} (24 h): {token}");
         let _ = writeln!(
             out,
-            "  sign in as {owner:?}: {http}://{addr}{base}/login?token={token}"
+            "  sign in as {owner:?}: {http}://{addr}{base}/login#token={token}"
         );
     }
     let _ = out.flush();
 }
 
 /// A future that resolves on Ctrl-C, SIGTERM, or (with `--shutdown-addr`,
-/// as `wasmtime serve` has it) a connection to `address`.
+/// as `wasmtime serve` has it) a connection to `address`, and where that
+/// listener is bound. Any connection stops the host, so the address must be
+/// a loopback one: only this machine may ask, and its tenants never can
+/// (it is one of the host's own addresses).
 async fn shutdown_signal(
     address: Option<SocketAddr>,
-) -> Result<impl std::future::Future<Output = ()>> {
+) -> Result<(impl std::future::Future<Output = ()>, Option<SocketAddr>)> {
     let listener = match address {
+        Some(address) if !address.ip().to_canonical().is_loopback() => anyhow::bail!(
+            "--shutdown-addr {address}: a connection there stops the host, so it must be a \
+             loopback address (127.0.0.1 or [::1]), reachable from this machine only"
+        ),
         Some(address) => Some(
             TcpListener::bind(address)
                 .await
@@ -441,7 +507,8 @@ async fn shutdown_signal(
         ),
         None => None,
     };
-    Ok(async move {
+    let bound = listener.as_ref().and_then(|l| l.local_addr().ok());
+    let stop = async move {
         let connected = async {
             match &listener {
                 Some(listener) => {
@@ -454,7 +521,8 @@ async fn shutdown_signal(
             () = signals() => {}
             () = connected => tracing::info!("a connection to --shutdown-addr asked to shut down"),
         }
-    })
+    };
+    Ok((stop, bound))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

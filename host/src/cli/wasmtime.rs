@@ -63,7 +63,8 @@ pub(crate) struct WasmtimeFlags {
     /// value (single-component mode).
     #[arg(long = "env", value_name = "NAME[=VAL]")]
     env: Vec<String>,
-    /// Connecting to this address shuts the host down gracefully.
+    /// Connecting to this address shuts the host down gracefully. A loopback address only;
+    /// tenants never reach it (it is one of the host's own addresses).
     #[arg(long, value_name = "SOCKADDR")]
     pub(crate) shutdown_addr: Option<std::net::SocketAddr>,
     /// Print the component's output lines as they are, without a prefix.

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::base::refusals::Refusals;
 use crate::base::responses::{Body, error_response, json_response};
+use crate::base::transport::RequestBody;
 use crate::deploy::Deployments;
 use crate::edge::connections::Connections;
 use crate::edge::dashboard::Dashboard;
@@ -55,7 +55,7 @@ impl ControlPlane {
     }
 
     /// Answers a control-plane request; `path` is relative to its root.
-    pub(crate) async fn handle(&self, request: Request<Incoming>, path: &str) -> Response<Body> {
+    pub(crate) async fn handle(&self, request: Request<RequestBody>, path: &str) -> Response<Body> {
         let (route, query) = path.split_once('?').unwrap_or((path, ""));
         if route.starts_with("/api/") {
             return deploy_api::handle(
@@ -99,7 +99,7 @@ impl ControlPlane {
                     sessions: &self.streams.sessions,
                     tenants,
                 };
-                match dashboard.handle(request, route, query).await {
+                match dashboard.handle(request, route).await {
                     Some(response) => response,
                     None => {
                         error_response(StatusCode::NOT_FOUND, &format!("no such endpoint: {route}"))

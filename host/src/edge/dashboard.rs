@@ -10,11 +10,11 @@ use std::fmt::Write as _;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Limited};
-use hyper::body::Incoming;
 
-use crate::base::auth::{SESSION_COOKIE, Sessions};
+use crate::base::auth::{SESSION_COOKIE, Sessions, check_origin};
 use crate::base::config::Status;
-use crate::base::responses::{Body, full_body};
+use crate::base::responses::{Body, error_response, full_body};
+use crate::base::transport::{RequestBody, read_failure_status};
 use crate::run::tenants::{Tenant, TenantRegistry};
 
 const SCRIPT: &str = include_str!("../../assets/dashboard.js");
@@ -50,9 +50,8 @@ impl Dashboard<'_> {
     /// Answers a dashboard route, or `None` if `route` is not one.
     pub(crate) async fn handle(
         &self,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         route: &str,
-        query: &str,
     ) -> Option<Response<Body>> {
         let response = match (request.method(), route) {
             (&Method::GET, "/") => self.redirect("/dev/servers"),
@@ -60,22 +59,32 @@ impl Dashboard<'_> {
                 asset(SCRIPT, "text/javascript; charset=utf-8")
             }
             (&Method::GET, "/assets/dashboard.css") => asset(STYLE, "text/css; charset=utf-8"),
-            (&Method::GET, "/login") => match query_token(query) {
-                Some(token) => self.sign_in(&request, &token),
-                None => self.login_page(StatusCode::OK, None),
-            },
+            // A GET never signs anyone in: a link or an image on any page
+            // could otherwise sign a visitor in as someone else (login
+            // CSRF). `--dev` prints `/login#token=…`, which only fills the
+            // form in; the visitor still presses the button.
+            (&Method::GET, "/login") => self.login_page(StatusCode::OK, None),
+            (&Method::POST, "/login" | "/logout") if !from_own_page(request.headers()) => {
+                error_response(
+                    StatusCode::FORBIDDEN,
+                    "sign in and out only from this host's own pages (the form's Origin is not the control plane's)",
+                )
+            }
             (&Method::POST, "/login") => {
                 let (parts, body) = request.into_parts();
                 let head = Request::from_parts(parts, ());
                 match read_form_token(body).await {
-                    Some(token) => self.sign_in(&head, &token),
-                    None => self.login_page(StatusCode::BAD_REQUEST, Some("paste a token")),
+                    Ok(Some(token)) => self.sign_in(&head, &token),
+                    Ok(None) => self.login_page(StatusCode::BAD_REQUEST, Some("paste a token")),
+                    Err(status) => error_response(status, "the form did not arrive"),
                 }
             }
             (&Method::POST, "/logout") => {
                 let mut response = self.redirect("/login");
-                let cookie =
-                    format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0");
+                let cookie = format!(
+                    "{SESSION_COOKIE}=; Path={}; HttpOnly; SameSite=Lax; Max-Age=0",
+                    self.cookie_path()
+                );
                 response
                     .headers_mut()
                     .insert(header::SET_COOKIE, cookie.parse().expect("valid cookie"));
@@ -95,6 +104,13 @@ impl Dashboard<'_> {
             _ => return None,
         };
         Some(response)
+    }
+
+    /// The session cookie's `Path`: the control plane's mount, so that in
+    /// single-component mode (`/.mctx`) requests to the component never
+    /// carry it. Host-only (no `Domain`): tenants' subdomains never get it.
+    fn cookie_path(&self) -> &str {
+        if self.base.is_empty() { "/" } else { self.base }
     }
 
     fn redirect(&self, to: &str) -> Response<Body> {
@@ -122,12 +138,15 @@ impl Dashboard<'_> {
             || headers
                 .get("x-forwarded-proto")
                 .is_some_and(|proto| proto.as_bytes().eq_ignore_ascii_case(b"https"));
+        let path = self.cookie_path();
         let cookie = if secure {
             format!(
-                "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}; Secure"
+                "{SESSION_COOKIE}={token}; Path={path}; HttpOnly; SameSite=Strict; Max-Age={max_age}; Secure"
             )
         } else {
-            format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}")
+            format!(
+                "{SESSION_COOKIE}={token}; Path={path}; HttpOnly; SameSite=Lax; Max-Age={max_age}"
+            )
         };
         let mut response = self.redirect("/dev/servers");
         match HeaderValue::from_str(&cookie) {
@@ -153,7 +172,7 @@ impl Dashboard<'_> {
             r#"<h1>Sign in</h1>
 <div class="card">
   <form method="post" action="{base}/login">
-    <p class="hint">Paste a session token (<code>mctx-host token --user YOU</code> prints one; <code>serve --dev</code> prints a ready sign-in link).</p>
+    <p class="hint">Paste a session token (<code>mctx-host token --user YOU</code> prints one; <code>serve --dev</code> prints a link that fills it in).</p>
     {error}
     <textarea name="token" id="token" rows="4" required></textarea>
     <p><button class="primary" type="submit" id="sign-in">Sign in</button></p>
@@ -401,20 +420,33 @@ fn asset(content: &'static str, content_type: &'static str) -> Response<Body> {
     response
 }
 
-fn query_token(query: &str) -> Option<String> {
-    form_urlencoded::parse(query.as_bytes())
+/// The `token` field of a form body.
+fn form_token(form: &str) -> Option<String> {
+    form_urlencoded::parse(form.as_bytes())
         .find(|(name, _)| name == "token")
         .map(|(_, value)| value.trim().to_string())
         .filter(|token| !token.is_empty())
 }
 
-async fn read_form_token(body: Incoming) -> Option<String> {
+/// Whether a form post comes from one of the control plane's own pages:
+/// a browser says where it posts from (`Origin`, `Sec-Fetch-Site`); a
+/// client that says neither is no browser, so no visitor is being tricked.
+fn from_own_page(headers: &HeaderMap) -> bool {
+    let same_site_fetch = headers
+        .get("sec-fetch-site")
+        .is_none_or(|site| site.as_bytes() == b"same-origin" || site.as_bytes() == b"none");
+    same_site_fetch && check_origin(headers, &[]).is_ok()
+}
+
+/// The `token` field of a sign-in form; `Err` with the status when the
+/// form could not be read (408: it stalled).
+async fn read_form_token(body: RequestBody) -> Result<Option<String>, StatusCode> {
     let body = Limited::new(body, MAX_FORM_BYTES)
         .collect()
         .await
-        .ok()?
+        .map_err(|e| read_failure_status(&*e, StatusCode::BAD_REQUEST))?
         .to_bytes();
-    query_token(std::str::from_utf8(&body).ok()?)
+    Ok(std::str::from_utf8(&body).ok().and_then(form_token))
 }
 
 #[cfg(test)]
@@ -431,9 +463,9 @@ mod tests {
 
     #[test]
     fn tokens_come_from_forms_and_queries() {
-        assert_eq!(query_token("token=abc.def&x=1").as_deref(), Some("abc.def"));
-        assert_eq!(query_token("token=%20abc%20").as_deref(), Some("abc"));
-        assert_eq!(query_token("token="), None);
-        assert_eq!(query_token(""), None);
+        assert_eq!(form_token("token=abc.def&x=1").as_deref(), Some("abc.def"));
+        assert_eq!(form_token("token=%20abc%20").as_deref(), Some("abc"));
+        assert_eq!(form_token("token="), None);
+        assert_eq!(form_token(""), None);
     }
 }

@@ -19,13 +19,13 @@
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Limited};
-use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::base::auth::{Sessions, check_origin};
 use crate::base::config::Status;
 use crate::base::responses::{Body, json_response};
+use crate::base::transport::{RequestBody, read_failure_status};
 use crate::deploy::{Caller, DeployError, Deployed, Deployments};
 use crate::run::tenants::{FILE_DEPLOYER, Source, Tenant};
 
@@ -39,7 +39,7 @@ pub(crate) async fn handle(
     sessions: &Sessions,
     allowed_origins: &[String],
     max_component_bytes: u64,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     route: &str,
 ) -> Response<Body> {
     let caller = match authenticate(deployments, sessions, allowed_origins, request.headers()) {
@@ -55,7 +55,7 @@ async fn answer(
     deployments: &Deployments,
     caller: &Caller,
     max_component_bytes: u64,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     route: &str,
 ) -> Result<Response<Body>, DeployError> {
     let parts: Vec<&str> = route
@@ -199,7 +199,7 @@ fn view(tenant: &Tenant) -> Value {
 
 /// A deploy's body: the component's bytes, at most `max` (413 past it,
 /// before reading when `Content-Length` says so).
-async fn read_component(request: Request<Incoming>, max: u64) -> Result<Bytes, DeployError> {
+async fn read_component(request: Request<RequestBody>, max: u64) -> Result<Bytes, DeployError> {
     if let Some(kind) = request.headers().get(header::CONTENT_TYPE) {
         let kind = kind.to_str().unwrap_or_default();
         let essence = kind.split(';').next().unwrap_or_default().trim();
@@ -229,14 +229,14 @@ async fn read_component(request: Request<Incoming>, max: u64) -> Result<Bytes, D
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(e) => Err(DeployError::new(
-            StatusCode::BAD_REQUEST,
+            read_failure_status(&*e, StatusCode::BAD_REQUEST),
             format!("the upload did not complete: {e}"),
         )),
     }
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Result<T, DeployError> {
     let bytes = match Limited::new(request.into_body(), MAX_JSON_BYTES)
         .collect()
@@ -245,7 +245,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
             return Err(DeployError::new(
-                StatusCode::BAD_REQUEST,
+                read_failure_status(&*e, StatusCode::BAD_REQUEST),
                 format!("cannot read the body (at most {MAX_JSON_BYTES} bytes of JSON): {e}"),
             ));
         }

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -29,6 +28,7 @@ use tracing::Instrument as _;
 use crate::base::auth::Sessions;
 use crate::base::config::Status;
 use crate::base::responses::{Body, error_response, full_body};
+use crate::base::transport::RequestBody;
 use crate::logs::cluster::{Admission, Cluster};
 use crate::logs::hub::{Closed, LogHub, Outgoing, SubscribeError, Subscription};
 use crate::logs::wire::{Filter, Frame};
@@ -74,6 +74,10 @@ impl StreamRefusals {
 struct Timers {
     ping_interval: Duration,
     idle_timeout: Duration,
+    /// A write the viewer's socket does not take within this long (it
+    /// does not read) closes it: otherwise a blocked write would hold the
+    /// viewer, its queue and its slot for ever.
+    write_timeout: Duration,
 }
 
 /// Why a viewer is turned away: an HTTP status and a reason for the client.
@@ -102,7 +106,7 @@ impl LogStreams {
     pub(crate) async fn handle(
         &self,
         tenants: &TenantRegistry,
-        mut request: Request<Incoming>,
+        mut request: Request<RequestBody>,
         slug: &str,
         query: &str,
     ) -> Response<Body> {
@@ -146,6 +150,7 @@ impl LogStreams {
         let timers = Timers {
             ping_interval: settings.ping_interval(),
             idle_timeout: settings.idle_timeout(),
+            write_timeout: settings.slow_viewer_grace(),
         };
         let span = tracing::info_span!("viewer", slug);
         let viewer = async move {
@@ -300,30 +305,30 @@ where
             frame = subscription.recv() => {
                 // Write every frame already waiting, then flush once: under
                 // load that is one write for many frames.
-                let mut next = Some(frame);
-                let mut closed = None;
-                let mut failed = false;
-                while let Some(frame) = next.take() {
-                    if let Outgoing::Closed(why) = frame {
-                        closed = Some(why);
-                        break;
+                let write = async {
+                    let mut next = Some(frame);
+                    while let Some(frame) = next.take() {
+                        if let Outgoing::Closed(why) = frame {
+                            outgoing.flush().await?;
+                            return Ok(Some(why));
+                        }
+                        outgoing.feed(Message::Text(frame.to_json().into())).await?;
+                        next = subscription.try_recv();
                     }
-                    if outgoing.feed(Message::Text(frame.to_json().into())).await.is_err() {
-                        failed = true;
-                        break;
+                    outgoing.flush().await.map(|()| None)
+                };
+                match tokio::time::timeout(timers.write_timeout, write).await {
+                    Ok(Ok(None)) => {}
+                    Ok(Ok(Some(closed))) => {
+                        let code = match closed {
+                            Closed::TooSlow(_) => CloseCode::Policy,
+                            Closed::ShuttingDown => CloseCode::Away,
+                            Closed::Removed(_) => CloseCode::Normal,
+                        };
+                        break Some((code, closed.reason()));
                     }
-                    next = subscription.try_recv();
-                }
-                if failed || outgoing.flush().await.is_err() {
-                    break None;
-                }
-                if let Some(closed) = closed {
-                    let code = match closed {
-                        Closed::TooSlow(_) => CloseCode::Policy,
-                        Closed::ShuttingDown => CloseCode::Away,
-                        Closed::Removed(_) => CloseCode::Normal,
-                    };
-                    break Some((code, closed.reason()));
+                    Ok(Err(_)) => break None,
+                    Err(_) => break Some((CloseCode::Policy, not_reading(timers.write_timeout))),
                 }
             }
             message = incoming.next() => match message {
@@ -331,8 +336,11 @@ where
                 Some(Ok(_)) => idle.as_mut().reset(tokio::time::Instant::now() + timers.idle_timeout),
             },
             _ = ping.tick() => {
-                if outgoing.send(Message::Ping(Default::default())).await.is_err() {
-                    break None;
+                let ping = outgoing.send(Message::Ping(Default::default()));
+                match tokio::time::timeout(timers.write_timeout, ping).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break None,
+                    Err(_) => break Some((CloseCode::Policy, not_reading(timers.write_timeout))),
                 }
             }
             () = &mut idle => break Some((
@@ -342,7 +350,12 @@ where
         }
     };
     tracing::debug!(slug = subscription.slug(), ?close, "log viewer leaving");
-    if let Some((code, reason)) = close {
+    // Saying goodbye is bounded too: a viewer that does not read would
+    // never take these frames.
+    let goodbye = async {
+        let Some((code, reason)) = close else {
+            return;
+        };
         let closing = Frame::<()>::Closing {
             reason: reason.clone(),
         };
@@ -355,8 +368,17 @@ where
                 reason: short.into(),
             })))
             .await;
-    }
-    let _ = outgoing.close().await;
+        let _ = outgoing.close().await;
+    };
+    let _ = tokio::time::timeout(timers.write_timeout, goodbye).await;
+}
+
+/// The slow-viewer reason for a socket that takes no bytes.
+fn not_reading(after: Duration) -> String {
+    format!(
+        "too slow: this viewer took no frames for {} s (it is not reading)",
+        after.as_secs()
+    )
 }
 
 #[cfg(test)]

@@ -3,13 +3,14 @@
 //! the log-stream WebSocket.
 //!
 //! ```text
-//!  TCP ─► server (hyper, one task per connection) ─► routing ─┬─► run::dispatch (a tenant)
+//!  TCP ─► server (hyper, one task per connection) ─► routing ─┬─► boundary ─► run::dispatch (a tenant)
 //!                                                              └─► control ─┬─► /healthz
 //!                                                                           ├─► log_stream (WebSocket viewers)
 //!                                                                           ├─► deploy_api (crate::deploy)
 //!                                                                           └─► dashboard
 //! ```
 
+pub(crate) mod boundary;
 pub(crate) mod connections;
 pub(crate) mod control;
 pub(crate) mod dashboard;

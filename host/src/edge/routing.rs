@@ -45,6 +45,22 @@ impl RoutingMode {
     }
 }
 
+/// Which browser origin a tenant's response is served on — what decides
+/// how much of the visitor's browser state could reach it
+/// (`crate::edge::boundary`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TenantOrigin {
+    /// `{slug}.{base_domain}`: the tenant's own origin, which no other
+    /// tenant and not the control plane shares.
+    Own,
+    /// `/t/{slug}` on the control plane's origin, shared with the host and
+    /// every other tenant reached that way.
+    ControlPlane,
+    /// Single-component mode: the component owns the origin and the control
+    /// plane lives under `/.mctx/` on it, as the operator chose.
+    Single,
+}
+
 /// Where a request goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Route {
@@ -55,6 +71,8 @@ pub(crate) enum Route {
         slug: String,
         version: VersionSelector,
         path: String,
+        /// Whose origin the browser thinks the response comes from.
+        origin: TenantOrigin,
     },
     /// A `Host` that is neither the base domain nor one of its subdomains.
     ForeignHost { host: String },
@@ -73,6 +91,7 @@ pub(crate) fn route(mode: &RoutingMode, authority: Option<&str>, path_and_query:
                     slug: slug.clone(),
                     version: VersionSelector::Latest,
                     path: path_and_query.to_string(),
+                    origin: TenantOrigin::Single,
                 },
             }
         }
@@ -98,6 +117,7 @@ pub(crate) fn route(mode: &RoutingMode, authority: Option<&str>, path_and_query:
                         slug: slug.to_string(),
                         version,
                         path,
+                        origin: TenantOrigin::Own,
                     }
                 }
                 _ => Route::ForeignHost { host },
@@ -121,6 +141,7 @@ fn tenant_path_route(rest: &str) -> Route {
         slug: slug.to_string(),
         version,
         path,
+        origin: TenantOrigin::ControlPlane,
     }
 }
 
@@ -203,11 +224,17 @@ mod tests {
         }
     }
 
+    /// A tenant reached on its own subdomain.
     fn tenant(slug: &str, version: VersionSelector, path: &str) -> Route {
+        on(TenantOrigin::Own, slug, version, path)
+    }
+
+    fn on(origin: TenantOrigin, slug: &str, version: VersionSelector, path: &str) -> Route {
         Route::Tenant {
             slug: slug.into(),
             version,
             path: path.into(),
+            origin,
         }
     }
 
@@ -281,18 +308,41 @@ mod tests {
             );
             assert_eq!(
                 route(&multi(), Some(host), "/t/hello/v1/mcp?a"),
-                tenant("hello", VersionSelector::Major(1), "/mcp?a")
+                on(
+                    TenantOrigin::ControlPlane,
+                    "hello",
+                    VersionSelector::Major(1),
+                    "/mcp?a"
+                )
             );
         }
         let r = |path| route(&multi(), Some("localhost"), path);
-        assert_eq!(r("/t/hello"), tenant("hello", VersionSelector::Latest, "/"));
+        assert_eq!(
+            r("/t/hello"),
+            on(
+                TenantOrigin::ControlPlane,
+                "hello",
+                VersionSelector::Latest,
+                "/"
+            )
+        );
         assert_eq!(
             r("/t/hello?q=1"),
-            tenant("hello", VersionSelector::Latest, "/?q=1")
+            on(
+                TenantOrigin::ControlPlane,
+                "hello",
+                VersionSelector::Latest,
+                "/?q=1"
+            )
         );
         assert_eq!(
             r("/t/hello/"),
-            tenant("hello", VersionSelector::Latest, "/")
+            on(
+                TenantOrigin::ControlPlane,
+                "hello",
+                VersionSelector::Latest,
+                "/"
+            )
         );
         assert_eq!(r("/tx"), Route::ControlPlane { path: "/tx".into() });
         assert_eq!(r("/t/"), Route::ControlPlane { path: "/t/".into() });
@@ -329,11 +379,21 @@ mod tests {
         };
         assert_eq!(
             route(&single, Some("anything"), "/v1/x"),
-            tenant("default", VersionSelector::Latest, "/v1/x")
+            on(
+                TenantOrigin::Single,
+                "default",
+                VersionSelector::Latest,
+                "/v1/x"
+            )
         );
         assert_eq!(
             route(&single, None, "/t/x"),
-            tenant("default", VersionSelector::Latest, "/t/x")
+            on(
+                TenantOrigin::Single,
+                "default",
+                VersionSelector::Latest,
+                "/t/x"
+            )
         );
         assert_eq!(
             route(&single, None, "/.mctx/healthz"),
@@ -343,7 +403,12 @@ mod tests {
         );
         assert_eq!(
             route(&single, None, "/.mctxfoo"),
-            tenant("default", VersionSelector::Latest, "/.mctxfoo")
+            on(
+                TenantOrigin::Single,
+                "default",
+                VersionSelector::Latest,
+                "/.mctxfoo"
+            )
         );
     }
 

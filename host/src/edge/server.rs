@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+
+use crate::base::transport::RequestBody;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -21,6 +23,7 @@ use crate::base::config::Status;
 use crate::base::refusals::{Refusal, Refusals};
 use crate::base::responses::{Body, busy_response, error_response};
 use crate::base::transport::OverTls;
+use crate::edge::boundary;
 use crate::edge::connections::{BusyGuard, Connections, Refused, Ticket};
 use crate::edge::control::ControlPlane;
 use crate::edge::routing::{Route, RoutingMode, route};
@@ -52,6 +55,8 @@ pub(crate) struct HttpLimits {
     /// connection is ready for one: after connecting and after each
     /// response (so an idle keep-alive connection is closed after it too).
     pub(crate) header_read_timeout: Duration,
+    /// How long a request body may send nothing ([`RequestBody`]).
+    pub(crate) body_read_timeout: Duration,
     /// The most bytes a request head may take (431 past it; hyper's read
     /// buffer, at least 8 KiB).
     pub(crate) max_header_bytes: usize,
@@ -61,7 +66,11 @@ impl FrontDoor {
     /// Answers one request. Never fails: errors are responses. A request on
     /// a connection from the operator's `reserve` reaches the control plane
     /// only.
-    pub(crate) async fn handle(&self, request: Request<Incoming>, reserve: bool) -> Response<Body> {
+    pub(crate) async fn handle(
+        &self,
+        request: Request<RequestBody>,
+        reserve: bool,
+    ) -> Response<Body> {
         let authority = request
             .uri()
             .authority()
@@ -78,6 +87,16 @@ impl FrontDoor {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
+        // HTTP/2 carries the host in `:authority`, not `Host`: give every
+        // layer above (the Origin checks, the guest) the one header.
+        let mut request = request;
+        if !request.headers().contains_key(http::header::HOST)
+            && let Some(value) = authority
+                .as_deref()
+                .and_then(|a| http::HeaderValue::from_str(a).ok())
+        {
+            request.headers_mut().insert(http::header::HOST, value);
+        }
         match route(&self.mode, authority.as_deref(), &path) {
             Route::Tenant { .. } if reserve => busy_response(
                 "the host is at max_connections with every connection busy; this one may only \
@@ -87,6 +106,7 @@ impl FrontDoor {
                 slug,
                 version,
                 path,
+                origin,
             } => {
                 let Some(tenant) = self.tenants.get(&slug) else {
                     return error_response(
@@ -106,6 +126,11 @@ impl FrontDoor {
                         &format!("tenant {slug:?} has no version matching {version}"),
                     );
                 };
+                boundary::admit(
+                    request.headers_mut(),
+                    origin,
+                    &self.control.streams.sessions,
+                );
                 let request = match with_path(request, &path) {
                     Ok(request) => request,
                     Err(e) => {
@@ -115,7 +140,9 @@ impl FrontDoor {
                         );
                     }
                 };
-                self.dispatcher.dispatch(&tenant, deployment, request).await
+                let mut response = self.dispatcher.dispatch(&tenant, deployment, request).await;
+                boundary::release(&mut response, origin, &self.refusals);
+                response
             }
             Route::ControlPlane { path } => self.control.handle(request, &path).await,
             Route::ForeignHost { host } => error_response(
@@ -133,7 +160,10 @@ impl FrontDoor {
 
 /// Replaces a request's path (and query) with the routed one, keeping the
 /// scheme and authority of an absolute-form URI.
-fn with_path(mut request: Request<Incoming>, path: &str) -> Result<Request<Incoming>, http::Error> {
+fn with_path(
+    mut request: Request<RequestBody>,
+    path: &str,
+) -> Result<Request<RequestBody>, http::Error> {
     if request.uri().path_and_query().map(|p| p.as_str()) != Some(path) {
         let mut parts = request.uri().clone().into_parts();
         parts.path_and_query = Some(path.parse()?);
@@ -272,6 +302,8 @@ fn service(
                 request.extensions_mut().insert(OverTls);
             }
             let head = request.method() == http::Method::HEAD;
+            let (idle, refusals) = (door.http.body_read_timeout, door.refusals.clone());
+            let request = request.map(|body| RequestBody::new(body, idle, refusals));
             let mut response = door.handle(request, reserve).await;
             if secure && door.hsts {
                 response.headers_mut().insert(

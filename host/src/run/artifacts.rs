@@ -42,15 +42,23 @@ pub(crate) enum CacheOutcome {
 }
 
 impl ArtifactCache {
-    /// Opens (creating if needed) a cache directory.
+    /// Opens (creating if needed, mode 700) a cache directory. Its files
+    /// are native code loaded without verification, so a folder another
+    /// user owns or may write to is refused.
     pub(crate) fn open(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir).with_context(|| {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(&dir).with_context(|| {
             format!(
                 "cannot create the artifact cache directory {}",
                 dir.display()
             )
         })?;
+        crate::base::private::check_own_dir(&dir)
+            .map_err(|e| anyhow::anyhow!("the artifact cache: {e}"))?;
         Ok(ArtifactCache { dir })
     }
 
@@ -82,8 +90,11 @@ impl ArtifactCache {
         sha256: &str,
     ) -> Result<(Component, CacheOutcome)> {
         let path = self.path_for(engine, sha256);
-        if path.exists() {
-            // SAFETY: files in the cache directory are only ever written by
+        let ours = std::fs::metadata(&path).is_ok_and(|m| crate::base::private::owned_by_me(&m));
+        if ours {
+            // SAFETY: the cache directory is this user's and nobody else's
+            // to write ([`ArtifactCache::open`]), the file is this user's
+            // too, and files there are only ever written by
             // `Component::serialize` below, under a name that includes the
             // engine's compatibility hash; wasmtime additionally checks the
             // header and refuses an incompatible artifact.

@@ -180,19 +180,7 @@ fn read_secret(source: &SecretSource) -> Result<String, String> {
         }),
         SecretSource::File(path) => {
             let shown = path.display();
-            let metadata =
-                std::fs::metadata(path).map_err(|e| format!("cannot read file {shown}: {e}"))?;
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt as _;
-                let mode = metadata.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
-                    return Err(format!(
-                        "file {shown} is readable by group or others (mode {mode:o}): \
-                         chmod 600 {shown}"
-                    ));
-                }
-            }
+            crate::base::private::check_secret_file(path)?;
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read file {shown}: {e}"))?;
             // Files written by `echo` end with a newline that is not part of

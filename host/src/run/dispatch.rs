@@ -15,7 +15,6 @@ use futures_util::FutureExt as _;
 use futures_util::future::Either;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 use tokio::sync::{Semaphore, oneshot};
 use tracing::Instrument as _;
 use wasmtime::{Store, UpdateDeadline};
@@ -26,6 +25,7 @@ use wasmtime_wasi_http::p3::bindings::ServicePre;
 use crate::base::metrics::Metrics;
 use crate::base::refusals::{Refusal, Refusals};
 use crate::base::responses::{Body, busy_response, error_response};
+use crate::base::transport::{BodyError, RequestBody};
 use crate::logs::capture::RequestCapture;
 use crate::logs::entry::{McpCall, Outcome, RequestHeaders, RequestMeta};
 use crate::logs::sink::LogSink;
@@ -76,10 +76,10 @@ impl Dispatcher {
         }
     }
 
-    /// Where the host listens: tenants reach it only through an exact
-    /// `allowed_outbound_hosts` entry.
-    pub(crate) fn set_own_address(&self, address: std::net::SocketAddr) {
-        self.outbound.set_own_address(address);
+    /// One of the addresses the host listens on: tenants reach it only
+    /// through an exact `allowed_outbound_hosts` entry.
+    pub(crate) fn add_own_address(&self, address: std::net::SocketAddr) {
+        self.outbound.add_own_address(address);
     }
 
     /// Requests running now.
@@ -103,7 +103,7 @@ impl Dispatcher {
         &self,
         tenant: &Tenant,
         deployment: &Deployment,
-        mut request: Request<Incoming>,
+        mut request: Request<RequestBody>,
     ) -> Response<Body> {
         let slug = tenant.slug.as_str();
         let request_id = new_request_id();
@@ -147,7 +147,7 @@ impl Dispatcher {
         meta: Arc<RequestMeta>,
         tenant: &Tenant,
         deployment: &Deployment,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
     ) -> Response<Body> {
         let capabilities = &tenant.capabilities;
         let limits = capabilities.limits;
@@ -243,13 +243,13 @@ impl Dispatcher {
             let _ = response_tx.send(response);
         };
         // Counted as the guest reads it: past the limit the guest's read
-        // fails and the client gets 413.
-        let too_large = Arc::new(AtomicBool::new(false));
+        // fails and the client gets 413; a body that stalls, 408.
+        let faults = Arc::new(BodyFaults::default());
         let request = request.map(|body| LimitedBody {
             body,
             read: 0,
             limit: limits.body_bytes,
-            too_large: too_large.clone(),
+            faults: faults.clone(),
         });
         let https = crate::base::transport::over_tls(&request);
 
@@ -360,18 +360,13 @@ impl Dispatcher {
                 Ok(head) => head,
                 Err(_) => {
                     let response = outcome_response(outcome, &meter);
-                    return finish_response(
-                        response,
-                        &too_large,
-                        &self.refusals,
-                        limits.body_bytes,
-                    );
+                    return finish_response(response, &faults, &self.refusals, limits.body_bytes);
                 }
             },
             // Dropped unsent: the guest is ending (or died) without an answer.
             First::Head(Err(_)) => {
                 let response = outcome_response(guest.await, &meter);
-                return finish_response(response, &too_large, &self.refusals, limits.body_bytes);
+                return finish_response(response, &faults, &self.refusals, limits.body_bytes);
             }
         };
         let response = match head {
@@ -387,7 +382,7 @@ impl Dispatcher {
                 &format!("the tenant answered with an error: {code}"),
             ),
         };
-        finish_response(response, &too_large, &self.refusals, limits.body_bytes)
+        finish_response(response, &faults, &self.refusals, limits.body_bytes)
     }
 }
 
@@ -434,18 +429,31 @@ enum First<H> {
     Ended(Outcome),
 }
 
-/// The response, unless the guest read past the body limit: then 413.
+/// The response, unless the guest read past the body limit (413) or the
+/// client stopped sending it (408): whatever the guest made of its failed
+/// read, the client is told what the host refused.
 fn finish_response(
     response: Response<Body>,
-    too_large: &AtomicBool,
+    faults: &BodyFaults,
     refusals: &Refusals,
     limit: u64,
 ) -> Response<Body> {
-    if too_large.load(Ordering::Relaxed) {
+    if faults.too_large.load(Ordering::Relaxed) {
         refusals.count(Refusal::BodyTooLarge);
         return body_too_large(limit);
     }
+    if let Some(error) = faults.stalled.get() {
+        // Already counted where it stalled.
+        return error_response(StatusCode::REQUEST_TIMEOUT, error);
+    }
     response
+}
+
+/// What went wrong with a request body as the guest read it.
+#[derive(Default)]
+struct BodyFaults {
+    too_large: AtomicBool,
+    stalled: std::sync::OnceLock<String>,
 }
 
 impl Dispatcher {
@@ -581,12 +589,12 @@ fn body_too_large(limit: u64) -> Response<Body> {
 }
 
 /// A request body that fails once more than `limit` bytes have come,
-/// without buffering anything; `too_large` tells the dispatcher.
+/// without buffering anything; `faults` tells the dispatcher.
 pub(crate) struct LimitedBody {
-    body: Incoming,
+    body: RequestBody,
     read: u64,
     limit: u64,
-    too_large: Arc<AtomicBool>,
+    faults: Arc<BodyFaults>,
 }
 
 impl http_body::Body for LimitedBody {
@@ -603,13 +611,21 @@ impl http_body::Body for LimitedBody {
         {
             self.read += data.len() as u64;
             if self.read > self.limit {
-                self.too_large.store(true, Ordering::Relaxed);
+                self.faults.too_large.store(true, Ordering::Relaxed);
                 return std::task::Poll::Ready(Some(Err(
                     wasmtime_wasi_http::Error::HttpRequestBodySize(Some(self.read)),
                 )));
             }
         }
-        std::task::Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+        std::task::Poll::Ready(frame.map(|f| {
+            f.map_err(|e| match e {
+                BodyError::Stalled(_) => {
+                    let _ = self.faults.stalled.set(e.to_string());
+                    wasmtime_wasi_http::Error::ConnectionReadTimeout
+                }
+                BodyError::Http(e) => e.into(),
+            })
+        }))
     }
 
     fn is_end_stream(&self) -> bool {

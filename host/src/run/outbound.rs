@@ -6,8 +6,9 @@
 //! 2. an `allowed_outbound_hosts` entry allows its scheme, host and port;
 //! 3. the name resolves to an address the list allows: a public one, or an
 //!    internal one (loopback, private, link-local …) that an entry names as
-//!    an IP literal; the host's own listening address only through an entry
-//!    with that exact address and port.
+//!    an IP literal; the host's own listening addresses (main, metrics,
+//!    redirect, shutdown) only through an entry with that exact address and
+//!    port.
 //!
 //! The connection is made to the address that passed (3), never to a name
 //! resolved again, so DNS cannot change between the check and the connect.
@@ -22,7 +23,7 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -34,7 +35,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use crate::base::config::{OutboundSpec, Scheme, Target, is_own_address};
+use crate::base::config::{OutboundSpec, Scheme, Target, is_own_address, without_userinfo};
 use crate::logs::capture::RequestCapture;
 use crate::logs::entry::Level;
 
@@ -46,24 +47,35 @@ type Sent = (
 );
 
 /// What every request's outbound calls share: the TLS client settings and
-/// the host's own address, once it listens.
+/// the host's own addresses, as each listener binds.
 pub(crate) struct OutboundContext {
     tls: tokio_rustls::TlsConnector,
-    own_address: OnceLock<SocketAddr>,
+    /// Every address the host listens on: a handful, written at start-up.
+    own_addresses: RwLock<Vec<SocketAddr>>,
 }
 
 impl OutboundContext {
     pub(crate) fn new() -> Self {
         OutboundContext {
             tls: crate::base::tls::web_connector(),
-            own_address: OnceLock::new(),
+            own_addresses: RwLock::default(),
         }
     }
 
-    /// Records where the host listens (never reachable without an exact
-    /// entry).
-    pub(crate) fn set_own_address(&self, address: SocketAddr) {
-        let _ = self.own_address.set(address);
+    /// Records one more address the host listens on (never reachable
+    /// without an exact entry).
+    pub(crate) fn add_own_address(&self, address: SocketAddr) {
+        self.own_addresses
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(address);
+    }
+
+    fn own_addresses(&self) -> Vec<SocketAddr> {
+        self.own_addresses
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -144,7 +156,8 @@ impl Call {
 
     async fn send(self, mut request: http::Request<WasiBody>) -> Result<Sent, Error> {
         let method = request.method().clone();
-        let url = request.uri().to_string();
+        // As shown in the owner's log: a credential in the URL stays out.
+        let url = without_userinfo(&request.uri().to_string()).into_owned();
         let target = target_of(request.uri()).ok_or(Error::HttpRequestUriInvalid)?;
         let spec = &self.spec;
         if self.number > spec.max_subrequests {
@@ -185,14 +198,17 @@ impl Call {
                 rcode: Some(e.to_string()),
                 info_code: None,
             })?;
-        let own = self.context.own_address.get().copied();
+        let own = self.context.own_addresses();
         let Some(address) = addresses
             .iter()
             .copied()
-            .find(|address| spec.allowed.allows_address(&target, *address, own))
+            .find(|address| spec.allowed.allows_address(&target, *address, &own))
         else {
             let found: Vec<String> = addresses.iter().map(|a| a.ip().to_string()).collect();
-            let why = match own.filter(|own| addresses.iter().any(|a| is_own_address(*a, *own))) {
+            let mine = own
+                .iter()
+                .find(|&&own| addresses.iter().any(|&a| is_own_address(a, own)));
+            let why = match mine {
                 Some(own) => format!(
                     "{target} is this host's own address ({own}); only an allowed_outbound_hosts \
                      entry with exactly that IP address and port allows it"

@@ -8,6 +8,7 @@
 //! the file and the tenant, so a user fixes a config in one round trip.
 
 mod addresses;
+mod credential_url;
 mod outbound;
 mod tables;
 mod tenant;
@@ -19,6 +20,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 
 pub use addresses::{is_own_address, is_public};
+pub use credential_url::{CredentialUrl, Userinfo, without_userinfo};
 pub use outbound::{AllowList, Allowed, Scheme, Target};
 pub use tables::{
     AuthSettings, ClusterSettings, DEFAULT_ADDR, DEFAULT_BASE_DOMAIN, DEFAULT_CPU_LIMIT_MS,
@@ -58,7 +60,13 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::parse(&text, &path.display().to_string(), base)
+        let config = Config::parse(&text, &path.display().to_string(), base)?;
+        if config.auth.session_secret.is_some() {
+            // Whoever reads this file can sign in as anyone.
+            crate::base::private::check_secret_file(path)
+                .map_err(|e| anyhow::anyhow!("[auth] session_secret: {e}"))?;
+        }
+        Ok(config)
     }
 
     /// Parses a tenants file's text; relative component paths resolve
@@ -70,7 +78,7 @@ impl Config {
             mut auth,
             mut logs,
             metrics,
-            cluster,
+            mut cluster,
             tenants: tables,
         } = file;
         let mut problems = Vec::new();
@@ -78,7 +86,8 @@ impl Config {
         host.check(&mut problems);
         auth.check();
         logs.check(&mut problems);
-        if let Some(cluster) = &cluster {
+        if let Some(cluster) = &mut cluster {
+            cluster.resolve_paths(base);
             cluster.check(&mut problems);
         }
         let mut seen = HashSet::new();
@@ -194,7 +203,7 @@ mod tests {
         .unwrap();
         let cluster = config.cluster.unwrap();
         assert_eq!(
-            (cluster.nats_url.as_str(), cluster.node.as_deref()),
+            (cluster.nats_url.expose(), cluster.node.as_deref()),
             ("nats://127.0.0.1:4222", Some("host-a"))
         );
         assert_eq!(

@@ -229,14 +229,10 @@ impl AllowList {
 
     /// Whether a resolved address may be connected to for `target`: any
     /// public address, or one that an entry names as an IP literal (with a
-    /// matching scheme and port). `own` is the host's listening address:
-    /// reachable only through an entry with that exact address and port.
-    pub fn allows_address(
-        &self,
-        target: &Target,
-        address: SocketAddr,
-        own: Option<SocketAddr>,
-    ) -> bool {
+    /// matching scheme and port). `own` are the host's listening addresses
+    /// (main, metrics, redirect, shutdown): each reachable only through an
+    /// entry with that exact address and port.
+    pub fn allows_address(&self, target: &Target, address: SocketAddr, own: &[SocketAddr]) -> bool {
         let ip = address.ip().to_canonical();
         let named = |exact_port: bool| {
             self.0.iter().any(|entry| {
@@ -245,7 +241,7 @@ impl AllowList {
                     && (!exact_port || matches!(entry.ports, Ports::One(p) if p == address.port()))
             })
         };
-        if own.is_some_and(|own| is_own_address(address, own)) {
+        if own.iter().any(|&own| is_own_address(address, own)) {
             return named(true);
         }
         is_public(ip) || named(false)
@@ -424,7 +420,7 @@ mod tests {
         let by_name = list(&["http://svc.example.com:9000"]);
         let name = target(Scheme::Http, "svc.example.com", 9000);
         let public: SocketAddr = "93.184.216.34:9000".parse().unwrap();
-        assert!(by_name.allows_address(&name, public, None));
+        assert!(by_name.allows_address(&name, public, &[]));
         for internal in [
             "127.0.0.1:9000",
             "10.1.2.3:9000",
@@ -438,13 +434,13 @@ mod tests {
             "[::ffff:127.0.0.1]:9000",
         ] {
             let address: SocketAddr = internal.parse().unwrap();
-            assert!(!by_name.allows_address(&name, address, None), "{internal}");
+            assert!(!by_name.allows_address(&name, address, &[]), "{internal}");
         }
         let also_loopback = list(&["http://svc.example.com:9000", "http://127.0.0.1:9000"]);
         let loopback: SocketAddr = "127.0.0.1:9000".parse().unwrap();
-        assert!(also_loopback.allows_address(&name, loopback, None));
+        assert!(also_loopback.allows_address(&name, loopback, &[]));
         let other_port: SocketAddr = "127.0.0.1:9001".parse().unwrap();
-        assert!(!also_loopback.allows_address(&name, other_port, None));
+        assert!(!also_loopback.allows_address(&name, other_port, &[]));
     }
 
     #[test]
@@ -455,14 +451,14 @@ mod tests {
         let name = target(Scheme::Http, "me.example.com", 8080);
         let by_name = list(&["http://me.example.com:8080"]);
         assert!(
-            !by_name.allows_address(&name, public, Some(own)),
+            !by_name.allows_address(&name, public, &[own]),
             "own public address"
         );
         let any_port = list(&["http://127.0.0.1:*"]);
         let literal = target(Scheme::Http, "127.0.0.1", 8080);
-        assert!(!any_port.allows_address(&literal, loopback, Some(own)));
+        assert!(!any_port.allows_address(&literal, loopback, &[own]));
         let exact = list(&["http://127.0.0.1:8080"]);
-        assert!(exact.allows_address(&literal, loopback, Some(own)));
+        assert!(exact.allows_address(&literal, loopback, &[own]));
     }
 
     #[test]

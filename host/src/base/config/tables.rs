@@ -6,10 +6,12 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use super::CredentialUrl;
 
 /// The contract's CPU limit per request.
 pub const DEFAULT_CPU_LIMIT_MS: u64 = 10_000;
@@ -38,6 +40,9 @@ pub struct HostSettings {
     /// connection is ready for one (after connecting, after each response):
     /// half-open and idle keep-alive connections are closed after it.
     pub header_read_timeout_secs: u64,
+    /// How long a request body (to a tenant, the dashboard or the API) may
+    /// send nothing before its read fails and its connection is closed.
+    pub body_read_timeout_secs: u64,
     /// Connections open at once; `None`: half the process's file limit
     /// (raised to its hard limit at start), at most 10,000.
     pub max_connections: Option<usize>,
@@ -99,6 +104,7 @@ impl Default for HostSettings {
             max_concurrent_requests: 1000,
             shutdown_grace_secs: 10,
             header_read_timeout_secs: 10,
+            body_read_timeout_secs: 10,
             max_connections: None,
             max_connections_per_ip: 256,
             max_header_bytes: 64 * 1024,
@@ -154,6 +160,7 @@ impl HostSettings {
                 u64::from(self.max_concurrent_requests),
             ),
             ("header_read_timeout_secs", self.header_read_timeout_secs),
+            ("body_read_timeout_secs", self.body_read_timeout_secs),
             ("max_connections_per_ip", self.max_connections_per_ip as u64),
             ("request_timeout_ms", self.request_timeout_ms),
             (
@@ -187,6 +194,10 @@ impl HostSettings {
 
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_secs(self.header_read_timeout_secs)
+    }
+
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_read_timeout_secs)
     }
 
     /// Resolves the TLS files against the tenants file's directory.
@@ -268,7 +279,11 @@ pub struct LogSettings {
     /// Counted in entries, not frames: a filtered viewer's frames can be
     /// small, and it should get as much slack as any other.
     pub viewer_queue_entries: usize,
-    /// A viewer still missing entries after this long is closed.
+    /// Bytes of frames a viewer may have waiting, whichever of the two
+    /// limits comes first: 25,600 entries of 10 KB each would be 256 MB.
+    pub viewer_queue_bytes: usize,
+    /// A viewer still missing entries after this long is closed; so is one
+    /// whose socket takes no bytes for this long (it does not read).
     pub slow_viewer_grace_secs: u64,
 }
 
@@ -279,6 +294,7 @@ impl Default for LogSettings {
             idle_timeout_secs: 300,
             ping_interval_secs: 30,
             viewer_queue_entries: 25_600,
+            viewer_queue_bytes: 8 << 20,
             slow_viewer_grace_secs: 10,
         }
     }
@@ -312,8 +328,26 @@ impl LogSettings {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSettings {
-    /// `nats://host:port` of the NATS server (with JetStream) the hosts share.
-    pub nats_url: String,
+    /// `nats://host:port` of the NATS server (with JetStream) the hosts
+    /// share; `tls://` for TLS. Userinfo in it is used, never shown.
+    pub nats_url: CredentialUrl,
+    /// A NATS credentials file (`.creds`: a user JWT and its NKey seed), as
+    /// `nsc` writes them; must be mode 600.
+    #[serde(default)]
+    pub nats_creds: Option<PathBuf>,
+    /// A file holding a NATS token; must be mode 600.
+    #[serde(default)]
+    pub nats_token_file: Option<PathBuf>,
+    /// CA certificates (PEM) that the NATS server's certificate must chain
+    /// to; with it, TLS is required.
+    #[serde(default)]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// This host's client certificate (PEM), for servers that verify
+    /// clients; with `nats_tls_key` (mode 600).
+    #[serde(default)]
+    pub nats_tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub nats_tls_key: Option<PathBuf>,
     /// This host's name in entries (`node`) and viewer leases; unique per
     /// host. `None`: `{hostname}-{pid}`.
     #[serde(default)]
@@ -334,21 +368,49 @@ impl ClusterSettings {
     /// Settings for `nats_url` with every other value defaulted.
     pub fn new(nats_url: String) -> Self {
         ClusterSettings {
-            nats_url,
+            nats_url: CredentialUrl::new(nats_url),
+            nats_creds: None,
+            nats_token_file: None,
+            nats_tls_ca: None,
+            nats_tls_cert: None,
+            nats_tls_key: None,
             node: None,
             viewer_lease_secs: Self::DEFAULT_VIEWER_LEASE_SECS,
         }
     }
 
     pub(super) fn check(&self, problems: &mut Vec<String>) {
-        if self.nats_url.trim().is_empty() {
+        if self.nats_url.is_blank() {
             problems.push("[cluster] nats_url cannot be empty".to_string());
+        }
+        if self.nats_creds.is_some() && self.nats_token_file.is_some() {
+            problems.push("[cluster] nats_creds and nats_token_file: choose one".to_string());
+        }
+        if self.nats_tls_cert.is_some() != self.nats_tls_key.is_some() {
+            problems.push("[cluster] nats_tls_cert and nats_tls_key go together".to_string());
         }
         if let Some(Err(e)) = self.node.as_deref().map(Self::check_node) {
             problems.push(format!("[cluster] {e}"));
         }
         if self.viewer_lease_secs < 3 {
             problems.push("[cluster] viewer_lease_secs must be at least 3".to_string());
+        }
+    }
+
+    /// Makes the files' paths relative to the tenants file's folder.
+    pub(super) fn resolve_paths(&mut self, base: &Path) {
+        // `base.join` keeps an absolute path as it is.
+        for path in [
+            &mut self.nats_creds,
+            &mut self.nats_token_file,
+            &mut self.nats_tls_ca,
+            &mut self.nats_tls_cert,
+            &mut self.nats_tls_key,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *path = base.join(&*path);
         }
     }
 

@@ -176,6 +176,61 @@ fn reconnect_delay(attempts: usize) -> Duration {
     Duration::from_millis(ms + fastrand::u64(0..=ms / 5))
 }
 
+/// How this host proves itself to NATS and checks the server: a
+/// credentials file or a token (each readable by this user only), and TLS
+/// roots and a client certificate. The files are read now, so a wrong path
+/// stops the host at start rather than at the first reconnect.
+async fn credentials(settings: &ClusterSettings) -> Result<async_nats::ConnectOptions> {
+    use crate::base::private::check_secret_file;
+    let secret = |path: &std::path::Path, what: &str| {
+        check_secret_file(path).map_err(|e| anyhow::anyhow!("[cluster] {what}: {e}"))
+    };
+    let mut options = async_nats::ConnectOptions::new();
+    // The NATS client reads a URL's userinfo but never sends it.
+    match settings.nats_url.userinfo() {
+        Some(crate::base::config::Userinfo::UserPassword(user, password)) => {
+            options = options.user_and_password(user, password);
+        }
+        Some(crate::base::config::Userinfo::Token(token)) => options = options.token(token),
+        None => {}
+    }
+    if let Some(path) = &settings.nats_creds {
+        secret(path, "nats_creds")?;
+        options = options
+            .credentials_file(path)
+            .await
+            .with_context(|| format!("[cluster] nats_creds {}", path.display()))?;
+    }
+    if let Some(path) = &settings.nats_token_file {
+        secret(path, "nats_token_file")?;
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("[cluster] nats_token_file {}", path.display()))?;
+        options = options.token(token.trim().to_string());
+    }
+    if let Some(path) = &settings.nats_tls_ca {
+        anyhow::ensure!(
+            path.is_file(),
+            "[cluster] nats_tls_ca {}: no such file",
+            path.display()
+        );
+        options = options
+            .add_root_certificates(path.clone())
+            .require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&settings.nats_tls_cert, &settings.nats_tls_key) {
+        secret(key, "nats_tls_key")?;
+        anyhow::ensure!(
+            cert.is_file(),
+            "[cluster] nats_tls_cert {}: no such file",
+            cert.display()
+        );
+        options = options
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
+    }
+    Ok(options)
+}
+
 impl Cluster {
     /// Connects to NATS (in the background: an unreachable server does not
     /// stop the host, it is retried), attaches to `hub` and starts the
@@ -185,7 +240,8 @@ impl Cluster {
         let node = settings.node.clone().unwrap_or_else(default_node_name);
         ClusterSettings::check_node(&node).map_err(|e| anyhow::anyhow!("--node: {e}"))?;
         let (events_tx, events) = mpsc::unbounded_channel();
-        let client = async_nats::ConnectOptions::new()
+        let client = credentials(settings)
+            .await?
             .name(format!("mctx-host {node}"))
             .no_echo()
             .retry_on_initial_connect()
@@ -198,13 +254,13 @@ impl Cluster {
                     let _ = events.send(event);
                 }
             })
-            .connect(settings.nats_url.as_str())
+            .connect(settings.nats_url.expose())
             .await
-            .with_context(|| format!("[cluster] nats_url {:?}", settings.nats_url))?;
+            .with_context(|| format!("[cluster] nats_url {}", settings.nats_url))?;
         let node: Arc<str> = node.into();
         let inner = Arc::new(Inner {
             node: node.clone(),
-            link: Link::new(&settings.nats_url),
+            link: Link::new(&settings.nats_url.shown()),
             outbound: Outbound::default(),
             inbound: Arc::default(),
             claims: Claims::new(

@@ -252,6 +252,7 @@ impl LogHub {
         }
         let limits = QueueLimits {
             entries: settings.viewer_queue_entries as u64,
+            bytes: settings.viewer_queue_bytes as u64,
             grace: settings.slow_viewer_grace(),
         };
         let queue = Arc::new(ViewerQueue::new(filter, limits, hub.metrics.clone()));

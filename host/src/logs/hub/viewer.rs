@@ -1,4 +1,5 @@
-//! One viewer's queue: bounded in entries, with the slow-viewer rule.
+//! One viewer's queue: bounded in entries and in bytes, with the
+//! slow-viewer rule.
 //!
 //! A viewer whose queue is full misses frames; the entries it missed are
 //! counted and it gets one `dropped` frame in their place, so every gap in
@@ -71,10 +72,11 @@ impl Closed {
 }
 
 /// How much a viewer may lag (`[logs] viewer_queue_entries`,
-/// `slow_viewer_grace_secs`).
+/// `viewer_queue_bytes`, `slow_viewer_grace_secs`).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct QueueLimits {
     pub(super) entries: u64,
+    pub(super) bytes: u64,
     pub(super) grace: Duration,
 }
 
@@ -93,9 +95,11 @@ pub(super) struct ViewerQueue {
 #[derive(Default)]
 struct ViewerState {
     frames: VecDeque<Outgoing>,
-    /// Entries in `frames`' `logs` frames, kept in step with `frames`.
-    queued: VecDeque<u64>,
+    /// Entries and bytes of `frames`' `logs` frames, kept in step with
+    /// `frames`.
+    queued: VecDeque<(u64, u64)>,
     queued_entries: u64,
+    queued_bytes: u64,
     /// Entries missed since the last frame that got through.
     missed: u64,
     /// When this viewer started missing entries (cleared when it catches up).
@@ -105,9 +109,14 @@ struct ViewerState {
 
 impl ViewerState {
     fn push(&mut self, frame: Outgoing, entries: u64) {
+        let bytes = match &frame {
+            Outgoing::Logs(json) => json.len() as u64,
+            _ => 0,
+        };
         self.frames.push_back(frame);
-        self.queued.push_back(entries);
+        self.queued.push_back((entries, bytes));
         self.queued_entries += entries;
+        self.queued_bytes += bytes;
     }
 }
 
@@ -135,7 +144,9 @@ impl ViewerQueue {
         }
         // One frame always fits, however large, so a tiny limit cannot
         // starve a viewer.
-        let full = !state.frames.is_empty() && state.queued_entries + count > self.limits.entries;
+        let full = !state.frames.is_empty()
+            && (state.queued_entries + count > self.limits.entries
+                || state.queued_bytes + json.len() as u64 > self.limits.bytes);
         if full {
             state.missed += count;
             if let Some(metrics) = &self.metrics {
@@ -205,8 +216,9 @@ impl ViewerQueue {
     pub(super) fn pop(&self) -> Option<Outgoing> {
         let mut state = lock(&self.state);
         if let Some(frame) = state.frames.pop_front() {
-            let entries = state.queued.pop_front().unwrap_or(0);
+            let (entries, bytes) = state.queued.pop_front().unwrap_or((0, 0));
             state.queued_entries -= entries;
+            state.queued_bytes -= bytes;
             return Some(frame);
         }
         if state.closed {
@@ -225,7 +237,16 @@ mod tests {
     use super::*;
 
     fn queue(entries: u64, grace: Duration) -> ViewerQueue {
-        ViewerQueue::new(Filter::default(), QueueLimits { entries, grace }, None)
+        let bytes = u64::MAX;
+        ViewerQueue::new(
+            Filter::default(),
+            QueueLimits {
+                entries,
+                bytes,
+                grace,
+            },
+            None,
+        )
     }
 
     #[test]
@@ -246,6 +267,30 @@ mod tests {
         queue.push_logs("f".into(), 1);
         assert_eq!(queue.pop(), Some(Outgoing::Dropped(6)));
         assert_eq!(queue.pop(), Some(Outgoing::Logs("f".into())));
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_as_well_as_entries() {
+        let limits = QueueLimits {
+            entries: 1000,
+            bytes: 10,
+            grace: Duration::from_secs(3600),
+        };
+        let queue = ViewerQueue::new(Filter::default(), limits, None);
+        queue.push_logs("123456".into(), 1);
+        queue.push_logs("7890".into(), 1); // 10 bytes: fits
+        queue.push_logs("x".into(), 1); // 11: missed
+        assert_eq!(queue.pop(), Some(Outgoing::Logs("123456".into())));
+        queue.push_logs("abcdef".into(), 1); // 4 + 6: fits again
+        assert_eq!(queue.pop(), Some(Outgoing::Logs("7890".into())));
+        assert_eq!(queue.pop(), Some(Outgoing::Dropped(1)));
+        assert_eq!(queue.pop(), Some(Outgoing::Logs("abcdef".into())));
+        // One frame always fits, however large.
+        queue.push_logs("far more than ten bytes".into(), 1);
+        assert_eq!(
+            queue.pop(),
+            Some(Outgoing::Logs("far more than ten bytes".into()))
+        );
     }
 
     #[test]
