@@ -773,3 +773,76 @@ async fn serve_watch_reloads_when_the_file_or_a_component_changes() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strangers_upload_is_refused_before_its_body_is_read() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let host = HostProcess::multi(&api_only(""), &[]);
+    server_with(&host, "alices", "alice", &["1.0.0"]).await;
+    // Eight 60 MiB uploads from someone who may not deploy here: each sends
+    // its head and nothing more, and is answered anyway.
+    let bearer = token("mallory");
+    let mut answers = Vec::new();
+    for i in 0..8 {
+        let mut stream = tokio::net::TcpStream::connect(host.addr).await.unwrap();
+        let head = format!(
+            "PUT /api/servers/alices/versions/9.9.{i} HTTP/1.1\r\nHost: localhost\r\n\
+             authorization: Bearer {bearer}\r\ncontent-type: application/wasm\r\n\
+             content-length: {}\r\n\r\n",
+            60 << 20
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 512];
+        let n = tokio::time::timeout(support::PATIENCE, stream.read(&mut answer))
+            .await
+            .expect("answered without the body")
+            .unwrap();
+        answers.push(String::from_utf8_lossy(&answer[..n]).into_owned());
+    }
+    for answer in &answers {
+        assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    }
+    assert_eq!(
+        served_version(&host, "alices").await.as_deref(),
+        Ok("1.0.0")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_past_their_quota_is_refused_and_keeps_what_they_have() {
+    let hello = wasm("hello").len();
+    let host = HostProcess::multi(
+        &api_only(&format!(
+            "[host]\nmax_versions_per_owner = 2\nmax_bytes_per_owner = {}\n",
+            hello * 3
+        )),
+        &[],
+    );
+    server_with(&host, "one", "alice", &["1.0.0", "1.1.0"]).await;
+    let third = put_version(&host, "one", "1.2.0", "alice", "hello").await;
+    assert_eq!(third.status, 507, "{}", third.text());
+    assert!(
+        third.text().contains("max_versions_per_owner"),
+        "{}",
+        third.text()
+    );
+    // Bytes: the declared length alone is refused before the upload.
+    let host = HostProcess::multi(
+        &api_only(&format!(
+            "[host]\nmax_bytes_per_owner = {}\n",
+            hello * 2 + hello / 2
+        )),
+        &[],
+    );
+    server_with(&host, "one", "alice", &["1.0.0", "1.1.0"]).await;
+    let third = put_version(&host, "one", "1.2.0", "alice", "hello").await;
+    assert_eq!(third.status, 507, "{}", third.text());
+    assert!(
+        third.text().contains("max_bytes_per_owner"),
+        "{}",
+        third.text()
+    );
+    // Another owner is not held to alice's use.
+    server_with(&host, "two", "bob", &["1.0.0"]).await;
+    assert_eq!(served_version(&host, "one").await.as_deref(), Ok("1.1.0"));
+}

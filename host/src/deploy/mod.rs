@@ -366,6 +366,50 @@ impl Deployments {
         tenant.ok_or_else(|| DeployError::new(StatusCode::CONFLICT, "the server vanished"))
     }
 
+    /// Whether `caller` may deploy `version` of `slug`, `declared` bytes
+    /// long if the request says: decided from the path and headers alone,
+    /// before the body is read, so a stranger's upload is refused without
+    /// being buffered. [`Deployments::deploy`] decides again under the lock.
+    pub(crate) async fn may_deploy(
+        &self,
+        caller: &Caller,
+        slug: &str,
+        version: &str,
+        declared: Option<u64>,
+    ) -> Result<(), DeployError> {
+        let version = parse_version(version)?;
+        let (_, document) = self.begin().await?;
+        let record = self.changeable(&document, caller, slug)?;
+        if record.versions.contains_key(&version) {
+            return Ok(()); // the same bytes again is no change; other bytes, a conflict
+        }
+        self.within_quota(&document, &record.owner, declared.unwrap_or(0))
+    }
+
+    /// Whether `owner` may store one more version of `size` bytes
+    /// (`[host] max_versions_per_owner`, `max_bytes_per_owner`): without a
+    /// quota one owner could fill `state_dir` for everyone.
+    fn within_quota(&self, document: &Document, owner: &str, size: u64) -> Result<(), DeployError> {
+        let (mut versions, mut bytes) = (0usize, 0u64);
+        for record in document.servers.values().filter(|r| r.owner == owner) {
+            versions += record.versions.len();
+            bytes += record.versions.values().map(|p| p.size).sum::<u64>();
+        }
+        let refuse = |what: String| Err(DeployError::new(StatusCode::INSUFFICIENT_STORAGE, what));
+        if versions >= self.host.max_versions_per_owner {
+            return refuse(format!(
+                "{owner} already has {versions} versions deployed, the most an owner may have                  ([host] max_versions_per_owner): delete some first"
+            ));
+        }
+        if bytes + size > self.host.max_bytes_per_owner {
+            return refuse(format!(
+                "{owner}'s versions take {bytes} bytes; {size} more would pass the {} an owner                  may store ([host] max_bytes_per_owner): delete some first",
+                self.host.max_bytes_per_owner
+            ));
+        }
+        Ok(())
+    }
+
     /// `PUT /api/servers/{slug}/versions/{version}`: compiles and validates
     /// `wasm` as at start, stores it, and makes it live.
     pub(crate) async fn deploy(
@@ -393,6 +437,7 @@ impl Deployments {
                 ))
             };
         }
+        self.within_quota(&document, &record.owner, wasm.len() as u64)?;
         let pre = self.compile(wasm.clone(), sha256.clone()).await?;
         durable
             .put_component(&sha256, &wasm)

@@ -90,6 +90,10 @@ async fn answer(
             )
         }
         (&Method::PUT, ["servers", slug, "versions", version]) => {
+            let declared = declared_length(request.headers());
+            deployments
+                .may_deploy(caller, slug, version, declared)
+                .await?;
             let wasm = read_component(request, max_component_bytes).await?;
             match deployments.deploy(caller, slug, version, wasm).await? {
                 Deployed::Created(tenant) => json_response(
@@ -197,6 +201,14 @@ fn view(tenant: &Tenant) -> Value {
     })
 }
 
+/// What `Content-Length` says, if it says.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 /// A deploy's body: the component's bytes, at most `max` (413 past it,
 /// before reading when `Content-Length` says so).
 async fn read_component(request: Request<RequestBody>, max: u64) -> Result<Bytes, DeployError> {
@@ -216,11 +228,7 @@ async fn read_component(request: Request<RequestBody>, max: u64) -> Result<Bytes
             format!("a component may have at most {max} bytes ([host] max_component_bytes)"),
         )
     };
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(request.headers());
     if declared.is_some_and(|length| length > max) {
         return Err(too_large());
     }

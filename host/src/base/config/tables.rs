@@ -40,6 +40,11 @@ pub struct HostSettings {
     /// connection is ready for one (after connecting, after each response):
     /// half-open and idle keep-alive connections are closed after it.
     pub header_read_timeout_secs: u64,
+    /// Versions one owner may have deployed through the API, across their
+    /// servers.
+    pub max_versions_per_owner: usize,
+    /// Bytes of components one owner may have stored in `state_dir`.
+    pub max_bytes_per_owner: u64,
     /// How long a request body (to a tenant, the dashboard or the API) may
     /// send nothing before its read fails and its connection is closed.
     pub body_read_timeout_secs: u64,
@@ -105,6 +110,8 @@ impl Default for HostSettings {
             shutdown_grace_secs: 10,
             header_read_timeout_secs: 10,
             body_read_timeout_secs: 10,
+            max_versions_per_owner: 200,
+            max_bytes_per_owner: 2 << 30,
             max_connections: None,
             max_connections_per_ip: 256,
             max_header_bytes: 64 * 1024,
