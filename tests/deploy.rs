@@ -846,3 +846,68 @@ async fn an_owner_past_their_quota_is_refused_and_keeps_what_they_have() {
     server_with(&host, "two", "bob", &["1.0.0"]).await;
     assert_eq!(served_version(&host, "one").await.as_deref(), Ok("1.1.0"));
 }
+
+/// The next `closing` frame's reason (frames before it are skipped).
+async fn closing_reason(viewer: &mut support::Viewer) -> String {
+    loop {
+        let frame = viewer.frame().await;
+        if frame["type"] == "closing" {
+            return frame["reason"].as_str().unwrap_or_default().to_string();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_stream_follows_its_viewers_authority() {
+    let hello = guest("hello");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tenants.toml");
+    let given = tenant_toml("given", "alice", "active", &[("1.0.0", &hello)]);
+    let kept = tenant_toml("kept", "alice", "active", &[("1.0.0", &hello)]);
+    std::fs::write(&config, api_only(&format!("{given}{kept}"))).unwrap();
+    let host = HostProcess::multi_at(&config, &[]);
+    server_with(&host, "paused", "alice", &["1.0.0"]).await;
+
+    // A token that expires while its stream is open.
+    let short = mctx_host::auth::Sessions::new(support::TEST_SECRET.as_bytes())
+        .unwrap()
+        .mint("alice", std::time::Duration::from_secs(2));
+    let cookie = format!("session={short}");
+    let mut expiring = host
+        .try_viewer("/log-stream/kept", &[("cookie", cookie.as_str())])
+        .await
+        .expect("admitted while the token is valid");
+    let mut paused = host.viewer("paused", "", "alice").await;
+    let mut given_away = host.viewer("given", "", "alice").await;
+    let mut stays = host.viewer("kept", "", "alice").await;
+
+    let reason = closing_reason(&mut expiring).await;
+    assert!(reason.contains("session expired"), "{reason}");
+
+    // Made inactive through the API.
+    let patched = api(
+        &host,
+        "PATCH",
+        "/api/servers/paused",
+        "alice",
+        Body::Json(json!({ "status": "inactive" })),
+    )
+    .await;
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    let reason = closing_reason(&mut paused).await;
+    assert!(reason.contains("inactive"), "{reason}");
+
+    // Given to bob by a reload of the tenants file: alice saw bob's
+    // requests until now.
+    let given = tenant_toml("given", "bob", "active", &[("1.0.0", &hello)]);
+    std::fs::write(&config, api_only(&format!("{given}{kept}"))).unwrap();
+    let reload = api(&host, "POST", "/api/reload", ROOT, Body::None).await;
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    let reason = closing_reason(&mut given_away).await;
+    assert!(reason.contains("do not own"), "{reason}");
+
+    // A viewer whose authority stands keeps its stream.
+    let reply = host.get("kept.localhost", "/").await;
+    let id = reply.header("x-request-id").unwrap().to_string();
+    assert!(!stays.request_entries(&id).await.is_empty());
+}

@@ -77,7 +77,10 @@ impl ControlPlane {
                     "use GET (a WebSocket upgrade)",
                 );
             }
-            return self.streams.handle(tenants, request, slug, query).await;
+            return self
+                .streams
+                .handle(self.deployments.live(), request, slug, query)
+                .await;
         }
         match (request.method(), route) {
             (&Method::GET, "/healthz") => json_response(

@@ -25,14 +25,14 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use crate::base::auth::Sessions;
+use crate::base::auth::{Claims, Sessions, unix_now};
 use crate::base::config::Status;
 use crate::base::responses::{Body, error_response, full_body};
 use crate::base::transport::RequestBody;
 use crate::logs::cluster::{Admission, Cluster};
 use crate::logs::hub::{Closed, LogHub, Outgoing, SubscribeError, Subscription};
 use crate::logs::wire::{Filter, Frame};
-use crate::run::tenants::TenantRegistry;
+use crate::run::tenants::{LiveTenants, Tenant, TenantRegistry};
 
 /// Everything the endpoint needs. Its limits and timers are the hub's
 /// `[logs]` settings.
@@ -105,14 +105,18 @@ impl LogStreams {
     /// Switching Protocols` with the viewer running in its own task.
     pub(crate) async fn handle(
         &self,
-        tenants: &TenantRegistry,
+        live: &Arc<LiveTenants>,
         mut request: Request<RequestBody>,
         slug: &str,
         query: &str,
     ) -> Response<Body> {
+        // Subscribed to swaps before the check, so that no change between
+        // the check and the stream goes unseen.
+        let swaps = live.swaps();
+        let tenants = live.snapshot();
         let admitted = self
-            .authorize(tenants, request.headers(), slug)
-            .and_then(|()| {
+            .authorize(&tenants, request.headers(), slug)
+            .and_then(|claims| {
                 // Checked before the upgrade headers, so that a plain GET (what a
                 // browser can send to learn why its WebSocket failed) learns it.
                 let max = self.hub.settings().max_viewers_per_slug;
@@ -127,9 +131,9 @@ impl LogStreams {
                     .hub
                     .subscribe(slug, filter)
                     .map_err(|SubscribeError::Full { max }| full(slug, max))?;
-                Ok((accept, subscription))
+                Ok((accept, subscription, claims))
             });
-        let (accept, subscription) = match admitted {
+        let (accept, subscription, claims) = match admitted {
             Ok(admitted) => admitted,
             Err(refusal) => {
                 self.refused.count(refusal.status);
@@ -153,6 +157,7 @@ impl LogStreams {
             write_timeout: settings.slow_viewer_grace(),
         };
         let span = tracing::info_span!("viewer", slug);
+        let live = live.clone();
         let viewer = async move {
             match upgrade.await {
                 Ok(upgraded) => {
@@ -163,7 +168,13 @@ impl LogStreams {
                         Some(viewer_socket_config()),
                     )
                     .await;
-                    run_viewer(socket, subscription, timers).await;
+                    let authority = Authority {
+                        live,
+                        swaps,
+                        user: claims.sub,
+                        expires: claims.exp,
+                    };
+                    run_viewer(socket, subscription, timers, authority).await;
                 }
                 Err(e) => tracing::debug!("log stream upgrade failed: {e}"),
             }
@@ -190,31 +201,40 @@ impl LogStreams {
         tenants: &TenantRegistry,
         headers: &HeaderMap,
         slug: &str,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Claims, Refusal> {
         crate::base::auth::check_origin(headers, &self.allowed_origins)
             .map_err(|why| Refusal::new(StatusCode::FORBIDDEN, why))?;
-        let user = self
+        let claims = self
             .sessions
-            .authenticate(headers)
+            .authenticate_claims(headers)
             .map_err(|e| Refusal::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
-        let tenant = tenants.get(slug).ok_or_else(|| {
-            Refusal::new(StatusCode::NOT_FOUND, format!("unknown server {slug:?}"))
-        })?;
-        if tenant.owner != user {
-            return Err(Refusal::new(
-                StatusCode::FORBIDDEN,
-                format!("you do not own server {slug:?}"),
-            ));
-        }
-        if tenant.status != Status::Active {
-            return Err(Refusal::new(
-                StatusCode::FORBIDDEN,
-                format!("server {slug:?} is inactive: logs are only available for active servers"),
-            ));
-        }
-        Ok(())
+        may_watch(tenants.get(slug).map(|t| &**t), &claims.sub, slug)?;
+        Ok(claims)
     }
+}
 
+/// The rules that outlive the upgrade: `user` owns `slug`, which exists
+/// and is active. Checked at the upgrade and again whenever the tenants
+/// change while the stream is open.
+fn may_watch(tenant: Option<&Tenant>, user: &str, slug: &str) -> Result<(), Refusal> {
+    let tenant = tenant
+        .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("unknown server {slug:?}")))?;
+    if tenant.owner != user {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            format!("you do not own server {slug:?}"),
+        ));
+    }
+    if tenant.status != Status::Active {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            format!("server {slug:?} is inactive: logs are only available for active servers"),
+        ));
+    }
+    Ok(())
+}
+
+impl LogStreams {
     /// Shutdown: closes every viewer (a `closing` frame, then close code
     /// 1001) and waits up to `grace` for them to be gone.
     pub(crate) async fn close_all(&self, grace: Duration) {
@@ -287,12 +307,30 @@ fn websocket_accept(headers: &HeaderMap) -> Result<String, &'static str> {
     Ok(derive_accept_key(key.as_bytes()))
 }
 
+/// What an open stream was granted on, to be checked again: the viewer's
+/// session ends at `expires`, and every change of the tenants may take the
+/// server away from `user` (another owner, inactive, deleted).
+struct Authority {
+    live: Arc<LiveTenants>,
+    swaps: tokio::sync::watch::Receiver<()>,
+    user: String,
+    /// Seconds since the epoch.
+    expires: u64,
+}
+
 /// Pumps frames to one viewer until it leaves, idles out, falls too far
-/// behind, or the socket fails.
-async fn run_viewer<S>(socket: WebSocketStream<S>, subscription: Subscription, timers: Timers)
-where
+/// behind, loses its authority, or the socket fails.
+async fn run_viewer<S>(
+    socket: WebSocketStream<S>,
+    subscription: Subscription,
+    timers: Timers,
+    mut authority: Authority,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let left = Duration::from_secs(authority.expires.saturating_sub(unix_now()));
+    let expired = tokio::time::sleep(left);
+    tokio::pin!(expired);
     let (mut outgoing, mut incoming) = socket.split();
     let mut ping = tokio::time::interval_at(
         tokio::time::Instant::now() + timers.ping_interval,
@@ -347,6 +385,17 @@ where
                 CloseCode::Normal,
                 format!("idle: no activity from this viewer for {} s", timers.idle_timeout.as_secs()),
             )),
+            () = &mut expired => break Some((
+                CloseCode::Policy,
+                "your session expired: sign in again to keep watching".to_string(),
+            )),
+            Ok(()) = authority.swaps.changed() => {
+                let slug = subscription.slug();
+                let tenant = authority.live.get(slug);
+                if let Err(refusal) = may_watch(tenant.as_deref(), &authority.user, slug) {
+                    break Some((CloseCode::Policy, refusal.reason));
+                }
+            }
         }
     };
     tracing::debug!(slug = subscription.slug(), ?close, "log viewer leaving");

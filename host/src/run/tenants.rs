@@ -304,25 +304,39 @@ pub(crate) const FILE_DEPLOYER: &str = "tenants file";
 ///
 /// Only `crate::deploy` replaces it, one change at a time (its lock), so a
 /// read-modify-write of the snapshot never loses another's change.
-pub(crate) struct LiveTenants(ArcSwap<TenantRegistry>);
+pub(crate) struct LiveTenants {
+    current: ArcSwap<TenantRegistry>,
+    /// Ticks on every swap: what an open log stream watches to re-check
+    /// that its viewer may still see the server (owner, status, deleted).
+    swapped: tokio::sync::watch::Sender<()>,
+}
 
 impl LiveTenants {
     pub(crate) fn new(registry: TenantRegistry) -> Self {
-        LiveTenants(ArcSwap::from_pointee(registry))
+        LiveTenants {
+            current: ArcSwap::from_pointee(registry),
+            swapped: tokio::sync::watch::Sender::new(()),
+        }
+    }
+
+    /// A receiver that is told of every swap from now on.
+    pub(crate) fn swaps(&self) -> tokio::sync::watch::Receiver<()> {
+        self.swapped.subscribe()
     }
 
     /// The current snapshot, for as long as the caller needs it.
     pub(crate) fn snapshot(&self) -> Arc<TenantRegistry> {
-        self.0.load_full()
+        self.current.load_full()
     }
 
     /// One tenant of the current snapshot: what a request runs on.
     pub(crate) fn get(&self, slug: &str) -> Option<Arc<Tenant>> {
-        self.0.load().get(slug).cloned()
+        self.current.load().get(slug).cloned()
     }
 
     pub(crate) fn replace(&self, registry: TenantRegistry) {
-        self.0.store(Arc::new(registry));
+        self.current.store(Arc::new(registry));
+        self.swapped.send_replace(());
     }
 }
 
