@@ -322,6 +322,70 @@ async fn env_and_secrets_reach_the_guest_and_printed_secrets_arrive_redacted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_redacted_in_every_form_a_guest_prints_them() {
+    const API_KEY: &str = "sk-test-0123456789abcdef";
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        file
+    };
+    let (lf, crlf) = (
+        write("lf", "first-line-secret\nsecond-line-secret\n"),
+        write("crlf", "first-crlf-secret\r\nsecond-crlf-secret\r\n"),
+    );
+    let config = tenant(
+        "secretive",
+        &format!(
+            "secrets = {{ API_KEY = {{ env = \"MCTX_TEST_API_KEY\" }}, LF = {{ file = {lf:?} }}, \
+             CRLF = {{ file = {crlf:?} }} }}"
+        ),
+    );
+    let host = HostProcess::multi_with_env(&config, &[], &[("MCTX_TEST_API_KEY", API_KEY)]);
+    let mut viewer = host.viewer("secretive", "", "alice").await;
+    let clear = [
+        API_KEY,
+        "first-line-secret",
+        "second-line-secret",
+        "first-crlf-secret",
+        "second-crlf-secret",
+    ];
+    for (name, form) in [
+        ("LF", ""),
+        ("CRLF", ""),
+        ("API_KEY", "json"),
+        ("LF", "json"),
+        ("API_KEY", "url"),
+        ("API_KEY", "base64"),
+    ] {
+        let reply = host
+            .get(
+                "secretive.localhost",
+                &format!("/env?name={name}&as={form}"),
+            )
+            .await;
+        assert_eq!(reply.status, 200);
+        let id = reply.header("x-request-id").unwrap().to_string();
+        let entries = viewer.request_entries(&id).await;
+        let shown = serde_json::to_string(&entries).unwrap();
+        assert!(shown.contains("[REDACTED]"), "{name} as {form:?}: {shown}");
+        for secret in clear {
+            assert!(
+                !shown.contains(secret),
+                "{name} as {form:?} shows {secret}: {shown}"
+            );
+        }
+        let encoded: String = API_KEY.bytes().map(|b| format!("%{b:02X}")).collect();
+        assert!(!shown.contains(&encoded), "{shown}");
+        assert!(
+            !shown.contains("c2stdGVzdC0wMTIzNDU2Nzg5YWJjZGVm"),
+            "{shown}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_or_unsafe_secret_source_is_refused_naming_tenant_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let shared = dir.path().join("shared");

@@ -11,7 +11,9 @@
 //! Two paths show what a tenant may reach (the host's `allowed_outbound_hosts`,
 //! `env` and `secrets`):
 //! - `/env?name=NAME` answers with the environment variable's value and
-//!   prints it, the way a careless tenant would: the host redacts secrets;
+//!   prints it, the way a careless tenant would: the host redacts secrets
+//!   (`&as=json`: every character `\uXXXX`-escaped in a structured line;
+//!   `&as=url`: percent-encoded; `&as=base64`: as `Basic` credentials);
 //! - `/read?path=PATH` answers with a file's text (from a `--dir` grant);
 //! - `/fetch` makes `x-fetch-times` (default 1) GET requests to the URL in
 //!   the `x-fetch-url` header and answers with each one's status and body, or
@@ -34,7 +36,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
         let path = path_with_query(&request);
         let (route, query) = split_query(&path);
         match route {
-            "/env" => return env(out, query_param(query, "name").unwrap_or_default()),
+            "/env" => {
+                let name = query_param(query, "name").unwrap_or_default();
+                return env(out, name, query_param(query, "as"));
+            }
             "/read" => return read(out, query_param(query, "path").unwrap_or_default()),
             "/fetch" => return fetch(&request, out),
             _ => {}
@@ -99,12 +104,48 @@ fn method_name(method: &Method) -> String {
     }
 }
 
-/// `/env?name=NAME`: the variable's value, also printed.
-fn env(out: ResponseOutparam, name: &str) {
+/// `/env?name=NAME[&as=FORM]`: the variable's value, also printed.
+fn env(out: ResponseOutparam, name: &str, form: Option<&str>) {
     let value = std::env::var(name).ok();
-    println!("env {name}={}", value.as_deref().unwrap_or("(not set)"));
+    let shown = value.as_deref().unwrap_or("(not set)");
+    match form {
+        // Every character as a JSON `\uXXXX` escape, in a structured line.
+        Some("json") => {
+            let escaped: String = shown
+                .chars()
+                .map(|c| format!("\\u{:04x}", c as u32))
+                .collect();
+            println!(r#"{{"message": "env {name}={escaped}", "value": "{escaped}"}}"#);
+        }
+        Some("url") => {
+            let encoded: String = shown.bytes().map(|b| format!("%{b:02X}")).collect();
+            println!("env {name}={encoded}");
+        }
+        Some("base64") => println!("env {name}=Basic {}", base64(&format!("user:{shown}"))),
+        _ => println!("env {name}={shown}"),
+    }
     let body = json!({ "name": name, "value": value });
     respond(out, 200, "application/json", body.to_string().as_bytes());
+}
+
+/// Standard base64 with padding: what an `Authorization: Basic` header holds.
+fn base64(text: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in text.as_bytes().chunks(3) {
+        let bits = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &b)| acc | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(bits >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// `/read?path=PATH`: a file's text from a directory the host granted.

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::logs::entry::{
     Exception, Level, LogEntry, MAX_MESSAGE_BYTES, RequestMeta, Stream, now_ms, truncate_message,
 };
-use crate::logs::redact::redact;
+use crate::logs::redact::{redact, redact_fields};
 use crate::logs::sink::LogSink;
 pub use crate::logs::stdio::{CaptureStream, OutputTarget};
 
@@ -164,6 +164,14 @@ impl LineBuffer {
         let mut line = String::from_utf8_lossy(&self.bytes).into_owned();
         redact(&mut line, secrets, cut || self.overflowed);
         let mut entry = LogEntry::from_line(meta.clone(), stream, timestamp, line);
+        if !secrets.is_empty() {
+            // A structured line's message and fields come from parsing it:
+            // a JSON escape has turned back into the secret's own text.
+            redact(&mut entry.message, secrets, false);
+            if let Some(fields) = &mut entry.fields {
+                redact_fields(fields, secrets);
+            }
+        }
         entry.truncated |= self.overflowed;
         self.bytes.clear();
         self.overflowed = false;

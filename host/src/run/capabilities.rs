@@ -102,7 +102,7 @@ impl Capabilities {
             .or(host.max_concurrent_per_tenant)
             .unwrap_or(fair_share) as usize;
         let max_queued = spec.max_queued.map_or(max_concurrent, |n| n as usize);
-        let (env, mut secrets) = Self::environment(spec, problems);
+        let (env, secrets) = Self::environment(spec, problems);
         let mut request_headers = Vec::new();
         for (name, value) in &spec.request_headers {
             match (
@@ -121,9 +121,9 @@ impl Capabilities {
                 ));
             }
         }
-        // Longest first, so that a secret containing another is replaced
-        // whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        // Every spelling a guest could print, longest first, so that a
+        // form containing another is replaced whole.
+        let secrets = crate::logs::redact::forms_of(&secrets);
         Capabilities {
             limits,
             gate: Gate::new(max_concurrent, max_queued),
