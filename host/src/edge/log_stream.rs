@@ -391,8 +391,11 @@ async fn run_viewer<S>(
             )),
             Ok(()) = authority.swaps.changed() => {
                 let slug = subscription.slug();
-                let tenant = authority.live.get(slug);
-                if let Err(refusal) = may_watch(tenant.as_deref(), &authority.user, slug) {
+                // A deleted server's viewers are closed by its hub, with
+                // who deleted it: only a server still here is checked.
+                if let Some(tenant) = authority.live.get(slug)
+                    && let Err(refusal) = may_watch(Some(&tenant), &authority.user, slug)
+                {
                     break Some((CloseCode::Policy, refusal.reason));
                 }
             }
