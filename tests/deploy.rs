@@ -810,40 +810,28 @@ async fn a_strangers_upload_is_refused_before_its_body_is_read() {
     );
 }
 
+/// A host with `[host]` `limits` on which alice has versions 1.0.0 and
+/// 1.1.0 of `one`: her third is refused with 507, naming `limit`.
+async fn third_version_refused(limits: &str, limit: &str) -> HostProcess {
+    let host = HostProcess::multi(&api_only(&format!("[host]\n{limits}\n")), &[]);
+    server_with(&host, "one", "alice", &["1.0.0", "1.1.0"]).await;
+    let third = put_version(&host, "one", "1.2.0", "alice", "hello").await;
+    assert_eq!(third.status, 507, "{}", third.text());
+    assert!(third.text().contains(limit), "{}", third.text());
+    host
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_past_their_quota_is_refused_and_keeps_what_they_have() {
     let hello = wasm("hello").len();
-    let host = HostProcess::multi(
-        &api_only(&format!(
-            "[host]\nmax_versions_per_owner = 2\nmax_bytes_per_owner = {}\n",
-            hello * 3
-        )),
-        &[],
+    let versions = format!(
+        "max_versions_per_owner = 2\nmax_bytes_per_owner = {}",
+        hello * 3
     );
-    server_with(&host, "one", "alice", &["1.0.0", "1.1.0"]).await;
-    let third = put_version(&host, "one", "1.2.0", "alice", "hello").await;
-    assert_eq!(third.status, 507, "{}", third.text());
-    assert!(
-        third.text().contains("max_versions_per_owner"),
-        "{}",
-        third.text()
-    );
+    third_version_refused(&versions, "max_versions_per_owner").await;
     // Bytes: the declared length alone is refused before the upload.
-    let host = HostProcess::multi(
-        &api_only(&format!(
-            "[host]\nmax_bytes_per_owner = {}\n",
-            hello * 2 + hello / 2
-        )),
-        &[],
-    );
-    server_with(&host, "one", "alice", &["1.0.0", "1.1.0"]).await;
-    let third = put_version(&host, "one", "1.2.0", "alice", "hello").await;
-    assert_eq!(third.status, 507, "{}", third.text());
-    assert!(
-        third.text().contains("max_bytes_per_owner"),
-        "{}",
-        third.text()
-    );
+    let bytes = format!("max_bytes_per_owner = {}", hello * 2 + hello / 2);
+    let host = third_version_refused(&bytes, "max_bytes_per_owner").await;
     // Another owner is not held to alice's use.
     server_with(&host, "two", "bob", &["1.0.0"]).await;
     assert_eq!(served_version(&host, "one").await.as_deref(), Ok("1.1.0"));

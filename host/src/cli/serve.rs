@@ -248,6 +248,7 @@ impl ServeArgs {
                 .get_or_insert_with(|| ClusterSettings::new(url.clone()));
             cluster.nats_url = CredentialUrl::new(url.clone());
         }
+        // In the order of `ClusterSettings::nats_files`.
         let nats_files = [
             (&self.nats_creds, "--nats-creds"),
             (&self.nats_token_file, "--nats-token-file"),
@@ -259,18 +260,15 @@ impl ServeArgs {
             let Some(cluster) = &mut config.cluster else {
                 anyhow::bail!("{flag} is for a cluster: add --nats-url or a [cluster] table");
             };
-            let given = |flag: &Option<PathBuf>, setting: &mut Option<PathBuf>| {
-                if flag.is_some() {
-                    setting.clone_from(flag);
+            for ((given, _), setting) in nats_files.iter().zip(cluster.nats_files()) {
+                if given.is_some() {
+                    setting.clone_from(given);
                 }
-            };
-            given(&self.nats_creds, &mut cluster.nats_creds);
-            given(&self.nats_token_file, &mut cluster.nats_token_file);
-            given(&self.nats_tls_ca, &mut cluster.nats_tls_ca);
-            given(&self.nats_tls_cert, &mut cluster.nats_tls_cert);
-            given(&self.nats_tls_key, &mut cluster.nats_tls_key);
-            if cluster.nats_creds.is_some() && cluster.nats_token_file.is_some() {
-                anyhow::bail!("a NATS credentials file and a token file: choose one");
+            }
+            let mut problems = Vec::new();
+            cluster.check(&mut problems);
+            if !problems.is_empty() {
+                anyhow::bail!("{}", problems.join("; "));
             }
         }
         if let Some(node) = &self.node {

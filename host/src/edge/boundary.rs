@@ -125,9 +125,8 @@ fn set_cookie_allowed(value: &[u8], origin: TenantOrigin) -> bool {
         key.trim().eq_ignore_ascii_case("domain")
     });
     // A `Domain` cookie reaches sibling hosts: the control plane and other tenants.
-    let reaches_others = has_domain;
     let names_ours = origin == TenantOrigin::Single && is_session_name(name);
-    !reaches_others && !names_ours
+    !has_domain && !names_ours
 }
 
 /// `session`, as a browser might store or match it: any case, any

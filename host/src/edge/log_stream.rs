@@ -355,9 +355,9 @@ async fn run_viewer<S>(
                     }
                     outgoing.flush().await.map(|()| None)
                 };
-                match tokio::time::timeout(timers.write_timeout, write).await {
-                    Ok(Ok(None)) => {}
-                    Ok(Ok(Some(closed))) => {
+                match bounded(timers.write_timeout, write).await {
+                    Ok(None) => {}
+                    Ok(Some(closed)) => {
                         let code = match closed {
                             Closed::TooSlow(_) => CloseCode::Policy,
                             Closed::ShuttingDown => CloseCode::Away,
@@ -365,8 +365,7 @@ async fn run_viewer<S>(
                         };
                         break Some((code, closed.reason()));
                     }
-                    Ok(Err(_)) => break None,
-                    Err(_) => break Some((CloseCode::Policy, not_reading(timers.write_timeout))),
+                    Err(leaving) => break leaving,
                 }
             }
             message = incoming.next() => match message {
@@ -375,10 +374,8 @@ async fn run_viewer<S>(
             },
             _ = ping.tick() => {
                 let ping = outgoing.send(Message::Ping(Default::default()));
-                match tokio::time::timeout(timers.write_timeout, ping).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => break None,
-                    Err(_) => break Some((CloseCode::Policy, not_reading(timers.write_timeout))),
+                if let Err(leaving) = bounded(timers.write_timeout, ping).await {
+                    break leaving;
                 }
             }
             () = &mut idle => break Some((
@@ -425,12 +422,25 @@ async fn run_viewer<S>(
     let _ = tokio::time::timeout(timers.write_timeout, goodbye).await;
 }
 
-/// The slow-viewer reason for a socket that takes no bytes.
-fn not_reading(after: Duration) -> String {
-    format!(
-        "too slow: this viewer took no frames for {} s (it is not reading)",
-        after.as_secs()
-    )
+/// A write to the viewer that must finish within `after`. `Err` says how
+/// the viewer leaves: `None` when its socket failed (nothing more can be
+/// sent), a close with the slow-viewer reason when it took nothing for
+/// that long (it is not reading).
+async fn bounded<T, E>(
+    after: Duration,
+    write: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, Option<(CloseCode, String)>> {
+    match tokio::time::timeout(after, write).await {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(_)) => Err(None),
+        Err(_) => Err(Some((
+            CloseCode::Policy,
+            format!(
+                "too slow: this viewer took no frames for {} s (it is not reading)",
+                after.as_secs()
+            ),
+        ))),
+    }
 }
 
 #[cfg(test)]

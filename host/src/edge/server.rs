@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-
-use crate::base::transport::RequestBody;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -22,7 +20,7 @@ use tracing::Instrument as _;
 use crate::base::config::Status;
 use crate::base::refusals::{Refusal, Refusals};
 use crate::base::responses::{Body, busy_response, error_response};
-use crate::base::transport::OverTls;
+use crate::base::transport::{OverTls, RequestBody};
 use crate::edge::boundary;
 use crate::edge::connections::{BusyGuard, Connections, Refused, Ticket};
 use crate::edge::control::ControlPlane;
@@ -68,7 +66,7 @@ impl FrontDoor {
     /// only.
     pub(crate) async fn handle(
         &self,
-        request: Request<RequestBody>,
+        mut request: Request<RequestBody>,
         reserve: bool,
     ) -> Response<Body> {
         let authority = request
@@ -89,7 +87,6 @@ impl FrontDoor {
             .to_string();
         // HTTP/2 carries the host in `:authority`, not `Host`: give every
         // layer above (the Origin checks, the guest) the one header.
-        let mut request = request;
         if !request.headers().contains_key(http::header::HOST)
             && let Some(value) = authority
                 .as_deref()

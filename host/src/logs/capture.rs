@@ -163,8 +163,11 @@ impl LineBuffer {
         };
         let mut line = String::from_utf8_lossy(&self.bytes).into_owned();
         redact(&mut line, secrets, cut || self.overflowed);
+        // Only a line that may be JSON is parsed (`LogEntry::from_line`);
+        // any other line's message is the line, redacted above.
+        let parsed = !secrets.is_empty() && line.trim_start().starts_with('{');
         let mut entry = LogEntry::from_line(meta.clone(), stream, timestamp, line);
-        if !secrets.is_empty() {
+        if parsed {
             // A structured line's message and fields come from parsing it:
             // a JSON escape has turned back into the secret's own text.
             redact(&mut entry.message, secrets, false);

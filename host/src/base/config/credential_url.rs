@@ -33,8 +33,7 @@ impl CredentialUrl {
     /// lone token. (The NATS client parses it but does not send it.)
     pub fn userinfo(&self) -> Option<Userinfo> {
         let first = self.0.split(',').next()?.trim();
-        let rest = first.split_once("://").map_or(first, |(_, rest)| rest);
-        let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+        let (_, authority, _) = split_url(first);
         let (userinfo, _) = authority.rsplit_once('@')?;
         Some(match userinfo.split_once(':') {
             Some((user, password)) => Userinfo::UserPassword(user.into(), password.into()),
@@ -78,13 +77,18 @@ pub fn without_userinfo(text: &str) -> Cow<'_, str> {
     Cow::Owned(parts.join(","))
 }
 
-fn one_without_userinfo(url: &str) -> String {
+/// `scheme://`, the authority and the rest of a URL (no scheme: `""`).
+fn split_url(url: &str) -> (&str, &str, &str) {
     let (scheme, rest) = match url.find("://") {
         Some(at) => url.split_at(at + 3),
         None => ("", url),
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
+    let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    (scheme, authority, path)
+}
+
+fn one_without_userinfo(url: &str) -> String {
+    let (scheme, authority, path) = split_url(url);
     match authority.rfind('@') {
         Some(at) => format!("{scheme}{}{path}", &authority[at + 1..]),
         None => url.to_string(),

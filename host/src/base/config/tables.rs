@@ -208,13 +208,8 @@ impl HostSettings {
     }
 
     /// Resolves the TLS files against the tenants file's directory.
-    pub(super) fn resolve_paths(&mut self, base: &std::path::Path) {
-        for path in [&mut self.tls_cert, &mut self.tls_key]
-            .into_iter()
-            .flatten()
-        {
-            *path = base.join(&*path);
-        }
+    pub(super) fn resolve_paths(&mut self, base: &Path) {
+        relative_to(base, [&mut self.tls_cert, &mut self.tls_key]);
     }
 
     pub fn slug_cooling_off(&self) -> Duration {
@@ -386,7 +381,8 @@ impl ClusterSettings {
         }
     }
 
-    pub(super) fn check(&self, problems: &mut Vec<String>) {
+    /// Problems with these settings, each a line for the operator.
+    pub fn check(&self, problems: &mut Vec<String>) {
         if self.nats_url.is_blank() {
             problems.push("[cluster] nats_url cannot be empty".to_string());
         }
@@ -406,19 +402,19 @@ impl ClusterSettings {
 
     /// Makes the files' paths relative to the tenants file's folder.
     pub(super) fn resolve_paths(&mut self, base: &Path) {
-        // `base.join` keeps an absolute path as it is.
-        for path in [
+        relative_to(base, self.nats_files());
+    }
+
+    /// The files this host proves itself to NATS with, in the order of
+    /// their `--nats-*` flags: creds, token, TLS CA, cert, key.
+    pub fn nats_files(&mut self) -> [&mut Option<PathBuf>; 5] {
+        [
             &mut self.nats_creds,
             &mut self.nats_token_file,
             &mut self.nats_tls_ca,
             &mut self.nats_tls_cert,
             &mut self.nats_tls_key,
         ]
-        .into_iter()
-        .flatten()
-        {
-            *path = base.join(&*path);
-        }
     }
 
     /// Problems with a node name, if any (it goes into JSON and log lines,
@@ -440,5 +436,13 @@ impl ClusterSettings {
 
     pub fn viewer_lease(&self) -> Duration {
         Duration::from_secs(self.viewer_lease_secs)
+    }
+}
+
+/// Paths given relative to the tenants file, made relative to `base` (its
+/// folder); `base.join` keeps an absolute path as it is.
+fn relative_to<'a>(base: &Path, paths: impl IntoIterator<Item = &'a mut Option<PathBuf>>) {
+    for path in paths.into_iter().flatten() {
+        *path = base.join(&*path);
     }
 }

@@ -33,6 +33,15 @@ pub(crate) enum Outgoing {
 }
 
 impl Outgoing {
+    /// What this frame counts against `viewer_queue_bytes`: a `logs`
+    /// frame's JSON; the small frames count nothing.
+    fn queued_bytes(&self) -> u64 {
+        match self {
+            Outgoing::Logs(json) => json.len() as u64,
+            _ => 0,
+        }
+    }
+
     /// The frame's JSON text (`Closed` becomes a `closing` frame).
     pub(crate) fn to_json(&self) -> String {
         match self {
@@ -95,9 +104,8 @@ pub(super) struct ViewerQueue {
 #[derive(Default)]
 struct ViewerState {
     frames: VecDeque<Outgoing>,
-    /// Entries and bytes of `frames`' `logs` frames, kept in step with
-    /// `frames`.
-    queued: VecDeque<(u64, u64)>,
+    /// Entries in `frames`' `logs` frames, kept in step with `frames`.
+    queued: VecDeque<u64>,
     queued_entries: u64,
     queued_bytes: u64,
     /// Entries missed since the last frame that got through.
@@ -109,14 +117,10 @@ struct ViewerState {
 
 impl ViewerState {
     fn push(&mut self, frame: Outgoing, entries: u64) {
-        let bytes = match &frame {
-            Outgoing::Logs(json) => json.len() as u64,
-            _ => 0,
-        };
+        self.queued_bytes += frame.queued_bytes();
         self.frames.push_back(frame);
-        self.queued.push_back((entries, bytes));
+        self.queued.push_back(entries);
         self.queued_entries += entries;
-        self.queued_bytes += bytes;
     }
 }
 
@@ -216,9 +220,9 @@ impl ViewerQueue {
     pub(super) fn pop(&self) -> Option<Outgoing> {
         let mut state = lock(&self.state);
         if let Some(frame) = state.frames.pop_front() {
-            let (entries, bytes) = state.queued.pop_front().unwrap_or((0, 0));
+            let entries = state.queued.pop_front().unwrap_or(0);
             state.queued_entries -= entries;
-            state.queued_bytes -= bytes;
+            state.queued_bytes -= frame.queued_bytes();
             return Some(frame);
         }
         if state.closed {
