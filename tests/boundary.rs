@@ -273,6 +273,59 @@ fn the_shutdown_listener_is_for_this_machine_only() {
     assert!(stderr.contains("must be a loopback address"), "{stderr}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_pages_request_to_the_shutdown_listener_does_not_stop_the_host() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let shutdown = format!("127.0.0.1:{}", support::free_port());
+    let mut host = HostProcess::single(&guest("hello"), &["--shutdown-addr", &shutdown]);
+    // What a page the operator opens can do: fetch("http://127.0.0.1:PORT/").
+    let mut page = tokio::net::TcpStream::connect(&shutdown).await.unwrap();
+    page.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://evil.example\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    page.read_to_string(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 403") && answer.contains("sends nothing"),
+        "{answer}"
+    );
+    assert_eq!(
+        host.get("localhost", "/").await.status,
+        200,
+        "still serving"
+    );
+    // The operator's own request: connect, send nothing, close.
+    drop(tokio::net::TcpStream::connect(&shutdown).await.unwrap());
+    assert!(host.wait_exit().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unix_shutdown_socket_is_for_the_hosts_user_only() {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("shutdown.sock");
+    let arg = format!("unix:{}", socket.display());
+    let mut host = HostProcess::single(&guest("hello"), &["--shutdown-addr", &arg]);
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "owner only");
+    assert_eq!(host.get("localhost", "/").await.status, 200);
+    drop(std::os::unix::net::UnixStream::connect(&socket).unwrap());
+    assert!(host.wait_exit().success());
+    assert!(!socket.exists(), "the socket is removed on exit");
+
+    // A file that is not a socket is never replaced.
+    std::fs::write(&socket, "precious").unwrap();
+    let stderr = support::run_failing(&[
+        "serve".into(),
+        guest("hello").into(),
+        "--shutdown-addr".into(),
+        arg.into(),
+    ]);
+    assert!(stderr.contains("is not a socket"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&socket).unwrap(), "precious");
+}
+
 #[test]
 fn a_tenants_file_holding_the_session_secret_must_be_private() {
     use std::os::unix::fs::PermissionsExt as _;

@@ -247,6 +247,61 @@ async fn the_51st_subrequest_fails() {
     assert_eq!(event(&viewer.request_entries(&id).await)["subrequests"], 51);
 }
 
+/// An upstream that reads a request head, writes its whole answer with
+/// `Connection: close` and closes at once, as many small servers do; how
+/// many connections it took.
+async fn answer_and_close() -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(AtomicUsize::new(0));
+    let counted = served.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nclosed";
+            let _ = stream.write_all(answer).await;
+            let _ = stream.shutdown().await;
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (addr, served, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_answers_and_closes_at_once_is_answered() {
+    let (addr, served, task) = answer_and_close().await;
+    let config = tenant(
+        "brief",
+        &format!(
+            "allowed_outbound_hosts = [\"http://127.0.0.1:{}\"]",
+            addr.port()
+        ),
+    );
+    let host = HostProcess::multi(&config, &[]);
+    let url = format!("http://127.0.0.1:{}/once", addr.port());
+    // 50 calls: the race between "response arrived" and "connection ended"
+    // went the wrong way for some of them before the fix.
+    let (answer, _) = fetch(&host, "brief", &url, 50).await;
+    let results = answer["results"].as_array().unwrap();
+    let failed: Vec<&Value> = results.iter().filter(|r| r["status"] != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 50 failed: {failed:?}",
+        failed.len()
+    );
+    assert!(results.iter().all(|r| r["body"] == "closed"), "{answer}");
+    assert_eq!(served.load(Ordering::SeqCst), 50);
+    task.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_upstream_hits_the_timeout_and_does_not_hold_the_request() {
     let up = upstream().await;

@@ -95,6 +95,40 @@ async fn pretty_output_has_time_level_slug_and_message_without_colour_in_a_pipe(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guests_terminal_escapes_are_shown_as_text() {
+    let misbehave = guest("misbehave");
+    let config = [
+        config(""),
+        tenant_toml("mis", "alice", "active", &[("1.0.0", &misbehave)]),
+    ]
+    .concat();
+    let host = HostProcess::multi(&config, &[]);
+    let pretty = tail_connected(&host, "mis", &[]);
+    let json = json_tail(&host, "mis", &[]);
+    host.get("mis.localhost", "/escapes").await;
+
+    let line = pretty.stdout_line(|line| line.contains("[WARN] title"));
+    assert!(
+        line.ends_with(
+            r"[WARN] title\u{1b}]0;pwned\u{7} clear\u{1b}[2J c1\u{9b}31m bidi\u{202e}txt cr\rend"
+        ),
+        "{line:?}"
+    );
+    assert!(
+        !line.contains(|c: char| c.is_control() || c == '\u{202e}'),
+        "{line:?}"
+    );
+    // The entry itself is kept as the guest wrote it: escaping is the
+    // terminal printer's, and JSON carries the text exactly.
+    let entry = json.stdout_line(|line| line.contains("title"));
+    let entry: Value = serde_json::from_str(&entry).unwrap();
+    assert_eq!(
+        entry["message"],
+        "[WARN] title\x1b]0;pwned\x07 clear\x1b[2J c1\u{9b}31m bidi\u{202e}txt cr\rend"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_are_passed_to_the_host() {
     let host = HostProcess::multi(&config(""), &[]);
     let tail = json_tail(&host, "hello", &["--level", "error", "--search", "PREFIX"]);

@@ -15,6 +15,7 @@
 //! | `/script` | logs markup (`<script>`, an `onerror` handler) that a viewer must show as text |
 //! | `/counter?tag=T` | answers how many requests this instance has served (state kept in the guest: 1 on a fresh instance) and logs `counter N for T` |
 //! | `/residue?kb=N` | answers how many 8-byte words of a new N KiB allocation (default 64) already hold its mark, then marks them all and frees it: 0 unless memory an earlier request wrote reached this one |
+//! | `/escapes` | logs one line full of terminal escape sequences (window title, clear screen, C1 CSI, a bidi override, a carriage return) that `tail` must show as text |
 //! | `/cookies` | answers with `Set-Cookie`s for the host's `session`, a `Domain` cookie, a harmless `theme`, and `Clear-Site-Data: "cookies"` |
 //! | anything else | answers `ok` |
 
@@ -51,6 +52,13 @@ impl wasip2::exports::http::incoming_handler::Guest for Misbehave {
                     blocks.push(vec![1u8; 1 << 20]);
                     black_box(&blocks);
                 }
+            }
+            "/escapes" => {
+                // What a hostile tenant prints to attack whoever tails it:
+                // retitle the window (OSC 0), clear the screen, a C1 CSI,
+                // a bidirectional override, a carriage return.
+                println!("[WARN] title\x1b]0;pwned\x07 clear\x1b[2J c1\u{9b}31m bidi\u{202e}txt cr\rend");
+                respond(out, 200, "text/plain", b"printed escapes\n");
             }
             "/stack" => {
                 println!("[INFO] recursing");

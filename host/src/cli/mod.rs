@@ -14,6 +14,7 @@ use crate::base::config::Config;
 mod client;
 mod deploy;
 mod serve;
+mod shutdown;
 mod tail;
 mod wasmtime;
 mod watch;

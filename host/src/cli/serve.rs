@@ -343,7 +343,8 @@ impl ServeArgs {
         if let (Some(file), true) = (&self.config, self.watch) {
             super::watch::spawn(file.clone(), tls_files, app.reloader())?;
         }
-        let (shutdown, shutdown_listener) = shutdown_signal(self.wasmtime.shutdown_addr).await?;
+        let (shutdown, shutdown_listener) =
+            super::shutdown::signal(self.wasmtime.shutdown_addr.as_ref()).await?;
         if let Some(address) = shutdown_listener {
             app.add_own_address(address);
         }
@@ -483,58 +484,4 @@ fn announce(
         );
     }
     let _ = out.flush();
-}
-
-/// A future that resolves on Ctrl-C, SIGTERM, or (with `--shutdown-addr`,
-/// as `wasmtime serve` has it) a connection to `address`, and where that
-/// listener is bound. Any connection stops the host, so the address must be
-/// a loopback one: only this machine may ask, and its tenants never can
-/// (it is one of the host's own addresses).
-async fn shutdown_signal(
-    address: Option<SocketAddr>,
-) -> Result<(impl std::future::Future<Output = ()>, Option<SocketAddr>)> {
-    let listener = match address {
-        Some(address) if !address.ip().to_canonical().is_loopback() => anyhow::bail!(
-            "--shutdown-addr {address}: a connection there stops the host, so it must be a \
-             loopback address (127.0.0.1 or [::1]), reachable from this machine only"
-        ),
-        Some(address) => Some(
-            TcpListener::bind(address)
-                .await
-                .with_context(|| format!("--shutdown-addr: cannot listen on {address}"))?,
-        ),
-        None => None,
-    };
-    let bound = listener.as_ref().and_then(|l| l.local_addr().ok());
-    let stop = async move {
-        let connected = async {
-            match &listener {
-                Some(listener) => {
-                    let _ = listener.accept().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = signals() => {}
-            () = connected => tracing::info!("a connection to --shutdown-addr asked to shut down"),
-        }
-    };
-    Ok((stop, bound))
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn signals() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
-use crate::logs::console::pretty_line;
+use crate::logs::console::{Escaped, pretty_line};
 use crate::logs::entry::{EntryKind, LogEntry};
 use crate::logs::wire::{Filter, Frame};
 
@@ -269,12 +269,12 @@ impl TailArgs {
                 Frame::Dropped { count } => eprintln!(
                     "mctx-host tail: {count} entries missed (this client fell behind, or the cluster link was down)"
                 ),
-                Frame::Notice { message } => eprintln!("mctx-host tail: {message}"),
+                Frame::Notice { message } => eprintln!("mctx-host tail: {}", Escaped(&message)),
                 Frame::Closing { reason } => closing = Some(reason),
             }
         }
         Ended::Retry(match closing {
-            Some(reason) => format!("the host closed the stream: {reason}"),
+            Some(reason) => format!("the host closed the stream: {}", Escaped(&reason)),
             None => "the host closed the stream".into(),
         })
     }

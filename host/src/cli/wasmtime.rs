@@ -63,10 +63,12 @@ pub(crate) struct WasmtimeFlags {
     /// value (single-component mode).
     #[arg(long = "env", value_name = "NAME[=VAL]")]
     env: Vec<String>,
-    /// Connecting to this address shuts the host down gracefully. A loopback address only;
-    /// tenants never reach it (it is one of the host's own addresses).
-    #[arg(long, value_name = "SOCKADDR")]
-    pub(crate) shutdown_addr: Option<std::net::SocketAddr>,
+    /// Connecting to this address shuts the host down gracefully: a loopback `IP:PORT`
+    /// (as in `wasmtime serve`; a connection that sends data, such as a web page's request, is
+    /// ignored) or `unix:PATH`, a socket only this user can connect to (0600). Tenants never
+    /// reach it.
+    #[arg(long, value_name = "SOCKADDR|unix:PATH", value_parser = super::shutdown::ShutdownAddr::parse)]
+    pub(crate) shutdown_addr: Option<super::shutdown::ShutdownAddr>,
     /// Print the component's output lines as they are, without a prefix.
     #[arg(long)]
     pub(crate) no_logging_prefix: bool,

@@ -112,7 +112,9 @@ fn print_as_wasmtime(entries: &[LogEntry]) {
 
 /// `12:34:56.789 WARN  [slug@1.0.0] message`, in local time; on a cluster
 /// `[slug@1.0.0 on node]` says which host served the request. With `color`,
-/// the level is coloured with ANSI escapes.
+/// the level is coloured with ANSI escapes. Everything a guest (or another
+/// host) wrote is shown through [`Escaped`]: the line is for a terminal, and
+/// a guest's escape sequence must not reach it.
 pub(crate) fn pretty_line(entry: &LogEntry, color: bool) -> String {
     let label = format!("{:<5}", level_label(entry.level));
     let label = if color {
@@ -130,19 +132,24 @@ pub(crate) fn pretty_line(entry: &LogEntry, color: bool) -> String {
     let node = entry
         .node
         .as_deref()
-        .map_or(String::new(), |node| format!(" on {node}"));
+        .map_or(String::new(), |node| format!(" on {}", Escaped(node)));
     let mut line = format!(
         "{} {label} [{}@{}{node}] {}",
         clock_local(entry.timestamp),
         entry.meta.slug,
-        entry.meta.version,
-        entry.message
+        Escaped(&entry.meta.version),
+        Escaped(&entry.message)
     );
     // A trap's exception, under the request's line, innermost frame first.
     if let Some(exception) = entry.request.as_ref().and_then(|r| r.exception.as_ref()) {
-        let _ = write!(line, "\n    {}: {}", exception.name, exception.message);
+        let _ = write!(
+            line,
+            "\n    {}: {}",
+            Escaped(&exception.name),
+            Escaped(&exception.message)
+        );
         for frame in exception.stack.iter().take(MAX_FRAMES) {
-            let _ = write!(line, "\n      at {frame}");
+            let _ = write!(line, "\n      at {}", Escaped(frame));
         }
         if exception.stack.len() > MAX_FRAMES {
             let _ = write!(
@@ -156,14 +163,47 @@ pub(crate) fn pretty_line(entry: &LogEntry, color: bool) -> String {
     for (key, value) in entry.fields.iter().flat_map(|fields| fields.iter()) {
         match value {
             serde_json::Value::String(text) => {
-                let _ = write!(line, " {key}={text}");
+                let _ = write!(line, " {}={}", Escaped(key), Escaped(text));
             }
             other => {
-                let _ = write!(line, " {key}={other}");
+                let _ = write!(line, " {}={}", Escaped(key), Escaped(&other.to_string()));
             }
         }
     }
     line
+}
+
+/// Guest text made safe for a terminal: a control character (C0, DEL, C1)
+/// or a bidirectional override is shown as its `\u{..}` escape instead of
+/// being sent, so a guest can neither move the cursor, retitle the window,
+/// clear the screen or write to the clipboard of whoever tails it (OSC 52),
+/// nor make a line read differently from what it holds (Trojan Source
+/// overrides). A tab stays: it is layout, not a command. Newlines are
+/// escaped too, so one entry is one line. The raw formats
+/// (`--guest-logs raw|wasmtime`) print the guest's bytes as `wasmtime serve`
+/// does; this is for the formats that are ours.
+pub(crate) struct Escaped<'a>(pub(crate) &'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut rest = self.0;
+        while let Some(at) = rest.find(needs_escape) {
+            f.write_str(&rest[..at])?;
+            let c = rest[at..].chars().next().expect("found a char");
+            match c {
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                c => write!(f, "\\u{{{:x}}}", u32::from(c))?,
+            }
+            rest = &rest[at + c.len_utf8()..];
+        }
+        f.write_str(rest)
+    }
+}
+
+/// Whether a terminal would take `c` as a command rather than text.
+fn needs_escape(c: char) -> bool {
+    (c.is_control() && c != '\t') || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// The most stack frames a terminal gets for one exception.
@@ -235,6 +275,16 @@ mod tests {
             line.ends_with("[s@1.0.0 on host-a] [WARN] careful"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn guest_text_cannot_command_the_terminal() {
+        let hostile = "a\x1b]0;pwned\x07b\x1b[2J\r\nc\u{9b}31m\u{202e}d\te\u{7f}é";
+        assert_eq!(
+            Escaped(hostile).to_string(),
+            "a\\u{1b}]0;pwned\\u{7}b\\u{1b}[2J\\r\\nc\\u{9b}31m\\u{202e}d\te\\u{7f}é"
+        );
+        assert_eq!(Escaped("plain text").to_string(), "plain text");
     }
 
     #[test]

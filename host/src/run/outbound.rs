@@ -259,18 +259,22 @@ impl Call {
             .map_err(|_| Error::HttpRequestUriInvalid)?;
 
         // The connection must be driven while the response head is awaited.
+        // An upstream that answers and closes at once (`Connection: close`)
+        // ends the connection in the same poll that hands the response over,
+        // so a connection that ended is not yet a failure: the response may
+        // be waiting; `send` says which (hyper fails it if none came).
         let mut connection = Box::pin(connection);
+        let mut send = std::pin::pin!(sender.send_request(request));
         let head = async {
-            tokio::select! {
-                response = sender.send_request(request) => response.map_err(Error::from),
-                ended = &mut connection => Err(match ended {
-                    Ok(()) => Error::HttpResponseIncomplete,
-                    Err(e) => Error::from(e),
-                }),
-            }
+            let ended = tokio::select! {
+                biased;
+                response = &mut send => return (response, None),
+                ended = &mut connection => ended,
+            };
+            ((&mut send).await, Some(ended))
         };
-        let response = match tokio::time::timeout_at(deadline, head).await {
-            Ok(response) => response?,
+        let (response, ended) = match tokio::time::timeout_at(deadline, head).await {
+            Ok(raced) => raced,
             Err(_) => {
                 self.capture.publish_host_entry(
                     Level::Warn,
@@ -283,6 +287,11 @@ impl Call {
                 return Err(Error::ConnectionReadTimeout);
             }
         };
+        let response = match (response, &ended) {
+            (Ok(response), _) => response,
+            (Err(_), Some(Ok(()))) => return Err(Error::HttpResponseIncomplete),
+            (Err(e), _) => return Err(Error::from(e)),
+        };
         let response = response.map(|body| {
             DeadlineBody {
                 body,
@@ -290,7 +299,13 @@ impl Call {
             }
             .boxed_unsync()
         });
-        let drive = async move { connection.await.map_err(Error::from) };
+        // A connection that already ended is not polled again.
+        let drive = async move {
+            match ended {
+                Some(ended) => ended.map_err(Error::from),
+                None => connection.await.map_err(Error::from),
+            }
+        };
         Ok((response, Box::new(drive)))
     }
 }

@@ -59,6 +59,13 @@ impl Default for PoolOptions {
 /// pooling-decommit-batch-size` overrides it).
 const DECOMMIT_BATCH: usize = 32;
 
+/// Bytes at the top of a finished instance's async stack zeroed in place
+/// (stacks are zeroed between uses, `run::runtime`); the rest is
+/// decommitted with the memories' batch. A small guest's request stays
+/// within this much stack, so its next use faults nothing in; `-O
+/// pooling-async-stack-keep-resident` overrides it.
+const STACK_KEEP_RESIDENT: usize = 64 << 10;
+
 /// Written bytes of a finished instance's memory zeroed in place, when
 /// memories are reset in place and `-O pooling-memory-keep-resident` does
 /// not say otherwise. hello.wasm writes less than 32 KiB a request and got
@@ -89,6 +96,7 @@ pub(crate) fn config(
         // ~14k requests/s). Not for linear memories: a 1 MiB memset per
         // request measured as slow as the madvise it replaces.
         .table_keep_resident(64 << 10)
+        .async_stack_keep_resident(STACK_KEEP_RESIDENT)
         // Decommit finished instances' memories in batches: one madvise
         // (and one round of TLB shootdowns across the cores) per batch
         // instead of per instance. Measured on the fresh-instance path

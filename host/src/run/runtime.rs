@@ -137,14 +137,19 @@ impl Runtime {
         Ok(self.p3.get_or_init(|| flavor))
     }
 
-    /// Bytes the instance pools' unused slots keep resident: tables always
-    /// (`table_keep_resident`), memories when reset in place (`run::pool`).
+    /// Bytes the instance pools' unused slots keep resident: tables and
+    /// the zeroed tops of stacks always, memories when reset in place
+    /// (`run::pool`).
     pub(crate) fn pool_idle_resident_bytes(&self) -> usize {
         [Some(&self.p2), self.p3.get()]
             .into_iter()
             .flatten()
             .filter_map(|flavor| flavor.engine.pooling_allocator_metrics())
-            .map(|pool| pool.unused_memory_bytes_resident() + pool.unused_table_bytes_resident())
+            .map(|pool| {
+                pool.unused_memory_bytes_resident()
+                    + pool.unused_table_bytes_resident()
+                    + pool.unused_stack_bytes_resident().unwrap_or(0)
+            })
             .sum()
     }
 
@@ -302,6 +307,12 @@ fn build_engine(settings: &RuntimeSettings, p3: bool) -> Result<Engine> {
     // 14.8k req/s, js-hello (13 MB) 640 → 704 req/s (docs/profile.md).
     // `-O memory-init-cow=y` turns CoW back on.
     config.memory_init_cow(settings.pool.memory_init_cow);
+    // A pooled stack goes from tenant to tenant like a memory slot does.
+    // Compiled code never reads a stack slot it did not write, so this is
+    // defence in depth: should a compiler bug ever let it, what it finds is
+    // zeros, not the last tenant's spilled values. The cost is bounded by
+    // `run::pool`'s keep-resident size and the batched decommit.
+    config.async_stack_zeroing(true);
     if settings.pool.pooling {
         let pool = pool::config(
             &settings.pool,
@@ -357,5 +368,53 @@ impl Drop for EpochTicker {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `(module (func (export "f")))`, assembled by hand.
+    const EMPTY_FUNC: &[u8] = &[
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+        0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type 0: [] -> []
+        0x03, 0x02, 0x01, 0x00, // func 0 has type 0
+        0x07, 0x05, 0x01, 0x01, b'f', 0x00, 0x00, // export "f" = func 0
+        0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b, // its body: end
+    ];
+
+    #[tokio::test]
+    async fn a_pooled_stack_is_zeroed_before_its_next_tenant() {
+        let settings = RuntimeSettings {
+            max_concurrent_requests: 2,
+            memory_limit_bytes: 1 << 20,
+            cache_dir: None,
+            pool: PoolOptions::default(),
+        };
+        let engine = build_engine(&settings, false).unwrap();
+        let module = wasmtime::Module::new(&engine, EMPTY_FUNC).unwrap();
+        // More uses than the pool has stacks: returned stacks wait in the
+        // decommit batch, which a full pool flushes.
+        for _ in 0..64 {
+            let mut store = wasmtime::Store::new(&engine, ());
+            store.set_epoch_deadline(1);
+            let instance = wasmtime::Instance::new_async(&mut store, &module, &[])
+                .await
+                .unwrap();
+            let f = instance.get_typed_func::<(), ()>(&mut store, "f").unwrap();
+            f.call_async(&mut store, ()).await.unwrap();
+        }
+        // wasmtime counts returned stacks' resident bytes only when it zeroes
+        // them (`None` otherwise): the top it zeroed in place, per stack, the
+        // rest decommitted.
+        let pool = engine.pooling_allocator_metrics().unwrap();
+        let resident = pool
+            .unused_stack_bytes_resident()
+            .expect("stacks are zeroed");
+        assert!(
+            resident > 0 && resident.is_multiple_of(64 << 10),
+            "{resident} bytes: a multiple of the 64 KiB zeroed in place"
+        );
     }
 }
