@@ -4,7 +4,7 @@
 //! -Scli …`; `mctx-host serve` takes the same flags with the same syntax.
 //! Each one is either honoured with wasmtime's meaning or refused with one
 //! line that says why and names our equivalent, never "unexpected
-//! argument". README's "Coming from `wasmtime serve`" lists them.
+//! argument". `docs/wasmtime-serve.md` lists them.
 
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ pub(crate) struct WasmtimeFlags {
     /// `memory-init-cow[=y|n]` (off by default: copying data segments measured faster than
     /// copy-on-write here), `pooling-pagemap-scan[=y|n|auto]` (off by default: resets finished
     /// instances' memory in place, 1.7× the fresh-instance throughput, but wasmtime 48 can miss a
-    /// page the kernel is moving at that moment; refused where swap is on; README "Instance
+    /// page the kernel is moving at that moment; refused where swap is on; docs/instances.md "Instance
     /// pool") and the numeric `pooling-*=N` knobs are honoured; the pool is otherwise sized from
     /// --max-concurrent-requests and the memory limit.
     #[arg(short = 'O', long = "optimize", value_name = "KEY[=VAL[,..]]")]
@@ -251,10 +251,14 @@ impl WasmtimeFlags {
                     })?;
                     config.host.memory_limit_mb = bytes.div_ceil(1 << 20).max(1);
                 }
+                "async-stack-zeroing" => {
+                    asked.pool.stack_zeroing =
+                        on("-W", key, Some(value).filter(|v| !v.is_empty()))?;
+                }
                 _ => {
                     return Err(refuse(
                         &format!("-W {key}"),
-                        "mctx-host's limits are --cpu-limit-ms, --memory-limit-mb and --request-timeout-ms",
+                        "of -W, mctx-host takes timeout, max-memory-size and async-stack-zeroing; its limits are --cpu-limit-ms, --memory-limit-mb and --request-timeout-ms",
                     ));
                 }
             }
@@ -393,6 +397,26 @@ fn parse_headers(argument: &str) -> Result<Vec<(String, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stacks_are_zeroed_unless_w_async_stack_zeroing_n() {
+        let zeroing = |wasm: &[&str]| {
+            let flags = WasmtimeFlags {
+                wasm: wasm.iter().map(|w| w.to_string()).collect(),
+                ..WasmtimeFlags::default()
+            };
+            let mut config = Config::parse(
+                "[[tenants]]\nslug = \"a\"\nowner = \"o\"\nstatus = \"active\"\nversions = { \"1.0.0\" = \"a.wasm\" }\n",
+                "test",
+                std::path::Path::new("/"),
+            )
+            .unwrap();
+            flags.apply(&mut config, true).unwrap().pool.stack_zeroing
+        };
+        assert!(zeroing(&[]), "on by default, unlike wasmtime");
+        assert!(!zeroing(&["async-stack-zeroing=n"]));
+        assert!(zeroing(&["async-stack-zeroing"]));
+    }
 
     #[test]
     fn option_lists_and_values_parse_as_wasmtime_writes_them() {
