@@ -1,5 +1,5 @@
 // The dashboard in a real browser (Debian's Chromium, driven by
-// playwright-core), against the real host that tests/dashboard.rs started.
+// playwright-core), against the real host that tests/all/dashboard.rs started.
 // Every check is an assertion; the first failure exits non-zero.
 //
 // Env: MCTX_URL (the control plane, https), MCTX_SPKI (the host key's

@@ -7,5 +7,6 @@ pub(crate) mod metrics;
 pub(crate) mod private;
 pub(crate) mod refusals;
 pub(crate) mod responses;
+pub(crate) mod sync;
 pub(crate) mod tls;
 pub(crate) mod transport;

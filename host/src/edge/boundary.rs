@@ -1,6 +1,6 @@
 //! The boundary between a visitor and a tenant: what of a visitor's request
 //! reaches the tenant, and what of a tenant's response reaches the
-//! visitor's browser. Decided here and nowhere else, so that README's
+//! visitor's browser. Decided here and nowhere else, so that docs/configuration.md's
 //! "What a tenant receives" is this file in prose.
 //!
 //! A visitor may be signed in to the dashboard as an owner or an admin, and

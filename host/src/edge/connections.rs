@@ -220,9 +220,7 @@ impl Connections {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::base::sync::lock(&self.state)
     }
 
     /// Connections open now.

@@ -55,13 +55,13 @@ pub(crate) struct StreamRefusals(std::sync::Mutex<std::collections::BTreeMap<u16
 
 impl StreamRefusals {
     fn count(&self, status: StatusCode) {
-        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = crate::base::sync::lock(&self.0);
         *counts.entry(status.as_u16()).or_default() += 1;
     }
 
     /// Each status with its count.
     pub(crate) fn totals(&self) -> Vec<(u16, u64)> {
-        let counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let counts = crate::base::sync::lock(&self.0);
         counts
             .iter()
             .map(|(status, count)| (*status, *count))

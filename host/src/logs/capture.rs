@@ -215,9 +215,7 @@ impl RequestCapture {
     fn lock(&self) -> MutexGuard<'_, CaptureState> {
         // A panic while holding this lock cannot leave the state torn in a
         // way that matters for logs, so a poisoned lock is used as is.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::base::sync::lock(&self.state)
     }
 
     /// Accepts bytes the guest wrote to `stream`.

@@ -62,10 +62,7 @@ impl LogSink for Publisher {
             return; // the last viewer left since `wants`
         }
         let node = self.cluster.as_ref().map(Cluster::node_name);
-        let mut next_seq = self
-            .next_seq
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut next_seq = crate::base::sync::lock(&self.next_seq);
         if !next_seq.contains_key(slug) {
             next_seq.insert(slug.to_string(), 1);
         }

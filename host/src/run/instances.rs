@@ -139,9 +139,7 @@ impl InstancePool {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Warm>> {
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::base::sync::lock(&self.idle)
     }
 }
 

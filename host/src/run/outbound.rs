@@ -23,7 +23,7 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -65,17 +65,11 @@ impl OutboundContext {
     /// Records one more address the host listens on (never reachable
     /// without an exact entry).
     pub(crate) fn add_own_address(&self, address: SocketAddr) {
-        self.own_addresses
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(address);
+        crate::base::sync::write(&self.own_addresses).push(address);
     }
 
     fn own_addresses(&self) -> Vec<SocketAddr> {
-        self.own_addresses
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        crate::base::sync::read(&self.own_addresses).clone()
     }
 }
 

@@ -32,6 +32,7 @@
 //! has gone): lines its task writes after that still carry its request id,
 //! but arrive after its request event.
 
+use crate::base::sync::lock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -237,7 +238,7 @@ impl SharedInstances {
     ) -> Submitted {
         let (served, served_rx) = oneshot::channel();
         let mut queued = Queued { job, served };
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let mut live = crate::base::sync::lock(&self.live);
         live.retain(|instance| !instance.is_closed());
         // Which instances to try, in order: an idle one; else, while there
         // are fewer instances than cores, none (a new one: an instance runs
@@ -526,10 +527,6 @@ impl Worker {
             })
             .await?
     }
-}
-
-fn lock(waiting: &Waiting) -> std::sync::MutexGuard<'_, HashMap<String, Taken>> {
-    waiting.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Serves one request in the shared instance: calls `handle` as a task the

@@ -41,9 +41,10 @@ mod link;
 mod node_name;
 mod outbound;
 
+use crate::base::sync::lock;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -109,12 +110,6 @@ pub(crate) enum Admission {
     /// The cluster could not be asked; admitted on this host's count, and
     /// told so.
     LocalOnly,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The key-value bucket `config` names: found, or created by the first

@@ -33,9 +33,10 @@ mod held;
 mod remote;
 mod viewer;
 
+use crate::base::sync::lock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use tokio::sync::Notify;
 use tracing::Instrument as _;
@@ -99,14 +100,6 @@ struct Queue {
     /// is shutting down, the server was deleted).
     closing: Option<Closed>,
     closed: bool,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section here leaves its data consistent at each step,
-    // so a panic elsewhere while holding the lock does not corrupt it.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl LogHub {

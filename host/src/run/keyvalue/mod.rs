@@ -111,7 +111,7 @@ pub(crate) struct TenantStore {
 impl TenantStore {
     fn entries(&self) -> MutexGuard<'_, memory::Entries> {
         // No code under the lock can panic halfway through a change.
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+        crate::base::sync::lock(&self.entries)
     }
 
     fn quota(&self) -> u64 {
@@ -215,7 +215,7 @@ impl KeyValueStores {
         quota: u64,
         seed: &BTreeMap<String, String>,
     ) -> Arc<TenantStore> {
-        let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stores = crate::base::sync::lock(&self.stores);
         stores.retain(|_, store| store.strong_count() > 0);
         if let Some(store) = stores.get(slug).and_then(Weak::upgrade) {
             store.quota.store(quota, Ordering::Relaxed);
@@ -255,10 +255,7 @@ impl KeyValueStores {
     pub(crate) async fn forget(&self, slug: &str) {
         // A request still running for the deleted server keeps its handle;
         // the next grant of the slug makes a new one.
-        self.stores
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(slug);
+        crate::base::sync::lock(&self.stores).remove(slug);
         if let Some(js) = self.cluster.get()
             && let Err(why) = jetstream::delete(js, slug).await
         {
@@ -268,7 +265,7 @@ impl KeyValueStores {
 
     /// Each loaded tenant's store: slug, bytes used, bytes granted.
     pub(crate) fn usage(&self) -> Vec<(String, u64, u64)> {
-        let stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        let stores = crate::base::sync::lock(&self.stores);
         let mut usage: Vec<_> = stores
             .iter()
             .filter_map(|(slug, store)| {

@@ -3,9 +3,9 @@
 //! levels arrive as five entry levels, and a thrown error arrives as the
 //! request's exception with the tenant's function names.
 
-mod support;
+use crate::support;
 
-use support::{HostProcess, js_guest, tenant_toml};
+use crate::support::{HostProcess, js_guest, tenant_toml};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_levels_arrive_as_entry_levels() {

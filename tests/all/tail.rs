@@ -1,10 +1,10 @@
 //! `mctx-host tail` against the real host: pretty and JSON output, filters,
 //! reconnecting across a host restart, and a clear error for each refusal.
 
-mod support;
+use crate::support;
 
+use crate::support::{HostProcess, TailProcess, guest, tenant_toml, token};
 use serde_json::Value;
-use support::{HostProcess, TailProcess, guest, tenant_toml, token};
 
 fn config(logs: &str) -> String {
     let hello = guest("hello");

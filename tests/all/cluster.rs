@@ -4,10 +4,10 @@
 //! mid-stream leaves every host serving and every viewer told what it missed;
 //! two hosts given one node name are told so.
 
-mod support;
+use crate::support;
 
+use crate::support::{HostProcess, NatsServer, Viewer, guest, tenant_toml, watched_elsewhere};
 use serde_json::Value;
-use support::{HostProcess, NatsServer, Viewer, guest, tenant_toml, watched_elsewhere};
 
 /// A tenants file for a cluster member; `lease` is `[cluster]
 /// viewer_lease_secs` (short in the crash test).
@@ -198,17 +198,16 @@ async fn the_eleventh_viewer_across_hosts_is_refused_and_a_crashed_hosts_slots_e
 /// Opens a viewer, retrying while the slug is full (slots free up as other
 /// hosts' claims change or expire); fails after the harness's patience.
 async fn admitted_eventually(host: &HostProcess, headers: &[(&str, &str)]) -> Viewer {
-    let deadline = std::time::Instant::now() + support::PATIENCE;
-    loop {
+    support::eventually(std::time::Duration::from_millis(50), async || {
         match host.try_viewer("/log-stream/hello", headers).await {
-            Ok(viewer) => return viewer,
+            Ok(viewer) => Ok(viewer),
             Err(refused) => {
                 assert_eq!(refused.status, 429, "{}", refused.error);
-                assert!(std::time::Instant::now() < deadline, "never admitted");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                Err("never admitted".to_string())
             }
         }
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,12 +7,12 @@
 //! (`.ci/run` does both). `MCTX_SCREENSHOTS=docs` saves the screenshots the
 //! README shows.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 
-use support::pki::Ca;
-use support::{HostProcess, guest, repo_root, tenant_toml};
+use crate::support::pki::Ca;
+use crate::support::{HostProcess, guest, repo_root, tenant_toml};
 
 #[test]
 fn the_dashboard_works_in_a_real_browser() {

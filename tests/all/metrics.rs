@@ -4,15 +4,15 @@
 //!
 //! Needs `apt-get install prometheus` (`tests/setup.sh` does it).
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::support::{HostProcess, guest, send, tenant_toml};
 use bytes::Bytes;
 use serde_json::Value;
-use support::{HostProcess, guest, send, tenant_toml};
 
 /// A Prometheus server scraping one target every second, on free ports,
 /// killed when dropped.
@@ -88,18 +88,16 @@ impl Prometheus {
     /// Polls `promql` until `done` holds for its result (a scrape comes
     /// every second), up to the harness's patience.
     async fn until(&self, promql: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        let deadline = Instant::now() + support::PATIENCE;
-        loop {
+        support::eventually(Duration::from_millis(200), async || {
             let result = self.query(promql).await;
-            if done(&result) {
-                return result;
+            match done(&result) {
+                true => Ok(result),
+                false => Err(format!(
+                    "Prometheus never answered {promql} as expected; last: {result:?}"
+                )),
             }
-            assert!(
-                Instant::now() < deadline,
-                "Prometheus never answered {promql} as expected; last: {result:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
+        .await
     }
 }
 

@@ -13,13 +13,11 @@
 //!
 //! Needs `npm ci --prefix tests/mcp` (`.ci/run` does it).
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::Command;
 
+use crate::support::{HostProcess, guest, repo_root, target_dir, tenant_toml};
 use serde_json::Value;
-use support::{HostProcess, guest, repo_root, target_dir, tenant_toml};
 
 /// The key `mcp-everything` signs its multi-round `requestState` with.
 const STATE_KEY: &str = "conformance-state-key-0123456789";

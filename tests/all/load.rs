@@ -3,9 +3,9 @@
 //! `dropped` count that accounts for each missing `seq`; viewers of idle
 //! slugs receive nothing; host memory stays bounded.
 
-mod support;
+use crate::support;
 
-use support::{HostProcess, Viewer, guest, tenant_toml};
+use crate::support::{HostProcess, Viewer, guest, tenant_toml};
 
 const SLUGS: usize = 100;
 const VIEWERS_PER_SLUG: usize = 10;

@@ -5,15 +5,15 @@
 //! SIGHUP while a viewer stays, the redirect listener, HSTS and the Secure
 //! cookie, and broken certificates refused at start.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 
+use crate::support::pki::{Ca, HostCert};
+use crate::support::{HostProcess, TailProcess, guest, tenant_toml, token};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::pki::{Ca, HostCert};
-use support::{HostProcess, TailProcess, guest, tenant_toml, token};
 
 /// What an https exchange gave.
 struct Answer {
@@ -207,20 +207,16 @@ async fn https_serves_tenants_over_http1_and_http2_and_the_guest_sees_https() {
     );
     // Counted by the connection's task right after it closed the socket:
     // poll until the count shows (the close and the count are not ordered).
-    let deadline = std::time::Instant::now() + support::PATIENCE;
-    loop {
+    support::eventually(std::time::Duration::from_millis(20), async || {
         let health = https(&host, ca.client(&[b"h2"]), "localhost", "/healthz")
             .await
             .json();
-        if health["refused"]["tlsHandshakeFailed"].as_u64().unwrap() >= 1 {
-            break;
+        match health["refused"]["tlsHandshakeFailed"].as_u64().unwrap() >= 1 {
+            true => Ok(()),
+            false => Err(format!("never counted: {health}")),
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never counted: {health}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,18 +271,14 @@ async fn a_certificate_swapped_on_disk_is_served_after_sighup_and_the_viewer_sta
     std::fs::copy(&renewed.cert, &first.cert).unwrap();
     std::fs::copy(&renewed.key, &first.key).unwrap();
     host.signal("HUP");
-    let deadline = std::time::Instant::now() + support::PATIENCE;
-    loop {
+    support::eventually(std::time::Duration::from_millis(20), async || {
         let answer = https(&host, ca.client(&[b"h2"]), "hello.localhost", "/after").await;
-        if answer.peer == renewed.der {
-            break;
+        match answer.peer == renewed.der {
+            true => Ok(()),
+            false => Err("the new certificate was never served".to_string()),
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the new certificate was never served"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     // The viewer's connection, made before, still delivers.
     https(
         &host,

@@ -3,15 +3,15 @@
 //! request event, the host keeps running, and the other tenant's requests
 //! all succeed while its viewer receives every entry (gapless `seq`).
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::support::{HostProcess, Viewer, guest, tenant_toml};
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use serde_json::Value;
-use support::{HostProcess, Viewer, guest, tenant_toml};
 
 /// Requests `hello` in a loop until `stop` (and at least `MIN_LOAD` times),
 /// asserting each succeeds; returns how many it made.

@@ -2,12 +2,10 @@
 //! routing, header injection, single-component mode, limits, trap
 //! containment, configuration errors and per-request output capture.
 
-mod support;
-
 use std::ffi::OsString;
 
+use crate::support::{HostProcess, guest, run_failing, tenant_toml};
 use serde_json::Value;
-use support::{HostProcess, guest, run_failing, tenant_toml};
 
 /// A config with every case routing has to tell apart.
 fn tenants_config(extra_host: &str) -> String {

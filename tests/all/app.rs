@@ -3,13 +3,13 @@
 //! other integration tests run the real binary; this one proves that the
 //! composition root is all a binary, a test or a benchmark needs.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 
+use crate::support::{guest, send, tenant_toml};
 use mctx_host::config::Config;
 use mctx_host::{App, AppConfig, GuestLogFormat, PoolOptions, RoutingMode};
-use support::{guest, send, tenant_toml};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_built_in_process_serves_a_tenant_and_shuts_down() {

@@ -7,11 +7,11 @@
 //! with `instance_reuse`, an instance serves requests one after another and
 //! is dropped after a trap.
 
-mod support;
+use crate::support;
 
+use crate::support::{HostProcess, Viewer, guest, tenant_toml};
 use http_body_util::BodyExt as _;
 use serde_json::Value;
-use support::{HostProcess, Viewer, guest, tenant_toml};
 
 /// A tenants file: `p3` (hello-p3, tight limits, `settings`) and `p2`
 /// (hello).

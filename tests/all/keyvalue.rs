@@ -8,11 +8,11 @@
 //! what they mean to `wasmtime serve`; on a cluster (a real `nats-server`
 //! with JetStream) every host sees the same store.
 
-mod support;
+use crate::support;
 
+use crate::support::{HostProcess, NatsServer, Reply, Viewer, guest, tenant_toml};
 use bytes::Bytes;
 use serde_json::Value;
-use support::{HostProcess, NatsServer, Reply, Viewer, guest, tenant_toml};
 
 /// A request to `site` (a `Host` name without the port).
 async fn call(host: &HostProcess, method: &str, site: &str, path: &str, body: &str) -> Reply {

@@ -2,10 +2,10 @@
 //! entries and levels, limits, request events, hubs and fan-out, slow
 //! viewers, filters, authentication and the viewer limit.
 
-mod support;
+use crate::support;
 
+use crate::support::{HostProcess, Received, Refused, guest, tenant_toml};
 use serde_json::Value;
-use support::{HostProcess, Received, Refused, guest, tenant_toml};
 
 fn config(host: &str, logs: &str) -> String {
     let (hello, misbehave) = (guest("hello"), guest("misbehave"));

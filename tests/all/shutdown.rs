@@ -1,9 +1,7 @@
 //! Graceful shutdown: SIGTERM lets requests in flight finish, sends viewers
 //! a `closing` frame and close code 1001, and exits 0.
 
-mod support;
-
-use support::{HostProcess, Received, guest, tenant_toml};
+use crate::support::{HostProcess, Received, guest, tenant_toml};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_requests_says_goodbye_to_viewers_and_exits_zero() {

@@ -5,15 +5,15 @@
 //! Every wait is bounded by the harness's patience; nothing here measures
 //! time: the assertions are relations (this answered while that was held).
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::support::{HostProcess, PATIENCE, guest, rss_kib, send, tenant_toml};
 use bytes::Bytes;
 use serde_json::Value;
-use support::{HostProcess, PATIENCE, guest, rss_kib, send, tenant_toml};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -255,18 +255,16 @@ async fn memory_taken_by_a_burst_is_given_back() {
     assert!(peak > idle, "the burst took memory ({idle} → {peak} KiB)");
     // At least half of what the burst took is given back (without the
     // host trimming its heap, about a quarter was).
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
+    support::eventually(std::time::Duration::from_millis(200), async || {
         let now = rss_kib(host.pid());
-        if now <= idle + (peak - idle) / 2 {
-            break;
+        match now <= idle + (peak - idle) / 2 {
+            true => Ok(()),
+            false => Err(format!(
+                "still {now} KiB resident: idle {idle}, peak {peak}"
+            )),
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still {now} KiB resident: idle {idle}, peak {peak}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 //! and `secrets` reach the guest, and a printed secret arrives redacted.
 //! The upstream is a real HTTP server on 127.0.0.1 that counts connections.
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::ffi::OsString;
@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::{HostProcess, guest, run_failing, tenant_toml};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use support::{HostProcess, guest, run_failing, tenant_toml};
 
 /// A real HTTP server on 127.0.0.1: answers `upstream ok {path}`, or, on
 /// `/slow`, only after 10 s. Counts the connections it accepted.

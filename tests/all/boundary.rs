@@ -4,11 +4,11 @@
 //! browser, and how a browser signs in. Each test is one finding of the
 //! attack in `docs/reliability.md`, refused, with the host still serving.
 
-mod support;
+use crate::support;
 
+use crate::support::{HostProcess, guest, send, tenant_toml, token};
 use bytes::Bytes;
 use serde_json::Value;
-use support::{HostProcess, guest, send, tenant_toml, token};
 
 /// `hello` (echoes what it receives) and `bad` (misbehave: offers cookies),
 /// both alice's.

@@ -6,12 +6,10 @@
 //! continuing from what the client sent back) and its log lines reach the
 //! owner's viewer under that request's id.
 
-mod support;
-
 use std::process::Command;
 
+use crate::support::{HostProcess, guest, repo_root, tenant_toml};
 use serde_json::Value;
-use support::{HostProcess, guest, repo_root, tenant_toml};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_completes_an_elicitation_round_trip_whose_rounds_are_logged() {

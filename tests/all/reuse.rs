@@ -9,12 +9,10 @@
 //! served (1 on a fresh instance). Each step waits for the request's event
 //! on a viewer: the host puts an instance back before that event goes out.
 
-mod support;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use support::{HostProcess, Viewer, guest, tenant_toml};
+use crate::support::{HostProcess, Viewer, guest, tenant_toml};
 
 fn with(table: String, extra: &str) -> String {
     format!("{table}{extra}\n")

@@ -9,13 +9,13 @@
 //! `PATH`. Components are served with `-Scli`, as standard toolchains'
 //! components import `wasi:cli` interfaces beyond the proxy world.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 
+use crate::support::{HostProcess, Reply, WasmtimeServe, guest, js_guest};
 use bytes::Bytes;
 use serde_json::Value;
-use support::{HostProcess, Reply, WasmtimeServe, guest, js_guest};
 
 struct Case {
     method: &'static str,

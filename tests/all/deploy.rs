@@ -2,14 +2,14 @@
 //! a swap under load with a viewer attached, refused uploads, durability
 //! across SIGKILL and restarts, and reloading the tenants file.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use crate::support::{HostProcess, Reply, guest, send, tenant_toml, token};
 use bytes::Bytes;
 use serde_json::{Value, json};
-use support::{HostProcess, Reply, guest, send, tenant_toml, token};
 
 /// The API's admin in every test here.
 const ROOT: &str = "root";
@@ -636,23 +636,15 @@ async fn the_deploy_and_servers_commands_drive_the_api() {
 /// Polls until `slug` answers with `wanted` (`Err` text: until it fails
 /// that way), up to the harness's patience.
 async fn until_served(host: &HostProcess, slug: &str, wanted: Result<&str, u16>) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
+    support::eventually(std::time::Duration::from_millis(20), async || {
         let served = served_version(host, slug).await;
-        let matches = match (&served, wanted) {
-            (Ok(version), Ok(expected)) => version == expected,
-            (Err(failure), Err(status)) => failure.starts_with(&status.to_string()),
-            _ => false,
-        };
-        if matches {
-            return;
+        match (&served, wanted) {
+            (Ok(version), Ok(expected)) if version == expected => Ok(()),
+            (Err(failure), Err(status)) if failure.starts_with(&status.to_string()) => Ok(()),
+            _ => Err(format!("{slug} never answered {wanted:?}: last {served:?}")),
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{slug} never answered {wanted:?}: last {served:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -761,19 +753,14 @@ async fn serve_watch_reloads_when_the_file_or_a_component_changes() {
     let aside = dir.path().join("app.wasm.part");
     std::fs::copy(guest("structured_log"), &aside).unwrap();
     std::fs::rename(&aside, &component).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
+    support::eventually(std::time::Duration::from_millis(20), async || {
         let reply = host.get("one.localhost", "/").await;
-        if reply.status == 200 && reply.text() == "logged\n" {
-            break;
+        match reply.status == 200 && reply.text() == "logged\n" {
+            true => Ok(()),
+            false => Err(format!("never reloaded: {}", reply.text())),
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never reloaded: {}",
-            reply.text()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
