@@ -26,8 +26,44 @@ use crate::base::auth::{Sessions, check_origin};
 use crate::base::config::Status;
 use crate::base::responses::{Body, json_response};
 use crate::base::transport::{RequestBody, read_failure_status};
-use crate::deploy::{Caller, DeployError, Deployed, Deployments};
+use crate::deploy::{Caller, DeployError, Deployed, Deployments, Why};
 use crate::run::tenants::{FILE_DEPLOYER, Source, Tenant};
+
+/// A refusal as the API answers it: a status and `{"error": message}`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn into_response(self) -> Response<Body> {
+        crate::base::responses::error_response(self.status, &self.message)
+    }
+}
+
+/// Each kind of refusal of the deploy layer, as an HTTP status.
+impl From<DeployError> for ApiError {
+    fn from(refused: DeployError) -> Self {
+        let status = match refused.why {
+            Why::Invalid => StatusCode::BAD_REQUEST,
+            Why::Forbidden => StatusCode::FORBIDDEN,
+            Why::NotFound => StatusCode::NOT_FOUND,
+            Why::Conflict => StatusCode::CONFLICT,
+            Why::Unservable => StatusCode::UNPROCESSABLE_ENTITY,
+            Why::OverQuota => StatusCode::INSUFFICIENT_STORAGE,
+            Why::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, refused.message)
+    }
+}
 
 /// The largest JSON body (`POST`, `PATCH`).
 const MAX_JSON_BYTES: usize = 64 * 1024;
@@ -48,7 +84,7 @@ pub(crate) async fn handle(
     };
     answer(deployments, &caller, max_component_bytes, request, route)
         .await
-        .unwrap_or_else(DeployError::into_response)
+        .unwrap_or_else(ApiError::into_response)
 }
 
 async fn answer(
@@ -57,7 +93,7 @@ async fn answer(
     max_component_bytes: u64,
     request: Request<RequestBody>,
     route: &str,
-) -> Result<Response<Body>, DeployError> {
+) -> Result<Response<Body>, ApiError> {
     let parts: Vec<&str> = route
         .trim_start_matches("/api/")
         .trim_end_matches('/')
@@ -112,13 +148,13 @@ async fn answer(
         }
         (&Method::POST, ["reload"]) => {
             if !caller.admin {
-                return Err(DeployError::new(
+                return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "only admins ([auth] admins) reload the tenants file",
                 ));
             }
             let summary = deployments.reload(&caller.user).await.map_err(|e| {
-                DeployError::new(StatusCode::BAD_REQUEST, format!("nothing changed: {e:#}"))
+                ApiError::new(StatusCode::BAD_REQUEST, format!("nothing changed: {e:#}"))
             })?;
             json_response(
                 StatusCode::OK,
@@ -131,13 +167,13 @@ async fn answer(
             )
         }
         (_, ["servers"] | ["servers", _] | ["servers", _, "versions", _] | ["reload"]) => {
-            return Err(DeployError::new(
+            return Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{method} is not allowed on {route}"),
             ));
         }
         _ => {
-            return Err(DeployError::new(
+            return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!("no such endpoint: {route}"),
             ));
@@ -163,12 +199,12 @@ fn authenticate(
     sessions: &Sessions,
     allowed_origins: &[String],
     headers: &HeaderMap,
-) -> Result<Caller, DeployError> {
+) -> Result<Caller, ApiError> {
     check_origin(headers, allowed_origins)
-        .map_err(|why| DeployError::new(StatusCode::FORBIDDEN, why))?;
+        .map_err(|why| ApiError::new(StatusCode::FORBIDDEN, why))?;
     let user = sessions
         .authenticate(headers)
-        .map_err(|e| DeployError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
+        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
     Ok(Caller {
         admin: deployments.is_admin(&user),
         user,
@@ -211,19 +247,19 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 
 /// A deploy's body: the component's bytes, at most `max` (413 past it,
 /// before reading when `Content-Length` says so).
-async fn read_component(request: Request<RequestBody>, max: u64) -> Result<Bytes, DeployError> {
+async fn read_component(request: Request<RequestBody>, max: u64) -> Result<Bytes, ApiError> {
     if let Some(kind) = request.headers().get(header::CONTENT_TYPE) {
         let kind = kind.to_str().unwrap_or_default();
         let essence = kind.split(';').next().unwrap_or_default().trim();
         if !matches!(essence, "application/wasm" | "application/octet-stream") {
-            return Err(DeployError::new(
+            return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 format!("send the component as application/wasm, not {kind:?}"),
             ));
         }
     }
     let too_large = || {
-        DeployError::new(
+        ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("a component may have at most {max} bytes ([host] max_component_bytes)"),
         )
@@ -236,7 +272,7 @@ async fn read_component(request: Request<RequestBody>, max: u64) -> Result<Bytes
     match Limited::new(request.into_body(), limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(DeployError::new(
+        Err(e) => Err(ApiError::new(
             read_failure_status(&*e, StatusCode::BAD_REQUEST),
             format!("the upload did not complete: {e}"),
         )),
@@ -245,21 +281,21 @@ async fn read_component(request: Request<RequestBody>, max: u64) -> Result<Bytes
 
 async fn read_json<T: serde::de::DeserializeOwned>(
     request: Request<RequestBody>,
-) -> Result<T, DeployError> {
+) -> Result<T, ApiError> {
     let bytes = match Limited::new(request.into_body(), MAX_JSON_BYTES)
         .collect()
         .await
     {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
-            return Err(DeployError::new(
+            return Err(ApiError::new(
                 read_failure_status(&*e, StatusCode::BAD_REQUEST),
                 format!("cannot read the body (at most {MAX_JSON_BYTES} bytes of JSON): {e}"),
             ));
         }
     };
     serde_json::from_slice(&bytes).map_err(|e| {
-        DeployError::new(
+        ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("the body is not the JSON this endpoint takes: {e}"),
         )
