@@ -379,7 +379,7 @@ impl App {
         );
         let live = self.deployments.live().clone();
         let sweeping = tokio::spawn(
-            async move { crate::run::instances::sweep_every_second(&live).await }
+            async move { crate::run::tenants::sweep_every_second(&live).await }
                 .instrument(tracing::info_span!("instances")),
         );
         let https_port = listener.local_addr()?.port();

@@ -8,14 +8,12 @@
 use crate::support;
 
 use std::convert::Infallible;
-use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::support::{HostProcess, guest, run_failing, tenant_toml};
+use crate::support::{HostProcess, guest, tenant_toml};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
@@ -23,7 +21,7 @@ use serde_json::Value;
 
 /// A real HTTP server on 127.0.0.1: answers `upstream ok {path}`, or, on
 /// `/slow`, only after 10 s. Counts the connections it accepted.
-struct Upstream {
+pub(super) struct Upstream {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
     /// Set once a `/slow` request has been answered.
@@ -37,7 +35,7 @@ impl Drop for Upstream {
     }
 }
 
-async fn upstream() -> Upstream {
+pub(super) async fn upstream() -> Upstream {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
@@ -77,7 +75,7 @@ async fn upstream() -> Upstream {
 }
 
 /// A `[[tenants]]` table for hello.wasm with `extra` keys.
-fn tenant(slug: &str, extra: &str) -> String {
+pub(super) fn tenant(slug: &str, extra: &str) -> String {
     format!(
         "{}{extra}\n",
         tenant_toml(slug, "alice", "active", &[("1.0.0", &guest("hello"))])
@@ -86,7 +84,12 @@ fn tenant(slug: &str, extra: &str) -> String {
 
 /// Asks `slug`'s guest to GET `url` `times` times; its JSON answer and the
 /// request id.
-async fn fetch(host: &HostProcess, slug: &str, url: &str, times: usize) -> (Value, String) {
+pub(super) async fn fetch(
+    host: &HostProcess,
+    slug: &str,
+    url: &str,
+    times: usize,
+) -> (Value, String) {
     let times = times.to_string();
     let reply = host
         .request(
@@ -101,13 +104,13 @@ async fn fetch(host: &HostProcess, slug: &str, url: &str, times: usize) -> (Valu
     (reply.json(), id)
 }
 
-fn denied(result: &Value) -> bool {
+pub(super) fn denied(result: &Value) -> bool {
     result["error"]
         .as_str()
         .is_some_and(|e| e.contains("HttpRequestDenied"))
 }
 
-fn warnings(entries: &[Value]) -> Vec<String> {
+pub(super) fn warnings(entries: &[Value]) -> Vec<String> {
     entries
         .iter()
         .filter(|e| e["level"] == "warn" && e["type"] == "log")
@@ -115,7 +118,7 @@ fn warnings(entries: &[Value]) -> Vec<String> {
         .collect()
 }
 
-fn event(entries: &[Value]) -> &Value {
+pub(super) fn event(entries: &[Value]) -> &Value {
     entries.last().filter(|e| e["type"] == "request").unwrap()
 }
 
@@ -324,146 +327,6 @@ async fn a_slow_upstream_hits_the_timeout_and_does_not_hold_the_request() {
     );
     let warned = warnings(&viewer.request_entries(&id).await);
     assert!(warned.iter().any(|w| w.contains("timed out")), "{warned:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn env_and_secrets_reach_the_guest_and_printed_secrets_arrive_redacted() {
-    const API_KEY: &str = "sk-test-0123456789abcdef";
-    const DB_URL: &str = "postgres://app:hunter22@db.internal/app";
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("db-url");
-    std::fs::write(&file, format!("{DB_URL}\n")).unwrap();
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let config = tenant(
-        "secretive",
-        &format!(
-            "env = {{ MODE = \"demo\" }}\nsecrets = {{ API_KEY = {{ env = \"MCTX_TEST_API_KEY\" }}, \
-             DB_URL = {{ file = {file:?} }} }}"
-        ),
-    );
-    let host = HostProcess::multi_with_env(&config, &[], &[("MCTX_TEST_API_KEY", API_KEY)]);
-    let mut viewer = host.viewer("secretive", "", "alice").await;
-    for (name, value) in [("MODE", "demo"), ("API_KEY", API_KEY), ("DB_URL", DB_URL)] {
-        let reply = host
-            .get("secretive.localhost", &format!("/env?name={name}"))
-            .await;
-        assert_eq!(reply.json()["value"], value, "the guest sees {name}");
-        let id = reply.header("x-request-id").unwrap().to_string();
-        let entries = viewer.request_entries(&id).await;
-        let printed = entries
-            .iter()
-            .find(|e| e["message"].as_str().unwrap().starts_with("env "))
-            .unwrap();
-        let expected = if name == "MODE" { value } else { "[REDACTED]" };
-        assert_eq!(printed["message"], format!("env {name}={expected}"));
-    }
-    let cookie = format!("session={}", support::token("alice"));
-    for (path, host_name) in [
-        ("/healthz", "localhost"),
-        ("/dev/servers/secretive", "localhost"),
-    ] {
-        let page = host
-            .request("GET", host_name, path, &[("cookie", &cookie)])
-            .await
-            .text();
-        assert!(
-            !page.contains(API_KEY) && !page.contains("hunter22"),
-            "{path} shows no secret"
-        );
-        if path.starts_with("/dev") {
-            assert!(page.contains("MODE, API_KEY, DB_URL"), "names only: {page}");
-        }
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn secrets_are_redacted_in_every_form_a_guest_prints_them() {
-    const API_KEY: &str = "sk-test-0123456789abcdef";
-    let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, text: &str| {
-        let file = dir.path().join(name);
-        std::fs::write(&file, text).unwrap();
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        file
-    };
-    let (lf, crlf) = (
-        write("lf", "first-line-secret\nsecond-line-secret\n"),
-        write("crlf", "first-crlf-secret\r\nsecond-crlf-secret\r\n"),
-    );
-    let config = tenant(
-        "secretive",
-        &format!(
-            "secrets = {{ API_KEY = {{ env = \"MCTX_TEST_API_KEY\" }}, LF = {{ file = {lf:?} }}, \
-             CRLF = {{ file = {crlf:?} }} }}"
-        ),
-    );
-    let host = HostProcess::multi_with_env(&config, &[], &[("MCTX_TEST_API_KEY", API_KEY)]);
-    let mut viewer = host.viewer("secretive", "", "alice").await;
-    let clear = [
-        API_KEY,
-        "first-line-secret",
-        "second-line-secret",
-        "first-crlf-secret",
-        "second-crlf-secret",
-    ];
-    for (name, form) in [
-        ("LF", ""),
-        ("CRLF", ""),
-        ("API_KEY", "json"),
-        ("LF", "json"),
-        ("API_KEY", "url"),
-        ("API_KEY", "base64"),
-    ] {
-        let reply = host
-            .get(
-                "secretive.localhost",
-                &format!("/env?name={name}&as={form}"),
-            )
-            .await;
-        assert_eq!(reply.status, 200);
-        let id = reply.header("x-request-id").unwrap().to_string();
-        let entries = viewer.request_entries(&id).await;
-        let shown = serde_json::to_string(&entries).unwrap();
-        assert!(shown.contains("[REDACTED]"), "{name} as {form:?}: {shown}");
-        for secret in clear {
-            assert!(
-                !shown.contains(secret),
-                "{name} as {form:?} shows {secret}: {shown}"
-            );
-        }
-        let encoded: String = API_KEY.bytes().map(|b| format!("%{b:02X}")).collect();
-        assert!(!shown.contains(&encoded), "{shown}");
-        assert!(
-            !shown.contains("c2stdGVzdC0wMTIzNDU2Nzg5YWJjZGVm"),
-            "{shown}"
-        );
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_or_unsafe_secret_source_is_refused_naming_tenant_and_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let shared = dir.path().join("shared");
-    std::fs::write(&shared, "x").unwrap();
-    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let config = tenant(
-        "needy",
-        &format!(
-            "secrets = {{ TOKEN = {{ env = \"MCTX_TEST_NEVER_SET\" }}, CERT = {{ file = {shared:?} }} }}"
-        ),
-    );
-    let path = dir.path().join("tenants.toml");
-    std::fs::write(&path, config).unwrap();
-    let args: Vec<OsString> = vec!["serve".into(), "--config".into(), path.into()];
-    let stderr = run_failing(&args);
-    for expected in [
-        r#"tenant "needy": secret "TOKEN""#,
-        "MCTX_TEST_NEVER_SET",
-        r#"tenant "needy": secret "CERT""#,
-        "readable by group or others",
-    ] {
-        assert!(stderr.contains(expected), "{expected:?} in {stderr}");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,7 +26,6 @@ use crate::logs::entry::{
 };
 use crate::logs::redact::{redact, redact_fields};
 use crate::logs::sink::LogSink;
-pub use crate::logs::stdio::{CaptureStream, OutputTarget};
 
 /// How many bytes of output one request may write before the rest is dropped.
 pub const OUTPUT_BUDGET_BYTES: usize = 256 * 1024;
@@ -203,13 +202,6 @@ impl RequestCapture {
 
     pub fn meta(&self) -> &Arc<RequestMeta> {
         &self.meta
-    }
-
-    /// The guest's stdout or stderr for this request alone (an instance
-    /// that serves several requests writes through its own
-    /// [`OutputTarget`] instead: `CaptureStream::to`).
-    pub fn stream(self: &Arc<Self>, stream: Stream) -> CaptureStream {
-        CaptureStream::to(&Arc::new(OutputTarget::new(self.clone())), stream)
     }
 
     fn lock(&self) -> MutexGuard<'_, CaptureState> {

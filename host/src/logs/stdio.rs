@@ -31,7 +31,16 @@ pub struct CaptureStream {
 }
 
 /// The capture an instance's output goes to: the request it serves.
-pub type OutputTarget = arc_swap::ArcSwap<RequestCapture>;
+pub(crate) type OutputTarget = arc_swap::ArcSwap<RequestCapture>;
+
+impl RequestCapture {
+    /// The guest's stdout or stderr for this request alone (an instance
+    /// that serves several requests writes through its own
+    /// [`OutputTarget`] instead: [`CaptureStream::to`]).
+    pub fn stream(self: &Arc<Self>, stream: Stream) -> CaptureStream {
+        CaptureStream::to(&Arc::new(OutputTarget::new(self.clone())), stream)
+    }
+}
 
 impl CaptureStream {
     /// The guest's `stream`, written to whichever capture `target` holds

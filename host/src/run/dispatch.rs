@@ -25,10 +25,11 @@ use wasmtime_wasi_http::p3::bindings::ServicePre;
 use crate::base::metrics::Metrics;
 use crate::base::refusals::{Refusal, Refusals};
 use crate::base::responses::{Body, busy_response, error_response};
-use crate::base::transport::{BodyError, RequestBody};
+use crate::base::transport::RequestBody;
 use crate::logs::capture::RequestCapture;
 use crate::logs::entry::{McpCall, Outcome, RequestHeaders, RequestMeta};
 use crate::logs::sink::LogSink;
+use crate::run::body::{BodyFaults, LimitedBody, body_too_large};
 use crate::run::capabilities::Capabilities;
 use crate::run::gate;
 use crate::run::limits::{Metered, RequestMeter};
@@ -245,12 +246,7 @@ impl Dispatcher {
         // Counted as the guest reads it: past the limit the guest's read
         // fails and the client gets 413; a body that stalls, 408.
         let faults = Arc::new(BodyFaults::default());
-        let request = request.map(|body| LimitedBody {
-            body,
-            read: 0,
-            limit: limits.body_bytes,
-            faults: faults.clone(),
-        });
+        let request = request.map(|body| LimitedBody::new(body, limits.body_bytes, faults.clone()));
         let https = crate::base::transport::over_tls(&request);
 
         let Ok(slot) = self.slots.clone().acquire_owned().await else {
@@ -360,13 +356,13 @@ impl Dispatcher {
                 Ok(head) => head,
                 Err(_) => {
                     let response = outcome_response(outcome, &meter);
-                    return finish_response(response, &faults, &self.refusals, limits.body_bytes);
+                    return faults.finish(response, &self.refusals, limits.body_bytes);
                 }
             },
             // Dropped unsent: the guest is ending (or died) without an answer.
             First::Head(Err(_)) => {
                 let response = outcome_response(guest.await, &meter);
-                return finish_response(response, &faults, &self.refusals, limits.body_bytes);
+                return faults.finish(response, &self.refusals, limits.body_bytes);
             }
         };
         let response = match head {
@@ -382,7 +378,7 @@ impl Dispatcher {
                 &format!("the tenant answered with an error: {code}"),
             ),
         };
-        finish_response(response, &faults, &self.refusals, limits.body_bytes)
+        faults.finish(response, &self.refusals, limits.body_bytes)
     }
 }
 
@@ -427,33 +423,6 @@ enum Call<F> {
 enum First<H> {
     Head(Result<H, oneshot::error::RecvError>),
     Ended(Outcome),
-}
-
-/// The response, unless the guest read past the body limit (413) or the
-/// client stopped sending it (408): whatever the guest made of its failed
-/// read, the client is told what the host refused.
-fn finish_response(
-    response: Response<Body>,
-    faults: &BodyFaults,
-    refusals: &Refusals,
-    limit: u64,
-) -> Response<Body> {
-    if faults.too_large.load(Ordering::Relaxed) {
-        refusals.count(Refusal::BodyTooLarge);
-        return body_too_large(limit);
-    }
-    if let Some(error) = faults.stalled.get() {
-        // Already counted where it stalled.
-        return error_response(StatusCode::REQUEST_TIMEOUT, error);
-    }
-    response
-}
-
-/// What went wrong with a request body as the guest read it.
-#[derive(Default)]
-struct BodyFaults {
-    too_large: AtomicBool,
-    stalled: std::sync::OnceLock<String>,
 }
 
 impl Dispatcher {
@@ -577,63 +546,6 @@ impl Dispatcher {
             })
         });
         store
-    }
-}
-
-/// 413, naming the limit.
-fn body_too_large(limit: u64) -> Response<Body> {
-    error_response(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        &format!("the request body is larger than this tenant accepts ({limit} bytes)"),
-    )
-}
-
-/// A request body that fails once more than `limit` bytes have come,
-/// without buffering anything; `faults` tells the dispatcher.
-pub(crate) struct LimitedBody {
-    body: RequestBody,
-    read: u64,
-    limit: u64,
-    faults: Arc<BodyFaults>,
-}
-
-impl http_body::Body for LimitedBody {
-    type Data = bytes::Bytes;
-    type Error = wasmtime_wasi_http::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let frame = std::task::ready!(std::pin::Pin::new(&mut self.body).poll_frame(cx));
-        if let Some(Ok(frame)) = &frame
-            && let Some(data) = frame.data_ref()
-        {
-            self.read += data.len() as u64;
-            if self.read > self.limit {
-                self.faults.too_large.store(true, Ordering::Relaxed);
-                return std::task::Poll::Ready(Some(Err(
-                    wasmtime_wasi_http::Error::HttpRequestBodySize(Some(self.read)),
-                )));
-            }
-        }
-        std::task::Poll::Ready(frame.map(|f| {
-            f.map_err(|e| match e {
-                BodyError::Stalled(_) => {
-                    let _ = self.faults.stalled.set(e.to_string());
-                    wasmtime_wasi_http::Error::ConnectionReadTimeout
-                }
-                BodyError::Http(e) => e.into(),
-            })
-        }))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
     }
 }
 

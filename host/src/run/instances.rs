@@ -13,19 +13,18 @@
 //!   a cancelled or disconnected request drops it (the dispatcher decides);
 //! - one request at a time: an instance is either in the pool or owned by
 //!   the one request it serves, so every byte it writes is that request's;
-//! - kept instances are few: at most [`Budget::max`] host-wide (the
+//! - kept instances are few: at most [`Budget::max`](crate::run::budget::Budget::max) host-wide (the
 //!   instance pool is sized for them on top of the requests in flight),
 //!   and at most a tenant's own concurrency in its pool.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::Store;
 
+use crate::run::budget::{Budget, Held};
 use crate::run::runtime::Guest;
 use crate::run::state::RequestState;
-use crate::run::tenants::LiveTenants;
 
 /// An instance between requests.
 pub(crate) struct Warm {
@@ -36,51 +35,6 @@ pub(crate) struct Warm {
     idle_since: Instant,
     /// Counted in the host's budget while it exists.
     _held: Held,
-}
-
-/// The host-wide count of kept instances and its ceiling.
-#[derive(Debug)]
-pub(crate) struct Budget {
-    kept: AtomicUsize,
-    max: usize,
-}
-
-impl Budget {
-    pub(crate) fn new(max: usize) -> Arc<Budget> {
-        Arc::new(Budget {
-            kept: AtomicUsize::new(0),
-            max,
-        })
-    }
-
-    /// The most instances kept at once, host-wide.
-    pub(crate) fn max(&self) -> usize {
-        self.max
-    }
-
-    /// Instances kept right now.
-    pub(crate) fn kept(&self) -> usize {
-        self.kept.load(Ordering::Relaxed)
-    }
-
-    /// A place in the budget, while one is left.
-    pub(crate) fn hold(self: &Arc<Self>) -> Option<Held> {
-        self.kept
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |kept| {
-                (kept < self.max).then_some(kept + 1)
-            })
-            .ok()
-            .map(|_| Held(self.clone()))
-    }
-}
-
-/// One place in the [`Budget`], given back when dropped.
-pub(crate) struct Held(Arc<Budget>);
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.0.kept.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// One tenant version's kept instances, most recently used last.
@@ -149,21 +103,4 @@ fn expire(kept: &mut Vec<Warm>, idle: Duration) -> Vec<Warm> {
     let now = Instant::now();
     let fresh_from = kept.partition_point(|w| now.duration_since(w.idle_since) > idle);
     kept.drain(..fresh_from).collect()
-}
-
-/// Drops kept instances that waited past their tenant's idle timeout, once
-/// a second, so that a tenant that stops getting requests gives its
-/// instances' memory back instead of keeping it until its next request.
-pub(crate) async fn sweep_every_second(live: &LiveTenants) {
-    let mut every = tokio::time::interval(Duration::from_secs(1));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        for tenant in live.snapshot().iter() {
-            let idle = tenant.capabilities.limits.idle;
-            for deployment in tenant.versions.values() {
-                deployment.kept.sweep(idle);
-            }
-        }
-    }
 }

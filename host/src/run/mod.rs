@@ -14,6 +14,8 @@
 //! every store, and is made only when a p3 component loads.
 
 pub(crate) mod artifacts;
+pub(crate) mod body;
+pub(crate) mod budget;
 pub(crate) mod capabilities;
 pub(crate) mod dispatch;
 pub(crate) mod gate;

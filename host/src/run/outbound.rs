@@ -21,13 +21,10 @@
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -38,6 +35,7 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 use crate::base::config::{OutboundSpec, Scheme, Target, is_own_address, without_userinfo};
 use crate::logs::capture::RequestCapture;
 use crate::logs::entry::Level;
+use crate::run::body::DeadlineBody;
 
 /// A response and the future that drives its connection, as the hooks
 /// hand them back to wasmtime.
@@ -286,13 +284,7 @@ impl Call {
             (Err(_), Some(Ok(()))) => return Err(Error::HttpResponseIncomplete),
             (Err(e), _) => return Err(Error::from(e)),
         };
-        let response = response.map(|body| {
-            DeadlineBody {
-                body,
-                deadline: Box::pin(tokio::time::sleep_until(deadline)),
-            }
-            .boxed_unsync()
-        });
+        let response = response.map(|body| DeadlineBody::new(body, deadline).boxed_unsync());
         // A connection that already ended is not polled again.
         let drive = async move {
             match ended {
@@ -341,39 +333,6 @@ async fn resolve(target: &Target) -> std::io::Result<Vec<SocketAddr>> {
     Ok(tokio::net::lookup_host((target.host.as_str(), target.port))
         .await?
         .collect())
-}
-
-/// A response body that fails once the call's deadline passes, so a slow
-/// upstream cannot hold the guest (and its request) past it.
-struct DeadlineBody {
-    body: hyper::body::Incoming,
-    deadline: Pin<Box<tokio::time::Sleep>>,
-}
-
-impl http_body::Body for DeadlineBody {
-    type Data = Bytes;
-    type Error = Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Error>>> {
-        match Pin::new(&mut self.body).poll_frame(cx) {
-            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Error::from))),
-            Poll::Pending => match self.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Error::ConnectionReadTimeout))),
-                Poll::Pending => Poll::Pending,
-            },
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use crate::run::artifacts::{ArtifactCache, CacheOutcome};
-use crate::run::instances::Budget;
+use crate::run::budget::Budget;
 use crate::run::keyvalue::KeyValueStores;
 use crate::run::pool::{self, PoolOptions};
 use crate::run::state::RequestState;

@@ -51,8 +51,8 @@ use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::p3::bindings::{Service, ServicePre};
 
 use crate::base::responses::Body;
-use crate::run::dispatch::LimitedBody;
-use crate::run::instances::{Budget, Held};
+use crate::run::body::LimitedBody;
+use crate::run::budget::{Budget, Held};
 use crate::run::limits::{Limits, Metered, RequestMeter};
 use crate::run::p3;
 use crate::run::state::{Attributed, RequestState};

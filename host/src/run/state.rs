@@ -9,8 +9,9 @@ use wasmtime::component::{GuestTaskId, ResourceTable};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::logs::capture::{CaptureStream, OutputTarget, RequestCapture};
+use crate::logs::capture::RequestCapture;
 use crate::logs::entry::Stream;
+use crate::logs::stdio::{CaptureStream, OutputTarget};
 use crate::run::capabilities::Capabilities;
 use crate::run::keyvalue::TenantStore;
 use crate::run::limits::{MemoryLimiter, RequestMeter};

@@ -362,3 +362,20 @@ fn load_one(
     tracing::info!(component = %path.display(), wasi = pre.generation(), ?outcome, elapsed_ms = started.elapsed().as_millis() as u64, "component ready");
     Ok((pre, sha256, wasm.len() as u64))
 }
+
+/// Drops kept instances that waited past their tenant's idle timeout, once
+/// a second, so that a tenant that stops getting requests gives its
+/// instances' memory back instead of keeping it until its next request.
+pub(crate) async fn sweep_every_second(live: &LiveTenants) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        for tenant in live.snapshot().iter() {
+            let idle = tenant.capabilities.limits.idle;
+            for deployment in tenant.versions.values() {
+                deployment.kept.sweep(idle);
+            }
+        }
+    }
+}
