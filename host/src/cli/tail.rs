@@ -21,7 +21,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 use crate::logs::console::{Escaped, pretty_line};
 use crate::logs::entry::{EntryKind, LogEntry};
-use crate::logs::wire::{Filter, Frame};
+use crate::logs::filter::Filter;
+use crate::logs::wire::Frame;
 
 /// The longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(16);
@@ -67,8 +68,8 @@ pub(crate) struct TailArgs {
     /// Only a sample of the requests, 0 to 1 (`0.1`: one in ten), each with
     /// all its entries; decided in the host by request id, so every viewer
     /// with the same rate sees the same requests.
-    #[arg(long, value_name = "RATE", value_parser = crate::logs::wire::Sample::parse)]
-    sampling_rate: Option<crate::logs::wire::Sample>,
+    #[arg(long, value_name = "RATE", value_parser = crate::logs::filter::Sample::parse)]
+    sampling_rate: Option<crate::logs::filter::Sample>,
 
     /// A CA certificate (PEM) to trust besides the system's, for a host
     /// whose certificate comes from a private CA (https/wss only).
@@ -82,8 +83,8 @@ pub(crate) struct TailArgs {
     /// Only requests that ended so: `ok` (the guest finished), `error` (an
     /// exception or a limit), `canceled` (the client left); repeat for more.
     /// Lines wait in the host until their request ends, then come whole.
-    #[arg(long, value_name = "STATUS", value_parser = crate::logs::wire::StatusClass::parse)]
-    status: Vec<crate::logs::wire::StatusClass>,
+    #[arg(long, value_name = "STATUS", value_parser = crate::logs::filter::StatusClass::parse)]
+    status: Vec<crate::logs::filter::StatusClass>,
 
     /// Only requests with this method (`POST`); repeat for more. Lines
     /// come when their request ends.
@@ -94,8 +95,8 @@ pub(crate) struct TailArgs {
     /// (`NAME:VALUE`); repeat to require several. Lines come when their
     /// request ends. Credentials (`authorization`, `cookie`) are never
     /// shown, so their values cannot be matched.
-    #[arg(long, value_name = "NAME[:VALUE]", value_parser = crate::logs::wire::HeaderMatch::parse)]
-    header: Vec<crate::logs::wire::HeaderMatch>,
+    #[arg(long, value_name = "NAME[:VALUE]", value_parser = crate::logs::filter::HeaderMatch::parse)]
+    header: Vec<crate::logs::filter::HeaderMatch>,
 
     /// Only MCP requests with this method (`tools/call`), as their
     /// `Mcp-Method` header says; repeat for more. Lines come when their
@@ -311,9 +312,9 @@ mod tests {
             ca_cert: None,
             tls: None,
             sampling_rate: None,
-            status: vec![crate::logs::wire::StatusClass::Error],
+            status: vec![crate::logs::filter::StatusClass::Error],
             method: vec!["post".into()],
-            header: vec![crate::logs::wire::HeaderMatch::parse("X-Pick: yes").unwrap()],
+            header: vec![crate::logs::filter::HeaderMatch::parse("X-Pick: yes").unwrap()],
             mcp_method: Vec::new(),
         }
     }

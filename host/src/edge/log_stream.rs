@@ -30,8 +30,9 @@ use crate::base::config::Status;
 use crate::base::responses::{Body, error_response, full_body};
 use crate::base::transport::RequestBody;
 use crate::logs::cluster::{Admission, Cluster};
+use crate::logs::filter::Filter;
 use crate::logs::hub::{Closed, LogHub, Outgoing, SubscribeError, Subscription};
-use crate::logs::wire::{Filter, Frame};
+use crate::logs::wire::Frame;
 use crate::run::tenants::{LiveTenants, Tenant, TenantRegistry};
 
 /// Everything the endpoint needs. Its limits and timers are the hub's

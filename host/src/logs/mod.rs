@@ -10,6 +10,8 @@ pub mod capture;
 pub(crate) mod cluster;
 pub(crate) mod console;
 pub mod entry;
+pub(crate) mod event;
+pub(crate) mod filter;
 pub(crate) mod hub;
 pub(crate) mod publish;
 pub(crate) mod redact;

@@ -91,8 +91,8 @@ mod tests {
     use super::*;
     use crate::base::config::LogSettings;
     use crate::logs::entry::{RequestMeta, Stream};
+    use crate::logs::filter::Filter;
     use crate::logs::hub::Outgoing;
-    use crate::logs::wire::Filter;
 
     fn line(text: &str) -> LogEntry {
         let meta = Arc::new(RequestMeta {

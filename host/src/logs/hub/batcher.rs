@@ -102,8 +102,8 @@ fn deliver_chunk(viewers: &[Arc<ViewerQueue>], chunk: &[LogEntry]) {
 #[cfg(test)]
 mod tests {
     use super::super::tests::{entries_of, entry, hub};
+    use crate::logs::filter::Filter;
     use crate::logs::hub::{Closed, Outgoing};
-    use crate::logs::wire::Filter;
 
     #[tokio::test]
     async fn entries_go_out_in_batches_of_at_most_100_in_order() {

@@ -13,7 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::logs::entry::{EntryKind, LogEntry};
-use crate::logs::wire::Filter;
+use crate::logs::filter::Filter;
 
 #[derive(Debug)]
 pub(super) struct Held {

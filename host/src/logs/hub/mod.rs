@@ -44,7 +44,7 @@ use tracing::Instrument as _;
 use crate::base::config::LogSettings;
 use crate::base::metrics::Metrics;
 use crate::logs::entry::LogEntry;
-use crate::logs::wire::Filter;
+use crate::logs::filter::Filter;
 pub(crate) use remote::{Following, Remote};
 pub(crate) use viewer::{Closed, Outgoing};
 use viewer::{QueueLimits, ViewerQueue};

@@ -35,9 +35,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::logs::filter::Filter;
     use crate::logs::hub::lock;
     use crate::logs::hub::tests::hub;
-    use crate::logs::wire::Filter;
 
     /// A remote that records what the hub tells it. Each follower holds a
     /// sender whose receiver learns when the follower is gone.

@@ -17,7 +17,8 @@ use super::held::Held;
 use super::lock;
 use crate::base::metrics::Metrics;
 use crate::logs::entry::LogEntry;
-use crate::logs::wire::{Filter, Frame};
+use crate::logs::filter::Filter;
+use crate::logs::wire::Frame;
 
 /// What waits in a viewer's queue, in the order it is sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
