@@ -4,16 +4,17 @@
 //! # Layout
 //!
 //! Five layers, each using only the ones below it, and a composition root
-//! on top:
+//! on top. No two modules import each other, directly or round a circle
+//! (checked when this was last reorganised; see issue 29's note):
 //!
 //! | layer | modules | what it owns |
 //! |---|---|---|
 //! | root | [`app`], [`cli`] | `App::build` wires every part from an [`AppConfig`]; `App::serve` runs and shuts down in order. The CLI only turns flags and files into that config (and holds the `tail` client). |
 //! | edge | `edge::{server, routing, control, dashboard, log_stream, deploy_api}` | the network: accept loop, `Host` + path → tenant or control plane, `/healthz`, the dashboard, the log-stream WebSocket, the deploy API's HTTP. |
 //! | deploy | `deploy::{rules, apply, durable, mirror, load, error, store, shared, reload}` | the server list and every change to it, one at a time: the rules (`rules`), durable (`state_dir`, or JetStream on a cluster) before the tenant registry swaps; reloading the tenants file. Its refusals (`error::Why`) know no HTTP: `edge::deploy_api` maps them to statuses. |
-//! | run | `run::{dispatch, runtime, pool, p3, shared, state, limits, tenants, instances, keyvalue, artifacts, guest_logging}` | WebAssembly: an engine and linker per WASI generation (p2; p3 when one loads), tenants' components compiled once, each request in a fresh instance (from a pool whose slots are made clean between tenants, `pool`) (or, for a tenant that asks, one kept from its version's previous request, or a p3 instance serving several at once) with its CPU and memory limits; each tenant's key-value store; the registry of tenants, an immutable snapshot swapped whole. |
-//! | logs | `logs::{capture, entry, publish, hub, wire, cluster, console}` | what guests write becoming entries, numbered once, fanned out to viewers here and on other hosts. |
-//! | base | `base::{config, auth, responses}` | the tenants file (one struct per table), session tokens, the host's own responses. |
+//! | run | `run::{dispatch, body, runtime, pool, p3, shared, state, limits, tenants, instances, budget, keyvalue, artifacts, guest_logging}` | WebAssembly: an engine and linker per WASI generation (p2; p3 when one loads), tenants' components compiled once, each request in a fresh instance (from a pool whose slots are made clean between tenants, `pool`) (or, for a tenant that asks, one kept from its version's previous request, or a p3 instance serving several at once) with its CPU and memory limits; each tenant's key-value store; the registry of tenants, an immutable snapshot swapped whole. |
+//! | logs | `logs::{capture, stdio, line, redact, entry, event, publish, hub, wire, filter, cluster, console}` | what guests write becoming entries (`capture`: per request; `stdio`: the guest's streams; `line`: one unfinished line), numbered once, fanned out to viewers here and on other hosts; `wire` is the viewer protocol, `filter` what a viewer asks for. |
+//! | base | `base::{config, auth, responses, metrics, sync}` | the tenants file (one struct per table), session tokens, the host's own responses, the operator's metrics, taking locks. |
 //!
 //! **How a request travels.** `edge::server` accepts the connection and
 //! hands each request to its `FrontDoor`; `edge::routing` picks the tenant

@@ -13,6 +13,7 @@ pub mod entry;
 pub(crate) mod event;
 pub(crate) mod filter;
 pub(crate) mod hub;
+pub(crate) mod line;
 pub(crate) mod publish;
 pub(crate) mod redact;
 pub mod sink;
