@@ -24,6 +24,7 @@ mod faults;
 mod front_door;
 mod js_tenant;
 mod keyvalue;
+mod layout;
 mod load;
 mod log_stream_auth;
 mod log_stream_viewers;

@@ -1,7 +1,7 @@
 //! Per-request capture of guest stdout and stderr.
 //!
 //! Each request gets one [`RequestCapture`]; the guest's stdout and stderr are
-//! [`CaptureStream`]s writing into it. Bytes are split into lines as they
+//! `CaptureStream`s (`logs::stdio`) writing into it. Bytes are split into lines as they
 //! arrive and each complete line becomes a [`LogEntry`] handed to a
 //! [`LogSink`] at once, so a viewer sees a line while the request is still
 //! running. Nothing goes to the host's own stdout.

@@ -36,7 +36,7 @@ pub(crate) type OutputTarget = arc_swap::ArcSwap<RequestCapture>;
 impl RequestCapture {
     /// The guest's stdout or stderr for this request alone (an instance
     /// that serves several requests writes through its own
-    /// [`OutputTarget`] instead: [`CaptureStream::to`]).
+    /// `OutputTarget` instead: `CaptureStream::to`).
     pub fn stream(self: &Arc<Self>, stream: Stream) -> CaptureStream {
         CaptureStream::to(&Arc::new(OutputTarget::new(self.clone())), stream)
     }
