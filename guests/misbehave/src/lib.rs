@@ -57,7 +57,9 @@ impl wasip2::exports::http::incoming_handler::Guest for Misbehave {
                 // What a hostile tenant prints to attack whoever tails it:
                 // retitle the window (OSC 0), clear the screen, a C1 CSI,
                 // a bidirectional override, a carriage return.
-                println!("[WARN] title\x1b]0;pwned\x07 clear\x1b[2J c1\u{9b}31m bidi\u{202e}txt cr\rend");
+                println!(
+                    "[WARN] title\x1b]0;pwned\x07 clear\x1b[2J c1\u{9b}31m bidi\u{202e}txt cr\rend"
+                );
                 respond(out, 200, "text/plain", b"printed escapes\n");
             }
             "/stack" => {
