@@ -270,9 +270,10 @@ async fn serve_watch_reloads_when_the_file_or_a_component_changes() {
     std::fs::rename(&aside, &component).unwrap();
     support::eventually(std::time::Duration::from_millis(20), async || {
         let reply = host.get("one.localhost", "/").await;
-        match reply.status == 200 && reply.text() == "logged\n" {
-            true => Ok(()),
-            false => Err(format!("never reloaded: {}", reply.text())),
+        if reply.status == 200 && reply.text() == "logged\n" {
+            Ok(())
+        } else {
+            Err(format!("never reloaded: {}", reply.text()))
         }
     })
     .await;

@@ -257,11 +257,12 @@ async fn memory_taken_by_a_burst_is_given_back() {
     // host trimming its heap, about a quarter was).
     support::eventually(std::time::Duration::from_millis(200), async || {
         let now = rss_kib(host.pid());
-        match now <= idle + (peak - idle) / 2 {
-            true => Ok(()),
-            false => Err(format!(
+        if now <= idle + (peak - idle) / 2 {
+            Ok(())
+        } else {
+            Err(format!(
                 "still {now} KiB resident: idle {idle}, peak {peak}"
-            )),
+            ))
         }
     })
     .await;

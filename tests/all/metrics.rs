@@ -90,11 +90,12 @@ impl Prometheus {
     async fn until(&self, promql: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         support::eventually(Duration::from_millis(200), async || {
             let result = self.query(promql).await;
-            match done(&result) {
-                true => Ok(result),
-                false => Err(format!(
+            if done(&result) {
+                Ok(result)
+            } else {
+                Err(format!(
                     "Prometheus never answered {promql} as expected; last: {result:?}"
-                )),
+                ))
             }
         })
         .await

@@ -16,6 +16,17 @@ fn config(logs: &str) -> String {
     .concat()
 }
 
+/// [`config`]'s tenants and `mis` (misbehave.wasm), alice's too.
+fn with_misbehave() -> HostProcess {
+    let misbehave = guest("misbehave");
+    let config = [
+        config(""),
+        tenant_toml("mis", "alice", "active", &[("1.0.0", &misbehave)]),
+    ]
+    .concat();
+    HostProcess::multi(&config, &[])
+}
+
 fn url(host: &HostProcess) -> String {
     format!("http://localhost:{}", host.addr.port())
 }
@@ -96,13 +107,7 @@ async fn pretty_output_has_time_level_slug_and_message_without_colour_in_a_pipe(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guests_terminal_escapes_are_shown_as_text() {
-    let misbehave = guest("misbehave");
-    let config = [
-        config(""),
-        tenant_toml("mis", "alice", "active", &[("1.0.0", &misbehave)]),
-    ]
-    .concat();
-    let host = HostProcess::multi(&config, &[]);
+    let host = with_misbehave();
     let pretty = tail_connected(&host, "mis", &[]);
     let json = json_tail(&host, "mis", &[]);
     host.get("mis.localhost", "/escapes").await;
@@ -288,13 +293,7 @@ fn requests_until(tail: &TailProcess, last: &str) -> Vec<(String, Vec<String>)> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_method_and_header_filters_pick_whole_requests() {
-    let misbehave = guest("misbehave");
-    let config = [
-        config(""),
-        tenant_toml("mis", "alice", "active", &[("1.0.0", &misbehave)]),
-    ]
-    .concat();
-    let host = HostProcess::multi(&config, &[]);
+    let host = with_misbehave();
     let errors = json_tail(&host, "mis", &["--status", "error"]);
     let posts = json_tail(&host, "hello", &["--method", "post"]);
     let picked = json_tail(&host, "hello", &["--header", "X-Pick: yes"]);

@@ -211,9 +211,10 @@ async fn https_serves_tenants_over_http1_and_http2_and_the_guest_sees_https() {
         let health = https(&host, ca.client(&[b"h2"]), "localhost", "/healthz")
             .await
             .json();
-        match health["refused"]["tlsHandshakeFailed"].as_u64().unwrap() >= 1 {
-            true => Ok(()),
-            false => Err(format!("never counted: {health}")),
+        if health["refused"]["tlsHandshakeFailed"].as_u64().unwrap() >= 1 {
+            Ok(())
+        } else {
+            Err(format!("never counted: {health}"))
         }
     })
     .await;
@@ -273,9 +274,10 @@ async fn a_certificate_swapped_on_disk_is_served_after_sighup_and_the_viewer_sta
     host.signal("HUP");
     support::eventually(std::time::Duration::from_millis(20), async || {
         let answer = https(&host, ca.client(&[b"h2"]), "hello.localhost", "/after").await;
-        match answer.peer == renewed.der {
-            true => Ok(()),
-            false => Err("the new certificate was never served".to_string()),
+        if answer.peer == renewed.der {
+            Ok(())
+        } else {
+            Err("the new certificate was never served".to_string())
         }
     })
     .await;

@@ -131,9 +131,10 @@ impl HostProcess {
     pub async fn wait_for_cluster(&self, ready: impl Fn(&serde_json::Value) -> bool) {
         eventually(Duration::from_millis(20), async || {
             let status = self.cluster_status().await;
-            match ready(&status) {
-                true => Ok(()),
-                false => Err(format!("cluster status never got there: {status}")),
+            if ready(&status) {
+                Ok(())
+            } else {
+                Err(format!("cluster status never got there: {status}"))
             }
         })
         .await;

@@ -10,8 +10,9 @@
 //! - **A web page in the operator's browser** can open a connection to
 //!   `127.0.0.1:PORT`, but only to send an HTTP request. A connection that
 //!   sends anything is therefore not a shutdown request: it gets a 403
-//!   saying why, and the host logs it and keeps running. A caller that connects and closes (or connects and waits, as
-//!   `wasmtime serve`'s users do) stops the host.
+//!   saying why, and the host logs it and keeps running. A caller that
+//!   connects and closes (or connects and waits, as `wasmtime serve`'s
+//!   users do) stops the host.
 //! - **Another user of this machine** can connect to any loopback port.
 //!   `--shutdown-addr unix:PATH` listens on a Unix socket instead, made
 //!   readable and writable by the host's own user only (0600), so only that
@@ -25,7 +26,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream, UnixListener};
-use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
 /// How long a shutdown connection may stay silent before silence counts as
 /// the request: a browser sends its request at once.
@@ -166,56 +168,55 @@ impl Drop for Umask {
     }
 }
 
+impl Listener {
+    /// The next caller: a TCP one to judge, or `None` for a Unix one, whose
+    /// connection is the request by itself.
+    async fn accept(&self) -> std::io::Result<Option<(TcpStream, SocketAddr)>> {
+        match self {
+            Listener::Tcp(listener) => listener.accept().await.map(Some),
+            Listener::Unix { listener, .. } => listener.accept().await.map(|_| None),
+        }
+    }
+}
+
 /// Resolves once a connection to `listener` asks to shut down: on a Unix
 /// socket, any connection; on TCP, one that sends nothing (module docs).
+/// Each TCP caller is judged on a task of its own, so one that stays
+/// silent does not hold up the next.
 async fn asked_at(listener: Listener) {
-    let (asked, mut request) = mpsc::channel::<()>(1);
+    let mut judged = JoinSet::new();
     loop {
         tokio::select! {
-            _ = request.recv() => return,
-            accepted = accept(&listener) => match accepted {
-                Accepted::Unix => return,
-                Accepted::Tcp(stream, peer) => {
-                    let asked = asked.clone();
-                    tokio::spawn(async move {
-                        if let Some(stream) = sends_something(stream).await {
-                            refuse(stream).await;
-                            tracing::warn!(
-                                %peer,
-                                "a connection to --shutdown-addr sent data (a web page's request?): \
-                                 not a shutdown request, ignored"
-                            );
-                        } else {
-                            let _ = asked.try_send(());
-                        }
-                    });
+            Some(Ok(true)) = judged.join_next() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(None) => return,
+                Ok(Some((stream, peer))) => {
+                    let span = tracing::info_span!("shutdown caller", %peer);
+                    judged.spawn(is_shutdown_request(stream).instrument(span));
                 }
-                // Out of descriptors, say: wait before trying again
-                // rather than spin.
-                Accepted::Failed => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => {
+                    tracing::warn!("--shutdown-addr: accepting a connection failed: {e}");
+                    // Out of descriptors, say: wait before trying again
+                    // rather than spin.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             },
         }
     }
 }
 
-enum Accepted {
-    Tcp(TcpStream, SocketAddr),
-    Unix,
-    Failed,
-}
-
-async fn accept(listener: &Listener) -> Accepted {
-    let accepted = match listener {
-        Listener::Tcp(listener) => listener
-            .accept()
-            .await
-            .map(|(stream, peer)| Accepted::Tcp(stream, peer)),
-        Listener::Unix { listener, .. } => listener.accept().await.map(|_| Accepted::Unix),
+/// Whether a TCP caller asked to shut down; one that sent data is told why
+/// not (and it is logged).
+async fn is_shutdown_request(stream: TcpStream) -> bool {
+    let Some(stream) = sends_something(stream).await else {
+        return true;
     };
-    accepted.unwrap_or_else(|e| {
-        tracing::warn!("--shutdown-addr: accepting a connection failed: {e}");
-        Accepted::Failed
-    })
+    refuse(stream).await;
+    tracing::warn!(
+        "a connection to --shutdown-addr sent data (a web page's request?): not a shutdown \
+         request, ignored"
+    );
+    false
 }
 
 /// The TCP caller's stream if it sent a byte within [`SILENCE`]; `None`
