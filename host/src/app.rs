@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::base::auth::Sessions;
-use crate::base::config::Config;
+use crate::base::config::{Config, Layers};
 use crate::base::metrics::{Metrics, Sampled};
 use crate::base::refusals::Refusals;
 use crate::deploy::{Deployments, Sources, StateLocation};
@@ -59,9 +59,10 @@ pub struct AppConfig {
     pub pool: PoolOptions,
     /// Guest output printed on this process's stdout, or not.
     pub guest_logs: GuestLogFormat,
-    /// The tenants file, re-read on a reload; `None` in single-component
+    /// What a reload settles the configuration from again (the tenants
+    /// file under the command line's settings); `None` in single-component
     /// mode.
-    pub tenants_file: Option<PathBuf>,
+    pub reload_from: Option<Layers>,
     /// Where servers deployed through the API live (`[host] state_dir`,
     /// resolved); `None` turns the deploy API off.
     pub state_dir: Option<PathBuf>,
@@ -131,10 +132,10 @@ impl App {
             cache_dir,
             pool,
             guest_logs,
-            tenants_file,
+            reload_from,
             state_dir,
         } = app;
-        let has_tenants_file = tenants_file.is_some();
+        let has_tenants_file = reload_from.is_some();
         let host = &config.host;
         // The pool's slots fit the largest memory any tenant may use (those
         // deployed through the API have the host's).
@@ -153,7 +154,7 @@ impl App {
         let loaded = Deployments::load(
             &config,
             Sources {
-                file: tenants_file,
+                reload_from,
                 // On a cluster the hosts share their deployments instead.
                 state: state_dir.map(|dir| match config.cluster {
                     Some(_) => StateLocation::Cluster,

@@ -9,19 +9,20 @@
 //!
 //! | layer | modules | what it owns |
 //! |---|---|---|
-//! | root | [`app`], [`cli`] | `App::build` wires every part from an [`AppConfig`]; `App::serve` runs and shuts down in order. The CLI only turns flags and files into that config (and holds the `tail` client). |
+//! | root | [`app`], [`cli`] | `App::build` wires every part from an [`AppConfig`]; `App::serve` runs and shuts down in order. The CLI only turns flags into settings over the tenants file (`config::Layers`, settled once, and again on each reload) and holds the `tail` client. |
 //! | edge | `edge::{server, routing, control, dashboard, log_stream, deploy_api}` | the network: accept loop, `Host` + path → tenant or control plane, `/healthz`, the dashboard, the log-stream WebSocket, the deploy API's HTTP. |
 //! | deploy | `deploy::{rules, apply, durable, mirror, load, error, store, shared, reload}` | the server list and every change to it, one at a time: the rules (`rules`), durable (`state_dir`, or JetStream on a cluster) before the tenant registry swaps; reloading the tenants file. Its refusals (`error::Why`) know no HTTP: `edge::deploy_api` maps them to statuses. |
 //! | run | `run::{dispatch, body, runtime, pool, p3, shared, state, limits, tenants, instances, budget, keyvalue, artifacts, guest_logging}` | WebAssembly: an engine and linker per WASI generation (p2; p3 when one loads), tenants' components compiled once, each request in a fresh instance (from a pool whose slots are made clean between tenants, `pool`) (or, for a tenant that asks, one kept from its version's previous request, or a p3 instance serving several at once) with its CPU and memory limits; each tenant's key-value store; the registry of tenants, an immutable snapshot swapped whole. |
 //! | logs | `logs::{capture, stdio, line, redact, entry, event, publish, hub, wire, filter, cluster, console}` | what guests write becoming entries (`capture`: per request; `stdio`: the guest's streams; `line`: one unfinished line), numbered once, fanned out to viewers here and on other hosts; `wire` is the viewer protocol, `filter` what a viewer asks for. |
-//! | base | `base::{config, auth, responses, metrics, sync}` | the tenants file (one struct per table), session tokens, the host's own responses, the operator's metrics, taking locks. |
+//! | base | `base::{config, auth, responses, metrics, sync}` | the configuration (one struct per table; the file and the command line settled in one place, `config::settle`), session tokens, the host's own responses, the operator's metrics, taking locks. |
 //!
 //! **How a request travels.** `edge::server` accepts the connection and
 //! hands each request to its `FrontDoor`; `edge::routing` picks the tenant
 //! and version from `Host` and path (or the control plane); `run::dispatch`
-//! adds `X-Tenant-Slug`, gives the request a [`RequestState`] store (WASI
-//! context, capture, CPU meter, memory limiter) and runs the tenant's
-//! pre-instantiated component on a task of its own; the guest's response
+//! adds `X-Tenant-Slug`, admits the request (or refuses it), prepares its
+//! `RequestState` store (WASI context, capture, CPU meter, memory limiter)
+//! and calls the tenant's pre-instantiated component in the connection's
+//! task (a task of its own once it streams a body); the guest's response
 //! streams back through hyper, and a `type:"request"` entry records how
 //! it ended.
 //!
@@ -42,7 +43,7 @@
 //! cluster, `publish` also hands the entries to `logs::cluster`, which
 //! sends them over NATS to hosts whose viewers watch the slug.
 //!
-//! [`RequestState`]: run::state::RequestState
+//! `RequestState`: run::state::RequestState
 
 pub mod app;
 mod base;

@@ -26,7 +26,7 @@ async fn an_app_built_in_process_serves_a_tenant_and_shuts_down() {
         cache_dir: Some(support::target_dir().join("test-artifact-cache")),
         pool: PoolOptions::default(),
         guest_logs: GuestLogFormat::Off,
-        tenants_file: None,
+        reload_from: None,
         state_dir: Some(state.path().to_path_buf()),
     })
     .await

@@ -9,14 +9,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use semver::Version;
 use tokio::net::TcpListener;
 
 use super::session_secret_from_env;
 use super::wasmtime;
 use crate::app::{App, AppConfig};
 use crate::base::auth::Sessions;
-use crate::base::config::{ClusterSettings, Config, CredentialUrl, HostSettings, Slug, TenantSpec};
+use crate::base::config::{Base, Config, Layers, Overrides, Slug};
 use crate::edge::routing::{RoutingMode, SINGLE_MODE_CONTROL_PREFIX};
 use crate::logs::console::GuestLogFormat;
 use crate::run::artifacts::ArtifactCache;
@@ -177,124 +176,95 @@ pub(crate) struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// The configuration this invocation describes: the config file, or a
-    /// one-tenant configuration around the component; and what `wasmtime
-    /// serve`'s flags asked for beyond it.
-    fn config(&self) -> Result<(Config, RoutingMode, wasmtime::Asked)> {
-        let mut config = match (&self.config, &self.component) {
-            (Some(path), _) => Config::load(path)?,
-            (None, Some(component)) => {
-                let slug = Slug::parse(&self.slug)
-                    .map_err(|e| anyhow::anyhow!("--slug {:?}: {e}", self.slug))?;
-                let spec = TenantSpec::new(
-                    slug,
-                    "local",
-                    [(Version::new(0, 0, 0), component.clone())].into(),
-                );
-                Config {
-                    source: "command line".into(),
-                    host: HostSettings::default(),
-                    auth: Default::default(),
-                    logs: Default::default(),
-                    metrics: Default::default(),
-                    cluster: None,
-                    tenants: vec![spec],
-                }
-            }
+    /// What this invocation's configuration is settled from: the tenants
+    /// file, or the one component, with every flag given over it; and what
+    /// `wasmtime serve`'s flags ask of the runtime beyond it.
+    fn layers(&self) -> Result<(Layers, wasmtime::Asked)> {
+        let base = match (&self.config, &self.component) {
+            (Some(path), _) => Base::File(path.clone()),
+            (None, Some(component)) => Base::Component {
+                slug: Slug::parse(&self.slug)
+                    .map_err(|e| anyhow::anyhow!("--slug {:?}: {e}", self.slug))?,
+                component: component.clone(),
+            },
             (None, None) => unreachable!("clap requires a component or --config"),
         };
-        if let Some(addr) = self.addr {
-            config.host.addr = addr;
+        let mut over = Overrides::default();
+        if let Some(secret) = session_secret_from_env() {
+            over.auth(
+                "MCTX_SESSION_SECRET",
+                "[auth] session_secret",
+                move |auth| {
+                    auth.session_secret = Some(secret.clone());
+                },
+            );
         }
-        if self.metrics_addr.is_some() {
-            config.metrics.addr = self.metrics_addr;
+        macro_rules! host {
+            ($flag:literal, $key:ident $(, $wrap:path)?) => {
+                if let Some(value) = self.$key.clone() {
+                    over.host($flag, concat!("[host] ", stringify!($key)), move |host| {
+                        host.$key = $($wrap)?(value.clone());
+                    });
+                }
+            };
         }
-        if self.tls_cert.is_some() {
-            config.host.tls_cert = self.tls_cert.clone();
-            config.host.tls_key = self.tls_key.clone();
+        host!("--addr", addr);
+        host!("--cpu-limit-ms", cpu_limit_ms);
+        host!("--memory-limit-mb", memory_limit_mb);
+        host!("--max-concurrent-requests", max_concurrent_requests);
+        host!("--shutdown-grace-secs", shutdown_grace_secs);
+        host!("--header-read-timeout-secs", header_read_timeout_secs);
+        host!("--request-timeout-ms", request_timeout_ms);
+        host!("--max-request-body-bytes", max_request_body_bytes);
+        host!("--max-connections", max_connections, Some);
+        host!("--max-connections-per-ip", max_connections_per_ip);
+        host!("--state-dir", state_dir, Some);
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            let files = (cert.clone(), key.clone());
+            over.host("--tls-cert", "[host] tls_", move |host| {
+                (host.tls_cert, host.tls_key) = (Some(files.0.clone()), Some(files.1.clone()));
+            });
         }
-        if let Some(ms) = self.cpu_limit_ms {
-            config.host.cpu_limit_ms = ms;
-        }
-        if let Some(mb) = self.memory_limit_mb {
-            config.host.memory_limit_mb = mb;
-        }
-        // Zero is refused by clap for the flags where it cannot work.
-        let host = &mut config.host;
-        if let Some(n) = self.max_concurrent_requests {
-            host.max_concurrent_requests = n;
-        }
-        if let Some(secs) = self.shutdown_grace_secs {
-            host.shutdown_grace_secs = secs;
-        }
-        if let Some(secs) = self.header_read_timeout_secs {
-            host.header_read_timeout_secs = secs;
-        }
-        if let Some(ms) = self.request_timeout_ms {
-            host.request_timeout_ms = ms;
-        }
-        if let Some(bytes) = self.max_request_body_bytes {
-            host.max_request_body_bytes = bytes;
-        }
-        if self.max_connections.is_some() {
-            host.max_connections = self.max_connections;
-        }
-        if let Some(n) = self.max_connections_per_ip {
-            host.max_connections_per_ip = n;
+        if let Some(addr) = self.metrics_addr {
+            over.metrics("--metrics-addr", "[metrics] addr", move |metrics| {
+                metrics.addr = Some(addr);
+            });
         }
         if let Some(url) = &self.nats_url {
-            let cluster = config
-                .cluster
-                .get_or_insert_with(|| ClusterSettings::new(url.clone()));
-            cluster.nats_url = CredentialUrl::new(url.clone());
+            over.join_cluster("--nats-url", url.clone());
         }
-        // In the order of `ClusterSettings::nats_files`.
-        let nats_files = [
-            (&self.nats_creds, "--nats-creds"),
-            (&self.nats_token_file, "--nats-token-file"),
-            (&self.nats_tls_ca, "--nats-tls-ca"),
-            (&self.nats_tls_cert, "--nats-tls-cert"),
-            (&self.nats_tls_key, "--nats-tls-key"),
-        ];
-        if let Some((_, flag)) = nats_files.iter().find(|(file, _)| file.is_some()) {
-            let Some(cluster) = &mut config.cluster else {
-                anyhow::bail!("{flag} is for a cluster: add --nats-url or a [cluster] table");
-            };
-            for ((given, _), setting) in nats_files.iter().zip(cluster.nats_files()) {
-                if given.is_some() {
-                    setting.clone_from(given);
+        macro_rules! cluster {
+            ($flag:literal, $key:ident) => {
+                if let Some(value) = self.$key.clone() {
+                    over.cluster($flag, concat!("[cluster] ", stringify!($key)), move |c| {
+                        c.$key = Some(value.clone());
+                    });
                 }
-            }
-            let mut problems = Vec::new();
-            cluster.check(&mut problems);
-            if !problems.is_empty() {
-                anyhow::bail!("{}", problems.join("; "));
-            }
-        }
-        if let Some(node) = &self.node {
-            ClusterSettings::check_node(node).map_err(|e| anyhow::anyhow!("--node: {e}"))?;
-            let Some(cluster) = &mut config.cluster else {
-                anyhow::bail!(
-                    "--node names this host on a cluster: add --nats-url or a [cluster] table"
-                );
             };
-            cluster.node = Some(node.clone());
         }
-        let asked = self.wasmtime.apply(&mut config, self.config.is_none())?;
-        let mode = match &self.config {
-            Some(_) => RoutingMode::Multi {
-                base_domain: config.host.base_domain.clone(),
-            },
-            None => RoutingMode::Single {
-                slug: self.slug.clone(),
-            },
-        };
-        Ok((config, mode, asked))
+        cluster!("--nats-creds", nats_creds);
+        cluster!("--nats-token-file", nats_token_file);
+        cluster!("--nats-tls-ca", nats_tls_ca);
+        cluster!("--nats-tls-cert", nats_tls_cert);
+        cluster!("--nats-tls-key", nats_tls_key);
+        cluster!("--node", node);
+        let asked = self.wasmtime.apply(&mut over)?;
+        Ok((Layers { base, over }, asked))
     }
 
     pub(crate) async fn run(self) -> Result<()> {
-        let (mut config, routing, asked) = self.config()?;
-        let dev_tokens = self.session_secret(&mut config, &routing);
+        let (mut layers, asked) = self.layers()?;
+        let dev_secret = self.dev_session_secret(&mut layers);
+        let config = layers.settle()?;
+        let dev_tokens = dev_tokens(&config, dev_secret.as_deref());
+        let routing = match &layers.base {
+            Base::File(_) => RoutingMode::Multi {
+                base_domain: config.host.base_domain.clone(),
+            },
+            Base::Component { slug, .. } => RoutingMode::Single {
+                slug: slug.to_string(),
+            },
+        };
         let cache_dir = if self.no_cache {
             None
         } else {
@@ -317,9 +287,10 @@ impl ServeArgs {
         let state_dir = match routing {
             RoutingMode::Single { .. } => None,
             RoutingMode::Multi { .. } => Some(
-                self.state_dir
+                config
+                    .host
+                    .state_dir
                     .clone()
-                    .or_else(|| config.host.state_dir.clone())
                     .or_else(default_state_dir)
                     .context("no state directory: pass --state-dir (HOME is not set)")?,
             ),
@@ -333,7 +304,7 @@ impl ServeArgs {
                 ..asked.pool
             },
             guest_logs,
-            tenants_file: self.config.clone(),
+            reload_from: matches!(layers.base, Base::File(_)).then_some(layers),
             state_dir,
         })
         .await?;
@@ -364,44 +335,55 @@ impl ServeArgs {
 }
 
 impl ServeArgs {
-    /// Puts the session secret where the app reads it (`[auth]
-    /// session_secret`): MCTX_SESSION_SECRET wins over the file; without
-    /// either, development mode (and single-component mode) generates one
-    /// and returns a token to print for each owner. Without any, the app
-    /// refuses to start, after reporting any other problem.
-    fn session_secret(&self, config: &mut Config, mode: &RoutingMode) -> Vec<(String, String)> {
-        if let Some(secret) = session_secret_from_env() {
-            config.auth.session_secret = Some(secret);
-        }
-        let development = self.dev || matches!(mode, RoutingMode::Single { .. });
-        if config.auth.session_secret.is_some() || !development {
-            return Vec::new();
+    /// Development mode (and single-component mode) makes up a session
+    /// secret where neither MCTX_SESSION_SECRET nor the file gives one, and
+    /// prints a token for each owner; without any secret, the app refuses
+    /// to start, after reporting any other problem.
+    fn dev_session_secret(&self, layers: &mut Layers) -> Option<String> {
+        let single = matches!(layers.base, Base::Component { .. });
+        if !(self.dev || single) {
+            return None;
         }
         let secret = match Sessions::generate_secret() {
             Ok(secret) => secret,
             Err(e) => {
                 // The app then refuses to start for want of a secret.
                 tracing::error!("cannot generate a development session secret: {e:#}");
-                return Vec::new();
+                return None;
             }
         };
-        let Ok(sessions) = Sessions::new(secret.as_bytes()) else {
-            return Vec::new();
-        };
-        config.auth.session_secret = Some(secret);
-        let mut owners: Vec<&str> = config
-            .tenants
-            .iter()
-            .map(|t| t.owner.as_str())
-            .chain(config.auth.admins.iter().map(String::as_str))
-            .collect();
-        owners.sort_unstable();
-        owners.dedup();
-        owners
-            .into_iter()
-            .map(|owner| (owner.to_string(), sessions.mint(owner, DEV_TOKEN_TTL)))
-            .collect()
+        let generated = secret.clone();
+        layers
+            .over
+            .auth("--dev", "[auth] session_secret", move |auth| {
+                auth.session_secret.get_or_insert_with(|| generated.clone());
+            });
+        Some(secret)
     }
+}
+
+/// A token for each owner and admin, signed with the development secret if
+/// it is the one the host uses.
+fn dev_tokens(config: &Config, dev_secret: Option<&str>) -> Vec<(String, String)> {
+    let Some(secret) = dev_secret.filter(|s| config.auth.session_secret.as_deref() == Some(*s))
+    else {
+        return Vec::new();
+    };
+    let Ok(sessions) = Sessions::new(secret.as_bytes()) else {
+        return Vec::new();
+    };
+    let mut owners: Vec<&str> = config
+        .tenants
+        .iter()
+        .map(|t| t.owner.as_str())
+        .chain(config.auth.admins.iter().map(String::as_str))
+        .collect();
+    owners.sort_unstable();
+    owners.dedup();
+    owners
+        .into_iter()
+        .map(|owner| (owner.to_string(), sessions.mint(owner, DEV_TOKEN_TTL)))
+        .collect()
 }
 
 /// `$XDG_DATA_HOME/mctx-host`, else `$HOME/.local/share/mctx-host`.

@@ -12,7 +12,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use wasmtime::Enabled;
 
-use crate::base::config::{AllowList, Config};
+use crate::base::config::Overrides;
 use crate::run::pool::{POOL_KNOBS, PoolOptions};
 
 /// The flags of `wasmtime serve` 48 that are not ours already.
@@ -170,9 +170,9 @@ pub(crate) struct Asked {
 }
 
 impl WasmtimeFlags {
-    /// Applies the flags to a configuration (`single`: the one-component
-    /// configuration the command line made), or says which one cannot be.
-    pub(crate) fn apply(&self, config: &mut Config, single: bool) -> Result<Asked> {
+    /// Adds what the flags set to the command line's settings (checked with
+    /// the rest when they are settled), or says which flag cannot be.
+    pub(crate) fn apply(&self, over: &mut Overrides) -> Result<Asked> {
         let mut asked = Asked::default();
         for (group, values, why) in [
             (
@@ -237,19 +237,28 @@ impl WasmtimeFlags {
                 }
             }
         }
-        let tenants = config.tenants.len();
         for (key, value) in items(&self.wasm) {
             let value = value.unwrap_or_default();
             match key {
                 "timeout" => {
                     let ms = duration("-W timeout", value)?.as_millis().max(1);
-                    config.host.request_timeout_ms = u64::try_from(ms).unwrap_or(u64::MAX);
+                    let ms = u64::try_from(ms).unwrap_or(u64::MAX);
+                    over.host("-W timeout", "[host] request_timeout_ms", move |host| {
+                        host.request_timeout_ms = ms;
+                    });
                 }
                 "max-memory-size" => {
                     let bytes: u64 = value.parse().map_err(|_| {
                         anyhow::anyhow!("-W max-memory-size={value}: expected a number of bytes")
                     })?;
-                    config.host.memory_limit_mb = bytes.div_ceil(1 << 20).max(1);
+                    let mb = bytes.div_ceil(1 << 20).max(1);
+                    over.host(
+                        "-W max-memory-size",
+                        "[host] memory_limit_mb",
+                        move |host| {
+                            host.memory_limit_mb = mb;
+                        },
+                    );
                 }
                 "async-stack-zeroing" => {
                     asked.pool.stack_zeroing =
@@ -264,15 +273,16 @@ impl WasmtimeFlags {
             }
         }
         let mut inherit_env = false;
-        let mut seed = Vec::new();
         for (key, value) in items(&self.wasi) {
             if key == "keyvalue-in-memory-data" {
-                let pair = value.and_then(|v| v.split_once('=')).ok_or_else(|| {
+                let (name, data) = value.and_then(|v| v.split_once('=')).ok_or_else(|| {
                     anyhow::anyhow!(
                         "-S keyvalue-in-memory-data: expected keyvalue-in-memory-data=KEY=VALUE"
                     )
                 })?;
-                seed.push(pair);
+                over.tenants
+                    .keyvalue_seed
+                    .insert(name.to_string(), data.to_string());
                 continue;
             }
             let enabled = on("-S", key, value);
@@ -287,20 +297,17 @@ impl WasmtimeFlags {
                 }
                 "inherit-env" => inherit_env = enabled?,
                 "keyvalue" => {
-                    let granted = &mut config.host.keyvalue_max_bytes;
-                    *granted = match (enabled?, *granted) {
-                        (false, _) => 0,
-                        (true, 0) => SINGLE_KEYVALUE_BYTES,
-                        (true, set) => set,
-                    };
+                    let granted = enabled?;
+                    over.host("-S keyvalue", "[host] keyvalue_max_bytes", move |host| {
+                        // The file's size, if it sets one.
+                        host.keyvalue_max_bytes = match (granted, host.keyvalue_max_bytes) {
+                            (false, _) => 0,
+                            (true, 0) => SINGLE_KEYVALUE_BYTES,
+                            (true, set) => set,
+                        };
+                    });
                 }
-                "inherit-network" if enabled? => {
-                    let any = AllowList::parse(&["*://*:*".to_string()]).expect("a valid entry");
-                    for tenant in &mut config.tenants {
-                        tenant.outbound.allowed = any.clone();
-                    }
-                }
-                "inherit-network" => {}
+                "inherit-network" => over.tenants.any_outbound = enabled?,
                 _ => {
                     return Err(refuse(
                         &format!("-S {key}"),
@@ -309,64 +316,54 @@ impl WasmtimeFlags {
                 }
             }
         }
-        let envs = !self.env.is_empty() || inherit_env;
-        let seeded = !seed.is_empty();
-        if (envs || seeded || !self.dirs.is_empty() || !self.headers.is_empty())
-            && (!single || tenants != 1)
-        {
-            bail!(
-                "--env, --dir, --header, -S inherit-env and -S keyvalue-in-memory-data are for \
-                 single-component mode; in a tenants file use each tenant's env, secrets, \
-                 allowed_outbound_hosts and keyvalue_max_bytes"
-            );
+        let tenants = &mut over.tenants;
+        if inherit_env {
+            tenants.env.extend(std::env::vars());
         }
-        if seeded && config.host.keyvalue_max_bytes == 0 {
-            bail!(
-                "-S keyvalue-in-memory-data fills the component's key-value store: add -S keyvalue"
-            );
+        for entry in &self.env {
+            let (name, value) = match entry.split_once('=') {
+                Some((name, value)) => (name.to_string(), value.to_string()),
+                None => (entry.clone(), std::env::var(entry).unwrap_or_default()),
+            };
+            tenants.env.insert(name, value);
         }
-        if let Some(tenant) = config.tenants.first_mut().filter(|_| single) {
-            if inherit_env {
-                tenant.env.extend(std::env::vars());
-            }
-            for entry in &self.env {
-                let (name, value) = match entry.split_once('=') {
-                    Some((name, value)) => (name.to_string(), value.to_string()),
-                    None => (entry.clone(), std::env::var(entry).unwrap_or_default()),
-                };
-                tenant.env.insert(name, value);
-            }
-            for header in &self.headers {
-                tenant.request_headers.extend(parse_headers(header)?);
-            }
-            for (key, value) in seed {
-                tenant
-                    .keyvalue_seed
-                    .insert(key.to_string(), value.to_string());
-            }
-            for dir in &self.dirs {
-                let (host, guest) = dir.split_once("::").unwrap_or((dir, dir));
-                tenant.dirs.push((host.into(), guest.to_string()));
-            }
+        for header in &self.headers {
+            tenants.request_headers.extend(parse_headers(header)?);
         }
-        match self.max_instance_reuse_count {
-            None => {}
-            Some(0) => bail!("--max-instance-reuse-count must be at least 1"),
+        for dir in &self.dirs {
+            let (host, guest) = dir.split_once("::").unwrap_or((dir, dir));
+            tenants.dirs.push((host.into(), guest.to_string()));
+        }
+        if let Some(n) = self.max_instance_reuse_count {
             // Every tenant's default (a tenant's own `instance_reuse` wins).
-            Some(n) => config.host.instance_reuse = n,
+            over.host(
+                "--max-instance-reuse-count",
+                "[host] instance_reuse",
+                move |host| host.instance_reuse = n,
+            );
         }
-        match self.max_instance_concurrent_reuse_count {
-            None => {}
-            Some(0) => bail!("--max-instance-concurrent-reuse-count must be at least 1"),
-            Some(n) => config.host.instance_concurrent_reuse = n,
+        if let Some(n) = self.max_instance_concurrent_reuse_count {
+            over.host(
+                "--max-instance-concurrent-reuse-count",
+                "[host] instance_concurrent_reuse",
+                move |host| host.instance_concurrent_reuse = n,
+            );
         }
         if let Some(timeout) = &self.idle_instance_timeout {
             let idle = duration("--idle-instance-timeout", timeout)?;
-            config.host.idle_instance_timeout_ms =
-                u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+            let ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+            over.host(
+                "--idle-instance-timeout",
+                "[host] idle_instance_timeout_ms",
+                move |host| host.idle_instance_timeout_ms = ms,
+            );
         }
         if let Some(n) = self.max_concurrent_connections {
-            config.host.max_connections = Some(n.max(1));
+            over.host(
+                "--max-concurrent-connections",
+                "[host] max_connections",
+                move |host| host.max_connections = Some(n),
+            );
         }
         Ok(asked)
     }
@@ -405,13 +402,8 @@ mod tests {
                 wasm: wasm.iter().map(|w| w.to_string()).collect(),
                 ..WasmtimeFlags::default()
             };
-            let mut config = Config::parse(
-                "[[tenants]]\nslug = \"a\"\nowner = \"o\"\nstatus = \"active\"\nversions = { \"1.0.0\" = \"a.wasm\" }\n",
-                "test",
-                std::path::Path::new("/"),
-            )
-            .unwrap();
-            flags.apply(&mut config, true).unwrap().pool.stack_zeroing
+            let mut over = Overrides::default();
+            flags.apply(&mut over).unwrap().pool.stack_zeroing
         };
         assert!(zeroing(&[]), "on by default, unlike wasmtime");
         assert!(!zeroing(&["async-stack-zeroing=n"]));

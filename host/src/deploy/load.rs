@@ -79,7 +79,7 @@ impl Deployments {
             runtime,
             host: config.host.clone(),
             admins: config.auth.admins.clone(),
-            file: sources.file,
+            reload_from: sources.reload_from,
             source: config.source.clone(),
             durable,
             document,

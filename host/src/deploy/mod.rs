@@ -50,7 +50,7 @@ use semver::Version;
 use tokio::sync::{Mutex, MutexGuard, OnceCell};
 use tracing::Instrument as _;
 
-use crate::base::config::{Config, HostSettings, Slug, Status, TenantSpec};
+use crate::base::config::{Config, HostSettings, Layers, Slug, Status, TenantSpec};
 use crate::base::metrics::Metrics;
 use crate::logs::entry::{DeployAction, DeployEvent, LogEntry, RequestMeta, now_ms};
 use crate::logs::hub::LogHub;
@@ -84,8 +84,9 @@ pub(crate) enum Deployed {
 
 /// Where the host's tenants come from, besides the API.
 pub(crate) struct Sources {
-    /// The tenants file (reloadable), or `None` in single-component mode.
-    pub(crate) file: Option<std::path::PathBuf>,
+    /// What reloads settle again (the tenants file under the command
+    /// line's settings), or `None` in single-component mode.
+    pub(crate) reload_from: Option<Layers>,
     /// Where the API's servers are kept; `None` where the API is off
     /// (single-component mode).
     pub(crate) state: Option<StateLocation>,
@@ -111,8 +112,8 @@ pub(crate) struct Deployments {
     hub: LogHub,
     /// Counts changes (`deploys`) and compiled components.
     metrics: Arc<Metrics>,
-    /// The tenants file, for reloads; its name, for messages.
-    file: Option<std::path::PathBuf>,
+    /// What reloads settle again; the file's name, for messages.
+    reload_from: Option<Layers>,
     source: String,
     durable: Option<Durable>,
     /// The list as stored (on a cluster, as last seen in the bucket): held
@@ -128,7 +129,7 @@ pub(crate) struct Loaded {
     runtime: Arc<Runtime>,
     host: HostSettings,
     admins: Vec<String>,
-    file: Option<std::path::PathBuf>,
+    reload_from: Option<Layers>,
     source: String,
     durable: Option<Durable>,
     document: Document,
@@ -152,7 +153,7 @@ impl Loaded {
             admins: self.admins,
             events,
             hub,
-            file: self.file,
+            reload_from: self.reload_from,
             source: self.source,
             durable: self.durable,
             document: Mutex::new(self.document),

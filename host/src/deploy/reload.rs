@@ -23,7 +23,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result, bail};
 
 use super::Deployments;
-use crate::base::config::{Config, TenantSpec};
+use crate::base::config::TenantSpec;
 use crate::logs::entry::DeployAction;
 use crate::run::artifacts::sha256_hex;
 use crate::run::capabilities::Capabilities;
@@ -62,7 +62,7 @@ impl Deployments {
     /// Re-reads the tenants file and applies the difference (see the module
     /// docs). `by` names who asked, for the viewers' `deploy` entries.
     pub(crate) async fn reload(&self, by: &str) -> Result<ReloadSummary> {
-        let Some(path) = self.file.clone() else {
+        let Some(layers) = self.reload_from.clone() else {
             bail!("there is no tenants file to reload: this host serves one component");
         };
         let _one_change_at_a_time = self.document.lock().await;
@@ -72,7 +72,7 @@ impl Deployments {
         let planned = current.clone();
         // Reading, hashing and compiling block: off the async threads.
         let (config, kept, built) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let config = Config::load(&path)?;
+            let config = layers.settle()?;
             let mut problems = Vec::new();
             let mut kept = Vec::new();
             let mut build = Vec::new();

@@ -33,7 +33,7 @@ use wasmtime::{Enabled, PoolingAllocationConfig};
 pub struct PoolOptions {
     /// Instances from a preallocated pool (fast) rather than on demand.
     pub pooling: bool,
-    /// `-O pooling-KEY=N`: one of [`POOL_KNOBS`] (KEY without `pooling-`)
+    /// `-O pooling-KEY=N`: one of `POOL_KNOBS` (KEY without `pooling-`)
     /// over the sizes this host picks.
     pub overrides: Vec<(String, u64)>,
     /// `-O memory-init-cow=y`: memories initialized copy-on-write from the
@@ -44,7 +44,7 @@ pub struct PoolOptions {
     /// stack goes from tenant to tenant.
     pub stack_zeroing: bool,
     /// `-O pooling-pagemap-scan[=y|n|auto]`: reset memories in place
-    /// (module docs). After [`reset_in_place`], `Yes` or `No`.
+    /// (module docs). After `reset_in_place`, `Yes` or `No`.
     pub pagemap_scan: Enabled,
 }
 
@@ -159,7 +159,7 @@ pub(crate) const POOL_KNOBS: [&str; 19] = [
     "max-memory-size",
 ];
 
-/// Sets one of [`POOL_KNOBS`] (others are ignored: the CLI refuses them).
+/// Sets one of `POOL_KNOBS` (others are ignored: the CLI refuses them).
 fn apply_knob(pool: &mut PoolingAllocationConfig, key: &str, value: u64) {
     let count = u32::try_from(value).unwrap_or(u32::MAX);
     let size = usize::try_from(value).unwrap_or(usize::MAX);

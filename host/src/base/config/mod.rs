@@ -1,27 +1,33 @@
-//! The tenants file (`tenants.toml`): parsing and validation.
+//! The host's configuration: the tenants file, and how the command line
+//! settles over it.
 //!
-//! Parsing is two steps on purpose. serde reads each table straight into
+//! Reading is two steps on purpose. serde reads each table straight into
 //! the settings struct of the part that uses it (`tables.rs`; unknown keys
-//! and wrong types are refused with line numbers), then [`Config::parse`]
-//! checks what serde cannot — slug syntax, duplicate slugs, semver keys,
-//! values out of range — and reports *every* problem at once, each naming
-//! the file and the tenant, so a user fixes a config in one round trip.
+//! and wrong types are refused with line numbers) — that is a `Draft`;
+//! then the command line's settings go over it (`settle.rs`), and only then
+//! is it checked for what serde cannot see — slug syntax, duplicate slugs,
+//! semver keys, values out of range — reporting *every* problem at once,
+//! each naming the file and the tenant (or the flag), so a user fixes a
+//! config in one round trip. Each rule is written once, in the check of the
+//! table it belongs to, and holds whatever gave the value.
 
 mod addresses;
 mod credential_url;
 mod outbound;
+mod settle;
 mod tables;
 mod tenant;
 
 use std::collections::HashSet;
 use std::path::Path;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::Result;
 use serde::Deserialize;
 
 pub use addresses::{is_own_address, is_public};
 pub use credential_url::{CredentialUrl, Userinfo, without_userinfo};
 pub use outbound::{AllowList, Allowed, Scheme, Target};
+pub use settle::{Base, Layers, Overrides, TenantExtras};
 pub use tables::{
     AuthSettings, ClusterSettings, DEFAULT_ADDR, DEFAULT_BASE_DOMAIN, DEFAULT_CPU_LIMIT_MS,
     DEFAULT_MEMORY_LIMIT_MB, HostSettings, LogSettings, MetricsSettings,
@@ -42,10 +48,11 @@ pub struct Config {
     pub tenants: Vec<TenantSpec>,
 }
 
-/// The file as serde reads it: every table but the tenants is final.
+/// The settings as read, not yet checked: every table but the tenants is
+/// in its final type, with paths resolved against the file's folder.
 #[derive(Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-struct File {
+struct Draft {
     host: HostSettings,
     auth: AuthSettings,
     logs: LogSettings,
@@ -55,45 +62,54 @@ struct File {
 }
 
 impl Config {
-    /// Reads and validates a tenants file.
+    /// Reads and validates a tenants file, with nothing over it.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        let config = Config::parse(&text, &path.display().to_string(), base)?;
-        if config.auth.session_secret.is_some() {
-            // Whoever reads this file can sign in as anyone.
-            crate::base::private::check_secret_file(path)
-                .map_err(|e| anyhow::anyhow!("[auth] session_secret: {e}"))?;
-        }
-        Ok(config)
+        Layers::file(path.to_path_buf()).settle()
     }
 
-    /// Parses a tenants file's text; relative component paths resolve
-    /// against `base` (the config file's directory).
-    pub fn parse(text: &str, source: &str, base: &Path) -> Result<Config> {
-        let file: File = toml::from_str(text).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
-        let File {
+    /// Parses a tenants file's text; relative paths resolve against `dir`
+    /// (the file's folder).
+    pub fn parse(text: &str, source: &str, dir: &Path) -> Result<Config> {
+        let mut problems = Vec::new();
+        let config = Draft::read(text, source, dir)?.check(source, dir, &mut problems);
+        settle::refuse_if_any_in(source, problems)?;
+        Ok(config)
+    }
+}
+
+impl Draft {
+    /// What serde makes of the text; relative paths resolve against `dir`.
+    fn read(text: &str, source: &str, dir: &Path) -> Result<Draft> {
+        let mut draft: Draft =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+        draft.host.resolve_paths(dir);
+        if let Some(cluster) = &mut draft.cluster {
+            cluster.resolve_paths(dir);
+        }
+        Ok(draft)
+    }
+
+    /// Every table's checks; problems go to `problems`, and the
+    /// configuration is only to be used if there are none.
+    fn check(self, source: &str, dir: &Path, problems: &mut Vec<String>) -> Config {
+        let Draft {
             mut host,
             mut auth,
             mut logs,
             metrics,
-            mut cluster,
+            cluster,
             tenants: tables,
-        } = file;
-        let mut problems = Vec::new();
-        host.resolve_paths(base);
-        host.check(&mut problems);
+        } = self;
+        host.check(problems);
         auth.check();
-        logs.check(&mut problems);
-        if let Some(cluster) = &mut cluster {
-            cluster.resolve_paths(base);
-            cluster.check(&mut problems);
+        logs.check(problems);
+        if let Some(cluster) = &cluster {
+            cluster.check(problems);
         }
         let mut seen = HashSet::new();
         let mut tenants = Vec::new();
         for (index, table) in tables.into_iter().enumerate() {
-            let Some(tenant) = table.check(index + 1, base, &mut problems) else {
+            let Some(tenant) = table.check(index + 1, dir, problems) else {
                 continue;
             };
             if !seen.insert(tenant.slug.clone()) {
@@ -105,13 +121,7 @@ impl Config {
             }
             tenants.push(tenant);
         }
-        if !problems.is_empty() {
-            bail!(
-                "{source}: invalid configuration:\n  - {}",
-                problems.join("\n  - ")
-            );
-        }
-        Ok(Config {
+        Config {
             source: source.to_string(),
             host,
             auth,
@@ -119,7 +129,7 @@ impl Config {
             metrics,
             cluster,
             tenants,
-        })
+        }
     }
 }
 

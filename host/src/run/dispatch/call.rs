@@ -1,8 +1,34 @@
 //! Calling the guest: in an instance of its own (fresh, or kept from the
-//! version's previous request) or in a shared WASIp3 instance, and the
-//! store each call starts with.
+//! version's previous request) or in a shared WASIp3 instance, the store
+//! each call starts with, and the call run to its end and reported.
 
-use super::*;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures_util::future::Either;
+use http::{Request, Response};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
+
+use super::Dispatcher;
+use super::answer::Head;
+use crate::base::responses::Body;
+use crate::logs::entry::Outcome;
+use crate::run::body::LimitedBody;
+use crate::run::budget::Budget;
+use crate::run::capabilities::Capabilities;
+use crate::run::instances::InstancePool;
+use crate::run::limits::Metered;
+use crate::run::p3;
+use crate::run::report::RequestReport;
+use crate::run::runtime::{Guest, GuestPre};
+use crate::run::shared::{self, Job, Submitted};
+use crate::run::state::{Attributed, RequestState};
+use crate::run::tenants::Deployment;
 
 /// A guest running in an instance of its own: the instance back when the
 /// call went well.
@@ -18,14 +44,14 @@ impl<F> OwnCall for F where
 
 /// `on_response` for a guest whose error codes are `E` (WASIp2's or
 /// WASIp3's): the response head, or the code as text.
-pub(super) fn error_as_text<E: std::fmt::Debug>(
+fn error_as_text<E: std::fmt::Debug>(
     on_response: impl FnOnce(Result<Response<Body>, String>),
 ) -> impl FnOnce(Result<Response<Body>, E>) {
     move |response| on_response(response.map_err(|code| format!("{code:?}")))
 }
 
 /// The scheme a WASIp3 guest is told.
-pub(super) fn p3_scheme(https: bool) -> http::uri::Scheme {
+fn p3_scheme(https: bool) -> http::uri::Scheme {
     if https {
         http::uri::Scheme::HTTPS
     } else {
@@ -40,19 +66,113 @@ pub(super) enum Call<F> {
     Shared(Submitted),
 }
 
-/// What happened first while the guest ran: it sent its response head, or
-/// it ended.
-pub(super) enum First<H> {
-    Head(Result<H, oneshot::error::RecvError>),
-    Ended(Outcome),
+/// Where an instance whose request went well goes to serve another.
+pub(super) struct Keep {
+    pub(super) pool: Arc<InstancePool>,
+    /// The host-wide count of kept instances.
+    pub(super) budget: Arc<Budget>,
+    /// Requests an instance may serve in all.
+    pub(super) reuse: u32,
+    /// Instances the version may keep waiting.
+    pub(super) max_idle: usize,
+}
+
+impl<F: OwnCall> Call<F> {
+    /// Runs the guest to its end (stopped at `deadline`), reports the
+    /// request and keeps the instance if it may serve another; `slots` are
+    /// held until then.
+    pub(super) async fn run(
+        self,
+        report: RequestReport,
+        deadline: Instant,
+        keep: Keep,
+        slots: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    ) -> Outcome {
+        let _slots = slots;
+        let meter = report.meter.clone();
+        let (result, instance) = match self {
+            Call::Own { call, served } => {
+                let guest = Metered::new(meter.clone(), call);
+                // Past the deadline the guest is dropped mid-call: stopped.
+                let result = match tokio::time::timeout_at(deadline, guest).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        meter.set_wall_exceeded();
+                        Err(wasmtime::format_err!("stopped at the wall-clock limit"))
+                    }
+                };
+                match result {
+                    Ok(instance) => (Ok(()), Some((instance, served))),
+                    Err(e) => (Err(e), None),
+                }
+            }
+            Call::Shared(submitted) => {
+                let request_id = report.capture.meta().request_id.clone();
+                (submitted.wait(deadline, &meter, &request_id).await, None)
+            }
+        };
+        report.finish(result, |outcome| {
+            // Only an instance whose request went well serves another:
+            // after a trap, a limit or a cancel it is dropped here.
+            if let Some(((store, guest), served)) = instance
+                && outcome == Outcome::Ok
+            {
+                keep.pool.put(
+                    &keep.budget,
+                    store,
+                    guest,
+                    served + 1,
+                    keep.reuse,
+                    keep.max_idle,
+                );
+            }
+        })
+    }
 }
 
 impl Dispatcher {
+    /// The call that runs `request`: in a shared WASIp3 instance for a p3
+    /// tenant that lets an instance serve several requests at once, else
+    /// in an instance of its own; `Err` when the request cannot be handed
+    /// to the guest.
+    pub(super) fn call(
+        &self,
+        deployment: &Deployment,
+        capabilities: &Capabilities,
+        serves: Attributed,
+        request: Request<LimitedBody>,
+        on_response: impl FnOnce(Head) + Send + Sync + 'static,
+    ) -> Result<Call<impl OwnCall>, String> {
+        let https = crate::base::transport::over_tls(&request);
+        let limits = capabilities.limits;
+        match &deployment.pre {
+            GuestPre::P3(pre) if limits.concurrent_reuse > 1 && limits.reuse > 1 => {
+                Ok(Call::Shared(self.shared_call(
+                    deployment,
+                    pre,
+                    capabilities,
+                    serves,
+                    request,
+                    p3_scheme(https),
+                    on_response,
+                )))
+            }
+            _ => Self::own_call(
+                deployment,
+                capabilities,
+                serves,
+                request,
+                https,
+                on_response,
+            ),
+        }
+    }
+
     /// Hands the request to one of `deployment`'s shared WASIp3 instances
     /// (`run::shared`), or to a new one whose store starts with this
     /// request's state.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn shared_call(
+    fn shared_call(
         &self,
         deployment: &Deployment,
         pre: &ServicePre<RequestState>,
@@ -85,7 +205,7 @@ impl Dispatcher {
     /// the future that runs the guest (and returns the instance, to be kept
     /// if the request ends well) and how many requests the instance had
     /// served; `Err` when the request cannot be handed to the guest.
-    pub(super) fn own_call(
+    fn own_call(
         deployment: &Deployment,
         capabilities: &Capabilities,
         serves: Attributed,
