@@ -1,7 +1,17 @@
 //! The real `mctx-host serve` as a child process, its HTTP client
 //! (`send`, `Reply`) and one-shot runs of the binary.
 
-use super::*;
+use super::{Lines, PATIENCE, TEST_SECRET, target_dir};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use std::ffi::OsString;
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 /// A running `mctx-host`, killed when dropped.
 pub struct HostProcess {

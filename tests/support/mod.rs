@@ -12,18 +12,11 @@
     reason = "the harness is a module of every test binary, its items shared across them"
 )]
 
-use std::ffi::OsString;
 use std::io::{BufRead as _, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::Duration;
-
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 
 pub mod pki;
 

@@ -1,7 +1,11 @@
 //! A real `nats-server` for the cluster tests, and a host's view of the
 //! cluster.
 
-use super::*;
+use super::host::HostProcess;
+use super::{Lines, eventually};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 /// A real `nats-server` with JetStream on a free port, killed when dropped.
 /// Its storage directory outlives restarts, as a real server's disk does.

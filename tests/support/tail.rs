@@ -1,6 +1,7 @@
 //! `mctx-host tail` as a child process.
 
-use super::*;
+use super::Lines;
+use std::process::{Child, Command, Stdio};
 
 /// A running `mctx-host tail`, killed when dropped.
 pub struct TailProcess {

@@ -1,6 +1,7 @@
 //! A log viewer: a real WebSocket client of `/log-stream/{slug}`.
 
-use super::*;
+use super::host::HostProcess;
+use super::{PATIENCE, token};
 
 /// A log viewer: a real WebSocket client on `/log-stream/{slug}`.
 pub struct Viewer {

@@ -1,6 +1,10 @@
 //! Plain `wasmtime serve`, for the parity tests and the benchmark.
 
-use super::*;
+use super::Lines;
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 /// The `wasmtime` binary: `WASMTIME`, else `$MCTX_TOOLS_DIR/bin` or
 /// `~/.cache/mctx-tools/bin` (where `.ci/run` caches it), else `PATH`.

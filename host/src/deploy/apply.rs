@@ -1,7 +1,19 @@
 //! Making a change real: compiling an upload, swapping the registry to the
 //! new list, and announcing the change to the server's viewers.
 
-use super::*;
+use super::Deployments;
+use super::error::{DeployError, Why};
+use super::store::Document;
+use crate::base::config::{Slug, TenantSpec};
+use crate::logs::entry::{DeployAction, DeployEvent, LogEntry, RequestMeta};
+use crate::run::artifacts::sha256_hex;
+use crate::run::capabilities::Capabilities;
+use crate::run::runtime::{GuestPre, Rejected};
+use crate::run::tenants::{Deployment, Source, Tenant};
+use bytes::Bytes;
+use semver::Version;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 impl Deployments {
     /// Compiles a component off the async threads; a refusal says whether

@@ -2,7 +2,11 @@
 //! bucket on a cluster; a change is durable there before the registry
 //! swaps.
 
-use super::*;
+use super::error::{DeployError, Why};
+use super::shared::{Key, Shared, Written};
+use super::store::{Document, Store};
+use bytes::Bytes;
+use tokio::sync::OnceCell;
 
 /// Where changes are made durable.
 pub(super) enum Durable {

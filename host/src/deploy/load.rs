@@ -1,7 +1,13 @@
 //! Starting: the tenants file's servers and the stored list merged into the
 //! first registry.
 
-use super::*;
+use super::durable::Durable;
+use super::store::{Document, Store};
+use super::{Deployments, Loaded, Sources, StateLocation};
+use crate::base::config::{Config, Slug, TenantSpec};
+use crate::run::runtime::Runtime;
+use crate::run::tenants::{LiveTenants, LoadRequest, TenantRegistry};
+use std::sync::Arc;
 
 impl Deployments {
     /// Opens the state directory and loads every tenant: the tenants file's

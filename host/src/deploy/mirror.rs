@@ -1,7 +1,12 @@
 //! On a cluster: following the bucket, so that a change any host made is
 //! applied here too.
 
-use super::*;
+use super::Deployments;
+use super::durable::Durable;
+use super::shared::{Key, Shared};
+use super::store::{Reservation, ServerRecord};
+use std::sync::Arc;
+use tracing::Instrument as _;
 
 impl Deployments {
     /// On a cluster: opens the shared buckets (retrying while NATS is

@@ -47,25 +47,20 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use semver::Version;
-use tokio::sync::{Mutex, MutexGuard, OnceCell};
-use tracing::Instrument as _;
+use tokio::sync::{Mutex, MutexGuard};
 
-use crate::base::config::{Config, HostSettings, Layers, Slug, Status, TenantSpec};
+use crate::base::config::{HostSettings, Layers, Slug, Status};
 use crate::base::metrics::Metrics;
-use crate::logs::entry::{DeployAction, DeployEvent, LogEntry, RequestMeta, now_ms};
+use crate::logs::entry::{DeployAction, now_ms};
 use crate::logs::hub::LogHub;
 use crate::logs::sink::LogSink;
 use crate::run::artifacts::sha256_hex;
-use crate::run::capabilities::Capabilities;
-use crate::run::runtime::{GuestPre, Rejected, Runtime};
-use crate::run::tenants::{
-    Deployment, LiveTenants, LoadRequest, LoadStats, Provenance, Source, Tenant, TenantRegistry,
-};
+use crate::run::runtime::Runtime;
+use crate::run::tenants::{LiveTenants, LoadStats, Provenance, Source, Tenant};
 use durable::Durable;
 pub(crate) use error::{DeployError, Why};
 use rules::{may_change, parse_version};
-use shared::{Key, Shared, Written};
-use store::{Document, Reservation, ServerRecord, Store};
+use store::{Document, Reservation, ServerRecord};
 
 /// Who is asking, once authenticated.
 #[derive(Clone, Debug)]

@@ -2,32 +2,81 @@
 //! and has taken, packed in one atomic so that admitting a request and
 //! closing the instance cannot race; why it closed, for those waiting.
 
-use super::*;
+use super::Queued;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::{Notify, mpsc};
 
 /// The handle on one shared instance's task.
 pub(super) struct Instance {
-    pub(super) jobs: mpsc::UnboundedSender<Queued>,
+    jobs: mpsc::UnboundedSender<Queued>,
     /// Requests in flight (low 32 bits) and taken in all (high 32), or
     /// [`CLOSED`] once it takes no more.
-    pub(super) load: AtomicU64,
-    /// Set (with `why`) to stop the instance from outside.
-    pub(super) stop: Notify,
+    load: AtomicU64,
+    /// Told (after `why` is set) to stop the instance from outside.
+    stopping: Notify,
     /// Requests it takes in all.
-    pub(super) reuse: u32,
+    reuse: u32,
     /// Told when it has taken all it takes and served them: its task ends.
-    pub(super) spent: Notify,
+    spent: Notify,
     /// Why it stopped.
-    pub(super) why: OnceLock<String>,
+    why: OnceLock<String>,
     /// Told once `why` is set.
-    pub(super) ended: Notify,
+    ended: Notify,
 }
 
-pub(super) const CLOSED: u64 = u64::MAX;
-pub(super) const ONE_IN_FLIGHT: u64 = 1;
-pub(super) const ONE_TAKEN: u64 = 1 << 32;
-pub(super) const IN_FLIGHT: u64 = (1 << 32) - 1;
+const CLOSED: u64 = u64::MAX;
+const ONE_IN_FLIGHT: u64 = 1;
+const ONE_TAKEN: u64 = 1 << 32;
+const IN_FLIGHT: u64 = (1 << 32) - 1;
 
 impl Instance {
+    /// An instance that has taken its first request and takes `reuse` in
+    /// all; what it is handed arrives on the receiver, for its task.
+    pub(super) fn new(reuse: u32) -> (Instance, mpsc::UnboundedReceiver<Queued>) {
+        let (jobs, receiver) = mpsc::unbounded_channel();
+        let instance = Instance {
+            jobs,
+            load: AtomicU64::new(ONE_IN_FLIGHT + ONE_TAKEN),
+            stopping: Notify::new(),
+            reuse,
+            spent: Notify::new(),
+            why: OnceLock::new(),
+            ended: Notify::new(),
+        };
+        (instance, receiver)
+    }
+
+    /// Hands it a request it has [admitted](Self::admit); gives the request
+    /// back if its task has ended.
+    pub(super) fn send(&self, queued: Queued) -> Option<Queued> {
+        self.jobs
+            .send(queued)
+            .err()
+            .map(|mpsc::error::SendError(back)| back)
+    }
+
+    /// Stops it from outside, saying why to every request waiting on it.
+    pub(super) fn stop(&self, why: String) {
+        self.say_why(why);
+        self.stopping.notify_one();
+    }
+
+    /// Resolves once it is [stopped](Self::stop) from outside.
+    pub(super) async fn stopped(&self) {
+        self.stopping.notified().await;
+    }
+
+    /// Resolves when it has taken all it takes and served them.
+    pub(super) async fn until_spent(&self) {
+        self.spent.notified().await;
+    }
+
+    /// Whether the reason it stopped is known yet.
+    pub(super) fn has_said_why(&self) -> bool {
+        self.why.get().is_some()
+    }
+
     /// Takes one more request if it has room: fewer than `concurrent` in
     /// flight and fewer than its `reuse` in all.
     pub(super) fn admit(&self, concurrent: u32) -> bool {
@@ -110,13 +159,16 @@ impl Instance {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
     use super::*;
 
     fn instance(reuse: u32) -> Instance {
         Instance {
             jobs: mpsc::unbounded_channel().0,
             load: AtomicU64::new(0),
-            stop: Notify::new(),
+            stopping: Notify::new(),
             reuse,
             spent: Notify::new(),
             why: OnceLock::new(),

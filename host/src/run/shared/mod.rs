@@ -35,31 +35,22 @@
 mod instance;
 mod worker;
 
-use crate::base::sync::lock;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
-use futures_util::stream::FuturesUnordered;
 use http::Response;
-use http_body_util::BodyExt as _;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::Instrument as _;
-use wasmtime::component::Accessor;
 use wasmtime::{CallHook, Store, UpdateDeadline};
-use wasmtime_wasi_http::WasiHttpView as _;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
-use wasmtime_wasi_http::p3::bindings::{Service, ServicePre};
 
 use crate::base::responses::Body;
 use crate::run::body::LimitedBody;
-use crate::run::budget::{Budget, Held};
-use crate::run::limits::{Limits, Metered, RequestMeter};
-use crate::run::p3;
+use crate::run::budget::Budget;
+use crate::run::limits::{Limits, RequestMeter};
 use crate::run::state::{Attributed, RequestState};
-use instance::{Instance, ONE_IN_FLIGHT, ONE_TAKEN};
+use instance::Instance;
 use worker::{Worker, root_task};
 
 /// Where a shared instance hands a request's response head (or the guest's
@@ -113,11 +104,10 @@ impl Submitted {
             Ok(Err(_)) => Err(wasmtime::format_err!("{}", self.instance.why().await)),
             Err(_) => {
                 meter.set_wall_exceeded();
-                self.instance.say_why(format!(
+                self.instance.stop(format!(
                     "stopped with its shared instance: request {request_id} ran past its \
                      wall-clock limit"
                 ));
-                self.instance.stop.notify_one();
                 Err(wasmtime::format_err!("stopped at the wall-clock limit"))
             }
         }
@@ -152,15 +142,15 @@ impl SharedInstances {
             if !instance.admit(limits.concurrent_reuse) {
                 continue;
             }
-            match instance.jobs.send(queued) {
-                Ok(()) => {
+            match instance.send(queued) {
+                None => {
                     return Submitted {
                         instance: instance.clone(),
                         served: served_rx,
                     };
                 }
                 // Its task has ended: it takes nothing more.
-                Err(mpsc::error::SendError(back)) => queued = back,
+                Some(back) => queued = back,
             }
         }
         let held = budget.hold();
@@ -169,16 +159,8 @@ impl SharedInstances {
             // No room to keep it: it serves this request alone.
             limits.reuse = 1;
         }
-        let (jobs, receiver) = mpsc::unbounded_channel();
-        let instance = Arc::new(Instance {
-            jobs,
-            load: AtomicU64::new(ONE_IN_FLIGHT + ONE_TAKEN),
-            stop: Notify::new(),
-            reuse: limits.reuse,
-            spent: Notify::new(),
-            why: OnceLock::new(),
-            ended: Notify::new(),
-        });
+        let (instance, receiver) = Instance::new(limits.reuse);
+        let instance = Arc::new(instance);
         if limits.reuse > 1 {
             live.push(instance.clone());
         }

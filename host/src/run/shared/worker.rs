@@ -3,7 +3,24 @@
 //! and says when the request is done, and closes the instance when it is
 //! spent, idle or broken.
 
-use super::*;
+use super::instance::Instance;
+use super::{Job, Queued, Served};
+use crate::base::sync::lock;
+use crate::run::budget::Held;
+use crate::run::limits::{Limits, Metered, RequestMeter};
+use crate::run::p3;
+use crate::run::state::RequestState;
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
+use http::Response;
+use http_body_util::BodyExt as _;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use wasmtime::Store;
+use wasmtime::component::Accessor;
+use wasmtime_wasi_http::WasiHttpView as _;
+use wasmtime_wasi_http::p3::bindings::{Service, ServicePre};
 
 /// The `handle` call that the code running now serves.
 pub(super) fn root_task(
@@ -50,7 +67,7 @@ impl Worker {
             let mut serving = std::pin::pin!(serving);
             let result = tokio::select! {
                 biased;
-                () = self.instance.stop.notified() => Err(wasmtime::format_err!("stopped")),
+                () = self.instance.stopped() => Err(wasmtime::format_err!("stopped")),
                 result = &mut serving => result,
             };
             // Closed before the event loop goes: a body that ends now
@@ -60,7 +77,7 @@ impl Worker {
         };
         // Stopped from outside, the reason is already set.
         if let Err(e) = result
-            && self.instance.why.get().is_none()
+            && !self.instance.has_said_why()
         {
             tracing::debug!("shared instance stopped: {e:#}");
             // The request whose code was running when it failed.
@@ -165,7 +182,7 @@ impl Worker {
                             }
                         }
                         // Its last body has ended: checked above.
-                        () = instance.spent.notified(), if running.is_empty() => {}
+                        () = instance.until_spent(), if running.is_empty() => {}
                         () = tokio::time::sleep(limits.idle), if running.is_empty() => {
                             if instance.close_if_idle() {
                                 break;
