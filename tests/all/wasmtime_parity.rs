@@ -201,7 +201,12 @@ const MODERN_CALL: &[(&str, &str)] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn js_hello_answers_the_same_under_wasmtime_serve() {
-    same_answers(&js_guest(), &[get("/hi?x=1"), get("/fail")]).await;
+    same_answers_with(
+        &js_guest(),
+        &["-Skeyvalue"],
+        &[get("/hi?x=1"), get("/fail"), get("/kv?put=a&value=1")],
+    )
+    .await;
 }
 
 /// `wasmtime serve` command lines as READMEs and CI scripts write them, each

@@ -119,33 +119,42 @@ pub fn token(user: &str) -> String {
         .mint(user, Duration::from_secs(3600))
 }
 
-/// The JavaScript sample tenant, `guests/js-hello`, built with
-/// componentize-js when its sources are newer than the last build (once per
-/// test binary at most; a build takes about 10 s).
+/// The JavaScript sample tenant, `guests/js-hello` (a module-form Worker
+/// with a KV binding), built with the repository's kit (`guests/js-kit`,
+/// componentize-js) when it or the kit is newer than the last build (once
+/// per test binary at most; a build takes about 10 s).
 pub fn js_guest() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let dir = repo_root().join("guests/js-hello");
+            let kit = repo_root().join("guests/js-kit");
             assert!(
-                dir.join("node_modules/@bytecodealliance/componentize-js")
+                kit.join("node_modules/@bytecodealliance/componentize-js")
                     .exists(),
-                "componentize-js is not installed: run `npm ci --prefix guests/js-hello`"
+                "the JS kit is not installed: run `npm ci --prefix guests/js-kit`"
             );
+            let dir = repo_root().join("guests/js-hello");
             let out = target_dir().join("js/js-hello.wasm");
             let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-            let sources = [
-                "app.js",
-                "exceptions.js",
-                "console-levels.js",
-                "build.mjs",
-                "package-lock.json",
-            ];
-            let newest = sources.iter().filter_map(|f| modified(&dir.join(f))).max();
+            let sources = ["worker.js", "wrangler.toml"].map(|f| dir.join(f));
+            let kit_sources = std::fs::read_dir(kit.join("runtime"))
+                .into_iter()
+                .chain(std::fs::read_dir(kit.join("src")))
+                .flatten()
+                .flatten()
+                .map(|entry| entry.path())
+                .chain([kit.join("package-lock.json"), kit.join("bin/mctx-js.mjs")]);
+            let newest = sources
+                .into_iter()
+                .chain(kit_sources)
+                .filter_map(|f| modified(&f))
+                .max();
             if modified(&out).is_none() || modified(&out) < newest {
                 let status = Command::new("node")
-                    .arg(dir.join("build.mjs"))
+                    .arg(kit.join("bin/mctx-js.mjs"))
+                    .args(["build", "-o"])
                     .arg(&out)
+                    .current_dir(&dir)
                     .status()
                     .expect("running node to build the JS tenant");
                 assert!(status.success(), "building guests/js-hello failed");

@@ -314,12 +314,17 @@ fn service(
                 // hyper sends no body for these, so not reading one is no
                 // disconnection.
                 .filter(|_| !head && !matches!(response.status().as_u16(), 100..=199 | 204 | 304));
+            let left = response
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok());
             // Not boxed again: hyper takes any body type.
             Ok::<_, Infallible>(response.map(|body| BusyBody {
                 body,
                 _busy: busy,
                 watch,
                 ended: false,
+                left,
             }))
         }
     })
@@ -426,6 +431,8 @@ struct BusyBody {
     _busy: BusyGuard,
     watch: Option<crate::base::transport::BodyWatch>,
     ended: bool,
+    /// Bytes of the declared `Content-Length` not yet sent.
+    left: Option<u64>,
 }
 
 impl Drop for BusyBody {
@@ -448,8 +455,20 @@ impl http_body::Body for BusyBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
-        if let std::task::Poll::Ready(None) = polled {
-            self.ended = true;
+        // hyper drops a body without polling it again once it has what
+        // the head promised: its `Content-Length`, or trailers (the last
+        // frame there is).
+        match &polled {
+            std::task::Poll::Ready(None) => self.ended = true,
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.left = self.left.map(|left| left.saturating_sub(data.len() as u64));
+                }
+                if frame.is_trailers() || self.left == Some(0) {
+                    self.ended = true;
+                }
+            }
+            _ => {}
         }
         polled
     }
