@@ -12,6 +12,8 @@ export default {
     const started = Date.now();
     served += 1;
     const url = new URL(request.url);
+    // The benchmarks' silent path: no log line, a fixed answer.
+    if (url.pathname === "/quiet") return new Response("ok\n");
     console.log(`${request.method} ${url.pathname}`);
     console.info(`Request received: ${request.method} ${url.pathname}${url.search}`);
     console.debug(`Headers: ${JSON.stringify(Object.fromEntries(request.headers))}`);

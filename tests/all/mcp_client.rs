@@ -8,7 +8,7 @@
 
 use std::process::Command;
 
-use crate::support::{HostProcess, guest, repo_root, tenant_toml};
+use crate::support::{HostProcess, guest, mcp_ts_guest, repo_root, tenant_toml};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,4 +91,53 @@ async fn the_python_sdk_completes_an_elicitation_round_trip_whose_rounds_are_log
         "round 2 answers: {second:?}"
     );
     assert_ne!(rounds[0]["requestId"], rounds[1]["requestId"]);
+}
+
+/// The Python SDK against the TypeScript-SDK sample (a JS tenant, its
+/// instances reused): MCP 2025-11-25 negotiated, a secret from `env` seen
+/// by the tool (and never printed), a tool with arguments answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_calls_the_typescript_sdk_sample_with_its_secret() {
+    let python = repo_root().join("tests/mcp-python/.venv/bin/python");
+    assert!(python.exists(), "no MCP Python SDK: run tests/setup.sh");
+    let config = tenant_toml("ts", "alice", "active", &[("1.0.0", &mcp_ts_guest())])
+        + "instance_reuse = 16\nsecrets = { API_KEY = { env = \"MCTX_TEST_TS_KEY\" } }\n";
+    let host = HostProcess::multi_with_env(&config, &[], &[("MCTX_TEST_TS_KEY", "ts-key-123456")]);
+    let url = format!("http://localhost:{}/t/ts/mcp", host.addr.port());
+    let call = |tool: &'static str, arguments: &'static str| {
+        let (python, url) = (python.clone(), url.clone());
+        tokio::task::spawn_blocking(move || {
+            let output = Command::new(python)
+                .arg(repo_root().join("tests/mcp-python/call.py"))
+                .args([url.as_str(), tool, arguments])
+                .output()
+                .expect("running the Python client");
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            assert!(
+                output.status.success(),
+                "the client failed: {stdout}\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            stdout
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<Value>>()
+        })
+    };
+    let said = call("whoami", "{}").await.unwrap();
+    assert_eq!(said[0]["protocol"], "2025-11-25", "{said:?}");
+    assert!(
+        said[1]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "add"),
+        "{said:?}"
+    );
+    assert_eq!(said[2]["text"], "mcp-ts, API key set");
+    let said = call("add", r#"{"a": 2, "b": 40}"#).await.unwrap();
+    assert_eq!(
+        (said[2]["text"].as_str(), said[2]["isError"].as_bool()),
+        (Some("42"), Some(false))
+    );
 }

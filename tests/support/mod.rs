@@ -120,48 +120,57 @@ pub fn token(user: &str) -> String {
 }
 
 /// The JavaScript sample tenant, `guests/js-hello` (a module-form Worker
-/// with a KV binding), built with the repository's kit (`guests/js-kit`,
-/// componentize-js) when it or the kit is newer than the last build (once
-/// per test binary at most; a build takes about 10 s).
+/// with a KV binding).
 pub fn js_guest() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let kit = repo_root().join("guests/js-kit");
-            assert!(
-                kit.join("node_modules/@bytecodealliance/componentize-js")
-                    .exists(),
-                "the JS kit is not installed: run `npm ci --prefix guests/js-kit`"
-            );
-            let dir = repo_root().join("guests/js-hello");
-            let out = target_dir().join("js/js-hello.wasm");
-            let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-            let sources = ["worker.js", "wrangler.toml"].map(|f| dir.join(f));
-            let kit_sources = std::fs::read_dir(kit.join("runtime"))
-                .into_iter()
-                .chain(std::fs::read_dir(kit.join("src")))
-                .flatten()
-                .flatten()
-                .map(|entry| entry.path())
-                .chain([kit.join("package-lock.json"), kit.join("bin/mctx-js.mjs")]);
-            let newest = sources
-                .into_iter()
-                .chain(kit_sources)
-                .filter_map(|f| modified(&f))
-                .max();
-            if modified(&out).is_none() || modified(&out) < newest {
-                let status = Command::new("node")
-                    .arg(kit.join("bin/mctx-js.mjs"))
-                    .args(["build", "-o"])
-                    .arg(&out)
-                    .current_dir(&dir)
-                    .status()
-                    .expect("running node to build the JS tenant");
-                assert!(status.success(), "building guests/js-hello failed");
-            }
-            out
-        })
-        .clone()
+    BUILT.get_or_init(|| js_worker("js-hello")).clone()
+}
+
+/// `guests/mcp-ts`: an MCP server written with the official TypeScript SDK.
+pub fn mcp_ts_guest() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| js_worker("mcp-ts")).clone()
+}
+
+/// The Worker project `guests/{name}`, built with the repository's kit
+/// (`guests/js-kit`, componentize-js) into `target/js/{name}.wasm` when it
+/// or the kit is newer than the last build (a build takes about 10 s).
+fn js_worker(name: &str) -> PathBuf {
+    let kit = repo_root().join("guests/js-kit");
+    assert!(
+        kit.join("node_modules/@bytecodealliance/componentize-js")
+            .exists(),
+        "the JS kit is not installed: run `npm ci --prefix guests/js-kit`"
+    );
+    let dir = repo_root().join("guests").join(name);
+    let out = target_dir().join(format!("js/{name}.wasm"));
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let files = |dir: PathBuf| {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+    };
+    let newest = files(dir.clone())
+        .chain(files(dir.join("src")))
+        .chain(files(kit.join("runtime")))
+        .chain(files(kit.join("src")))
+        .chain([kit.join("package-lock.json"), kit.join("bin/mctx-js.mjs")])
+        .filter(|path| path.is_file())
+        .filter_map(|path| modified(&path))
+        .max();
+    if modified(&out).is_none() || modified(&out) < newest {
+        let status = Command::new("node")
+            .arg(kit.join("bin/mctx-js.mjs"))
+            .args(["build", "-o"])
+            .arg(&out)
+            .current_dir(&dir)
+            .status()
+            .expect("running node to build a JS tenant");
+        assert!(status.success(), "building guests/{name} failed");
+    }
+    out
 }
 
 /// Runs `attempt` until it succeeds, every `every`, and fails the test

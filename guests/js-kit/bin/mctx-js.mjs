@@ -22,6 +22,7 @@ wasi:http component for mctx-host (and plain wasmtime serve).
   --kv BINDING          env.BINDING is a KV namespace over the tenant's
                         key-value store [default: wrangler's kv_namespaces]
   --alias FROM=TO       bundle TO where the code imports FROM (repeatable)
+                        [default: wrangler's [alias] table]
   --minify              a smaller bundle (stack frames get harder to read)
   -h, --help            this text
 
@@ -54,7 +55,7 @@ async function main(argv) {
   if (!existsSync(entry)) throw new BuildError(`${entry}: no such file`);
   const name = project?.name ?? basename(entry, extname(entry));
   const kv = values.kv ?? (project?.kv_namespaces ?? []).map((namespace) => namespace.binding);
-  const alias = {};
+  const alias = { ...(project?.alias ?? {}) };
   for (const pair of values.alias ?? []) {
     const at = pair.indexOf("=");
     if (at <= 0) throw new BuildError(`--alias ${pair}: expected FROM=TO`);
@@ -76,7 +77,9 @@ async function wrangler(dir) {
     const text = await readFile(path, "utf8");
     try {
       const config = file.endsWith(".toml") ? parseToml(text) : JSON.parse(text);
-      return { ...config, main: config.main && join(dirname(path), config.main) };
+      const local = (target) => (target.startsWith(".") ? resolve(dirname(path), target) : target);
+      const alias = Object.fromEntries(Object.entries(config.alias ?? {}).map(([from, to]) => [from, local(to)]));
+      return { ...config, alias, main: config.main && join(dirname(path), config.main) };
     } catch (error) {
       throw new BuildError(`${path}: ${error.message}`);
     }

@@ -1,0 +1,4 @@
+// See stubs/ajv.js.
+export default function addFormats(ajv) {
+  return ajv;
+}
