@@ -44,7 +44,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   retry env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o Dpkg::Use-Pty=0 "${missing[@]}" >/dev/null
 fi
 
-for dir in tests/browser tests/mcp guests/js-kit guests/mcp-ts; do
+for dir in tests/browser tests/mcp tests/workerd guests/js-kit guests/mcp-ts; do
   step "npm ci in $dir"
   retry npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error
 done

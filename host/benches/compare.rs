@@ -1,8 +1,9 @@
 //! The benchmark: mctx-host side by side with `wasmtime serve`, and the
 //! costs of its own features, on this machine, in one run.
 //!
-//! Run: `cargo bench -p mctx-host --bench compare` (needs `wrk` from Debian
-//! and the cached wasmtime-cli, both installed by `.ci/run`). It starts every
+//! Run: `cargo bench -p mctx-host --bench compare` (needs `wrk` from Debian,
+//! the cached wasmtime-cli and npm's `workerd` in `tests/workerd`, all
+//! installed by `.ci/run`). It starts every
 //! server itself, prints a table and writes `docs/benchmarks.md` and
 //! `docs/benchmarks.svg`. `MCTX_BENCH_SECS` sets each load run's length
 //! (default 5).
@@ -22,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use support::{
-    HostProcess, Viewer, WasmtimeServe, guest, js_guest, repo_root, rss_kib, tenant_toml,
+    HostProcess, Viewer, WasmtimeServe, Workerd, guest, js_guest, repo_root, rss_kib, tenant_toml,
 };
 
 const ROUNDS: usize = 3;
@@ -748,7 +749,124 @@ async fn run() {
     println!("{section}");
     report.push_str(&section);
 
+    report.push_str(&against_workerd(&mut chart).await);
+
     write_docs(&report, &chart, started.elapsed());
+}
+
+/// Section 8, JavaScript: the same Worker source (`guests/js-hello/worker.js`)
+/// under Cloudflare's `workerd` and as a component built by the kit under
+/// `mctx-host serve`, fresh instances and reused ones; the first response
+/// after start; memory with 1 and 50 of them loaded.
+async fn against_workerd(chart: &mut Vec<(String, f64)>) -> String {
+    let js = js_guest();
+    let source = repo_root().join("guests/js-hello/worker.js");
+    let mut section = format!(
+        "\n### 8. JavaScript Workers against workerd (guests/js-hello/worker.js, {CONNECTIONS} connections; guest output discarded on both)\n\n{HEADER}\n"
+    );
+    let workerd = Workerd::start(&source, 1);
+    let fresh = HostProcess::single(&js, &["--guest-logs", "off", "-S", "keyvalue"]);
+    let reused = HostProcess::single(
+        &js,
+        &[
+            "--guest-logs",
+            "off",
+            "-S",
+            "keyvalue",
+            "--max-instance-reuse-count",
+            "100000",
+        ],
+    );
+    for path in ["/quiet", "/"] {
+        let mut theirs = Series {
+            name: format!("workerd, {path}"),
+            runs: vec![],
+        };
+        let mut ours_fresh = Series {
+            name: format!("mctx-host serve, fresh instances, {path}"),
+            runs: vec![],
+        };
+        let mut ours_reused = Series {
+            name: format!("mctx-host serve --max-instance-reuse-count 100000, {path}"),
+            runs: vec![],
+        };
+        for _ in 0..ROUNDS {
+            theirs.runs.push(wrk(
+                workerd.addrs[0],
+                "localhost",
+                path,
+                CONNECTIONS,
+                workerd.pid(),
+            ));
+            ours_fresh
+                .runs
+                .push(wrk(fresh.addr, "localhost", path, CONNECTIONS, fresh.pid()));
+            ours_reused.runs.push(wrk(
+                reused.addr,
+                "localhost",
+                path,
+                CONNECTIONS,
+                reused.pid(),
+            ));
+        }
+        let rps = |s: &Series| s.median(|r| r.rps);
+        let _ = writeln!(
+            section,
+            "{}\n{}\n{}\n| **ratio to workerd, fresh / reused** | **{:.3}× / {:.2}×** | | | | |",
+            theirs.row(),
+            ours_fresh.row(),
+            ours_reused.row(),
+            rps(&ours_fresh) / rps(&theirs),
+            rps(&ours_reused) / rps(&theirs),
+        );
+        for series in [&theirs, &ours_fresh, &ours_reused] {
+            chart.push((series.name.clone(), rps(series)));
+        }
+    }
+    drop((workerd, fresh, reused));
+
+    // First response after start (mctx-host with its artifact cache warm,
+    // as after any earlier start), and memory once every Worker answered.
+    let mut first = Vec::new();
+    let mut memory = Vec::new();
+    for count in [1usize, 50] {
+        let workerd = Workerd::start(&source, count);
+        for addr in &workerd.addrs {
+            let reply =
+                support::send(*addr, "GET", "localhost", "/quiet", &[], Default::default()).await;
+            assert_eq!(reply.status, 200);
+            if count == 1 {
+                first.push(("workerd", workerd.spawned.elapsed()));
+            }
+        }
+        let theirs = rss_kib(workerd.pid());
+        drop(workerd);
+        let spawned = Instant::now();
+        let host = HostProcess::multi(&hosts_config(count, &js), &[]);
+        for i in 0..count {
+            let reply = host.get(&format!("t{i}.localhost"), "/quiet").await;
+            assert_eq!(reply.status, 200);
+            if count == 1 {
+                first.push(("mctx-host", spawned.elapsed()));
+            }
+        }
+        memory.push((count, theirs, rss_kib(host.pid())));
+    }
+    let _ = writeln!(
+        section,
+        "\n| start → first 200 | workerd | mctx-host (warm artifact cache) |\n|---|---|---|\n| 1 Worker | {} ms | {} ms |",
+        first[0].1.as_millis(),
+        first[1].1.as_millis()
+    );
+    let _ = writeln!(
+        section,
+        "\n| RSS, every Worker answered once | workerd | mctx-host |\n|---|---|---|"
+    );
+    for (count, theirs, ours) in memory {
+        let _ = writeln!(section, "| {count} Worker(s) | {theirs} KiB | {ours} KiB |");
+    }
+    println!("{section}");
+    section
 }
 
 /// Drives `/tick?lines=10` at `lines_per_second / 10` requests per second

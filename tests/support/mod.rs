@@ -25,12 +25,14 @@ mod nats;
 mod tail;
 mod viewer;
 mod wasmtime;
+mod workerd;
 
 pub use host::*;
 pub use nats::*;
 pub use tail::*;
 pub use viewer::*;
 pub use wasmtime::*;
+pub use workerd::*;
 
 /// How long any single wait in a test may take before the test fails. A
 /// safety net against hangs, never a synchronisation point.
