@@ -22,6 +22,7 @@ mod deploy_limits;
 mod deploy_reload;
 mod faults;
 mod front_door;
+mod js_kit;
 mod js_tenant;
 mod keyvalue;
 mod layout;

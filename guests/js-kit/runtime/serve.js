@@ -42,19 +42,20 @@ export function serve(worker, bindings = {}) {
       : typeof handler === "function"
         ? handler
         : null;
+  // serve() runs when the bundle loads, after the Worker's module (at build
+  // time, under Wizer): a Worker with no handler fails its build here.
+  const respond = fetch ?? (fetchListener && fetchEvent(fetchListener));
+  if (!respond) {
+    throw new TypeError(
+      "this Worker has no fetch handler: export default { fetch(request, env, ctx) { … } } or addEventListener(\"fetch\", (event) => event.respondWith(…))",
+    );
+  }
   // The environment is read when the first request comes: the module's top
   // level runs at build time (under Wizer), where it is the build's.
   let env = null;
   const environment = () => (env ??= Object.freeze({ ...Object.fromEntries(getEnvironment()), ...bindings }));
   return {
     async handle(incoming, responseOut) {
-      const respond = fetch ?? (fetchListener && fetchEvent(fetchListener));
-      if (!respond) {
-        const message = "this Worker has no fetch handler: export default { fetch(request, env, ctx) } or addEventListener(\"fetch\", …)";
-        console.error(message);
-        await writeResponse(new Response(message, { status: 500 }), responseOut);
-        return;
-      }
       const pending = [];
       const ctx = {
         waitUntil(promise) {
