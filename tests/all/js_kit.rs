@@ -99,4 +99,10 @@ async fn a_service_worker_form_worker_is_served_and_reused() {
             (200, format!("request {n} at /sw"))
         );
     }
+    // A Host that is not an authority cannot move the path the Worker sees.
+    let reply = host.get("localhost/admin?", "/sw").await;
+    assert_eq!(
+        (reply.status, reply.text()),
+        (200, "request 4 at /sw".to_string())
+    );
 }

@@ -61,30 +61,62 @@ export class KvNamespace {
 
   /**
    * `list({ prefix, limit, cursor })`: `{ keys: [{ name }], list_complete,
-   * cursor }`, in the store's order. The cursor is an offset among the
-   * matching keys: the store pages over every key, so the prefix is
-   * applied here.
+   * cursor }`, in the store's order. The store pages over every key, so
+   * the prefix is applied here; the cursor says where the last page
+   * stopped (the store's page and the last key given from it), so each
+   * call reads from there on, and a key added or removed meanwhile moves
+   * nothing.
    */
   async list(options = {}) {
     const prefix = options.prefix ?? "";
-    const limit = Math.min(Math.max(Math.trunc(Number(options.limit ?? 1000)) || 1000, 1), 1000);
-    const offset = options.cursor ? Number(options.cursor) : 0;
-    if (!Number.isSafeInteger(offset) || offset < 0) {
-      throw new TypeError(`KV list: ${JSON.stringify(options.cursor)} is not a cursor this namespace gave`);
+    const limit = options.limit ?? 1000;
+    if (!Number.isInteger(limit) || limit < 1 || limit > 1000) {
+      throw new TypeError(`KV list: limit must be a whole number from 1 to 1000, not ${JSON.stringify(limit)}`);
     }
-    const names = [];
-    let cursor;
-    do {
-      const page = call(() => this.#store().listKeys(cursor), "list");
-      for (const name of page.keys) {
-        if (name.startsWith(prefix)) names.push(name);
+    let { page, after } = parseCursor(options.cursor);
+    const keys = [];
+    for (;;) {
+      const listed = call(() => this.#store().listKeys(page), "list");
+      let names = listed.keys;
+      if (after !== undefined) {
+        // Resume past the last key given: by position if it is still
+        // there, else by order (the store lists a page in key order).
+        const at = names.indexOf(after);
+        names = at >= 0 ? names.slice(at + 1) : names.filter((name) => name > after);
       }
-      cursor = page.cursor;
-    } while (cursor !== undefined && names.length < offset + limit + 1);
-    const keys = names.slice(offset, offset + limit).map((name) => ({ name }));
-    const complete = cursor === undefined && names.length <= offset + limit;
-    return complete ? { keys, list_complete: true } : { keys, list_complete: false, cursor: String(offset + keys.length) };
+      for (const [i, name] of names.entries()) {
+        if (!name.startsWith(prefix)) continue;
+        keys.push({ name });
+        if (keys.length === limit) {
+          const more = i < names.length - 1 || listed.cursor !== undefined;
+          return more
+            ? { keys, list_complete: false, cursor: makeCursor(page, name) }
+            : { keys, list_complete: true };
+        }
+      }
+      if (listed.cursor === undefined) return { keys, list_complete: true };
+      page = listed.cursor;
+      after = undefined;
+    }
   }
+}
+
+/** A cursor: the store's page (its own cursor) and the last key given. */
+function makeCursor(page, after) {
+  return encodeURIComponent(JSON.stringify([page === undefined ? null : String(page), after]));
+}
+
+function parseCursor(cursor) {
+  if (cursor === undefined || cursor === null || cursor === "") return { page: undefined, after: undefined };
+  try {
+    const [page, after] = JSON.parse(decodeURIComponent(cursor));
+    if ((page === null || /^\d+$/.test(page)) && typeof after === "string") {
+      return { page: page === null ? undefined : BigInt(page), after };
+    }
+  } catch {
+    // Refused below.
+  }
+  throw new TypeError(`KV list: ${JSON.stringify(cursor)} is not a cursor this namespace gave`);
 }
 
 function checkKey(key) {
@@ -99,6 +131,8 @@ function call(operation, name) {
   try {
     return operation();
   } catch (error) {
+    // The Worker's own mistakes (a bad key) keep their type and message.
+    if (error instanceof TypeError) throw error;
     const payload = error?.payload;
     const why = payload?.tag === "other" ? payload.val : (payload?.tag ?? String(error));
     throw new Error(`KV ${name}: ${why}`);

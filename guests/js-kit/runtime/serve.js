@@ -16,7 +16,6 @@ import { Fields, IncomingBody, OutgoingBody, OutgoingResponse, ResponseOutparam 
 import { reportException } from "./exception.js";
 
 const encoder = new TextEncoder();
-const decoder = new TextDecoder();
 
 // The service-worker form registers its handler while the module loads;
 // the listener is kept here instead of in StarlingMonkey's event target.
@@ -78,10 +77,14 @@ export function serve(worker, bindings = {}) {
           await writeResponse(new Response("Worker threw exception", { status: 500 }), responseOut);
         }
       }
-      // Work handed to ctx.waitUntil ends before the instance is released.
-      for (const result of await Promise.allSettled(pending)) {
-        if (result.status === "rejected") {
-          console.error(`ctx.waitUntil: ${result.reason?.stack ?? result.reason}`);
+      // Work handed to ctx.waitUntil ends before the instance is released,
+      // including work that work hands on.
+      while (pending.length > 0) {
+        for (const result of await Promise.allSettled(pending.splice(0))) {
+          if (result.status === "rejected") {
+            const reason = result.reason;
+            console.error(`ctx.waitUntil: ${reason instanceof Error ? `${reason.name}: ${reason.message}` : String(reason)}`);
+          }
         }
       }
     },
@@ -107,8 +110,12 @@ function fetchEvent(listener) {
       try {
         listener.call(globalThis, event);
       } catch (error) {
-        reject(error);
-        return;
+        if (!answered) {
+          reject(error);
+          return;
+        }
+        // Answered already: the response stands, the error is reported.
+        reportException(error);
       }
       if (!answered) reject(new Error("the fetch listener did not call event.respondWith"));
     });
@@ -119,12 +126,11 @@ async function readRequest(incoming) {
   const method = methodName(incoming.method());
   const scheme = incoming.scheme();
   const protocol = scheme?.tag === "HTTPS" ? "https" : "http";
-  const authority = incoming.authority() ?? "localhost";
-  const url = `${protocol}://${authority}${incoming.pathWithQuery() ?? "/"}`;
+  const url = `${protocol}://${hostOf(incoming.authority())}${pathOf(incoming.pathWithQuery())}`;
   const headers = new Headers();
   const fields = incoming.headers();
   for (const [name, value] of fields.entries()) {
-    headers.append(name, decoder.decode(value));
+    headers.append(name, latin1(value));
   }
   fields[Symbol.dispose]?.();
   let body = null;
@@ -162,19 +168,56 @@ function readBody(incoming) {
   return bytes;
 }
 
+/**
+ * The request's host as the URL's: a `Host` that is not a bare authority
+ * (one with `/`, `?`, `#`, `@` or `\\` in it would move the path the Worker
+ * sees) is replaced by `localhost`.
+ */
+function hostOf(authority) {
+  if (!authority || /[\/?#@\\\s]/.test(authority)) return "localhost";
+  try {
+    return new URL(`http://${authority}/`).host;
+  } catch {
+    return "localhost";
+  }
+}
+
+/** The path and query, always from `/`. */
+function pathOf(pathWithQuery) {
+  return pathWithQuery?.startsWith("/") ? pathWithQuery : `/${pathWithQuery ?? ""}`;
+}
+
+/** Header bytes as a ByteString: one character per byte, as browsers do. */
+function latin1(bytes) {
+  let text = "";
+  for (let at = 0; at < bytes.length; at += 4096) {
+    text += String.fromCharCode(...bytes.subarray(at, at + 4096));
+  }
+  return text;
+}
+
+/** A ByteString back to its bytes. */
+function bytesOf(text) {
+  const bytes = new Uint8Array(text.length);
+  for (let at = 0; at < text.length; at++) bytes[at] = text.charCodeAt(at) & 0xff;
+  return bytes;
+}
+
 function methodName(method) {
   return method.tag === "other" ? method.val : method.tag.toUpperCase();
 }
 
 /**
  * Sends the response head, then streams its body: a body the Worker is
- * still producing reaches the client as it comes.
+ * still producing reaches the client as it comes. A client that goes away
+ * (or a HEAD request, whose body the host never sends) ends the writing
+ * quietly: that is the host's to report, not an exception of the Worker's.
  */
 async function writeResponse(response, responseOut) {
   const fields = new Fields();
   for (const [name, value] of response.headers) {
     try {
-      fields.append(name, encoder.encode(value));
+      fields.append(name, bytesOf(value));
     } catch {
       // A header the host forbids (connection, transfer-encoding…): it
       // manages those itself.
@@ -195,7 +238,14 @@ async function writeResponse(response, responseOut) {
         const bytes = typeof value === "string" ? encoder.encode(value) : value;
         // blocking-write-and-flush takes at most 4096 bytes a call.
         for (let at = 0; at < bytes.length; at += 4096) {
-          stream.blockingWriteAndFlush(bytes.subarray(at, at + 4096));
+          try {
+            stream.blockingWriteAndFlush(bytes.subarray(at, at + 4096));
+          } catch (error) {
+            if (error?.payload === undefined) throw error;
+            // The stream is closed: the client went away.
+            reader.cancel().catch(() => {});
+            return;
+          }
         }
       }
     }

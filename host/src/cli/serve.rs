@@ -221,7 +221,7 @@ impl ServeArgs {
         host!("--state-dir", state_dir, Some);
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             let files = (cert.clone(), key.clone());
-            over.host("--tls-cert", "[host] tls_", move |host| {
+            over.host("--tls-cert", "[host] tls_cert", move |host| {
                 (host.tls_cert, host.tls_key) = (Some(files.0.clone()), Some(files.1.clone()));
             });
         }

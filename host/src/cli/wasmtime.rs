@@ -73,7 +73,7 @@ pub(crate) struct WasmtimeFlags {
     #[arg(long)]
     pub(crate) no_logging_prefix: bool,
     /// Requests one instance serves, one after another, before it is dropped (1: a fresh
-    /// instance for every request, the default). Only an instance whose request ended well is
+    /// instance for every request, the default). Only an instance whose guest returned (no trap, limit or cancel) is
     /// reused, and never across tenants or versions. In a tenants file: `[host] instance_reuse`.
     #[arg(long, value_name = "N")]
     max_instance_reuse_count: Option<u32>,

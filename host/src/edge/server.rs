@@ -323,7 +323,8 @@ fn service(
                 body,
                 _busy: busy,
                 watch,
-                ended: false,
+                // hyper never polls a body declared empty.
+                ended: left == Some(0),
                 left,
             }))
         }

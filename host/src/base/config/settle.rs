@@ -57,7 +57,7 @@ struct Setting {
     /// The flag or variable that gave the value, for messages.
     flag: &'static str,
     /// The key, as the checks name it (`[host] cpu_limit_ms`): a problem
-    /// that starts with it is this flag's.
+    /// that starts with it, then a space, is this flag's.
     key: &'static str,
     apply: Arc<Apply>,
 }
@@ -274,12 +274,16 @@ fn refuse_if_any(source: &str, problems: Vec<String>, settings: &[Setting]) -> R
     }
     let lines: Vec<String> = problems
         .into_iter()
-        .map(
-            |problem| match settings.iter().rev().find(|s| problem.starts_with(s.key)) {
+        .map(|problem| {
+            match settings.iter().rev().find(|s| {
+                problem
+                    .strip_prefix(s.key)
+                    .is_some_and(|rest| rest.starts_with(' '))
+            }) {
                 Some(setting) => format!("{problem} (given by {})", setting.flag),
                 None => problem,
-            },
-        )
+            }
+        })
         .collect();
     bail!(
         "{source}: invalid configuration:\n  - {}",

@@ -112,10 +112,14 @@ impl<F: OwnCall> Call<F> {
             }
         };
         report.finish(result, |outcome| {
-            // Only an instance whose request went well serves another:
-            // after a trap, a limit or a cancel it is dropped here.
+            // Only an instance whose guest returned serves another: after
+            // a trap, a limit or a cancel there is no instance here. One
+            // that reported an exception it caught itself (a JS Worker's
+            // uncaught error, answered 500 by its runtime) returned intact,
+            // and is kept as a Worker's isolate is; one whose client went
+            // away mid-body is dropped.
             if let Some(((store, guest), served)) = instance
-                && outcome == Outcome::Ok
+                && matches!(outcome, Outcome::Ok | Outcome::Exception)
             {
                 keep.pool.put(
                     &keep.budget,
