@@ -363,6 +363,23 @@ mod tests {
     }
 
     #[test]
+    fn a_files_problem_is_not_blamed_on_a_flag_whose_key_is_a_prefix() {
+        let (_dir, path) = file_with(&format!("[host]\nmax_connections_per_ip = 0\n{TENANT}"));
+        let mut layers = Layers::file(path);
+        layers
+            .over
+            .host("--max-connections", "[host] max_connections", |h| {
+                h.max_connections = Some(100);
+            });
+        let err = layers.settle().unwrap_err().to_string();
+        assert!(
+            err.contains("[host] max_connections_per_ip must be at least 1")
+                && !err.contains("given by"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn single_component_mode_is_one_tenant_with_the_command_lines_extras() {
         let mut layers = Layers {
             base: Base::Component {
