@@ -36,6 +36,30 @@ fn set_cookies(reply: &support::Reply) -> Vec<String> {
         .collect()
 }
 
+/// A `Host` with a path, a query or userinfo in it never reaches a tenant
+/// as its authority (a guest building its URL from it would see another
+/// path): 400, counted; a well-formed one is served on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_header_that_is_not_an_authority_is_refused() {
+    let host = HostProcess::single(&guest("hello"), &["--guest-logs", "off"]);
+    for bad in [
+        "localhost/admin?",
+        "user@localhost",
+        "localhost#x",
+        "local host",
+    ] {
+        let reply = host.get(bad, "/").await;
+        assert_eq!(reply.status, 400, "{bad:?}: {}", reply.text());
+    }
+    // (The harness adds the port to each name.)
+    for good in ["localhost", "[::1]", "127.0.0.1"] {
+        let reply = host.get(good, "/").await;
+        assert_eq!(reply.status, 200, "{good:?}: {}", reply.text());
+    }
+    let health = host.get("localhost", "/.mctx/healthz").await.json();
+    assert_eq!(health["refused"]["badHostHeader"], 4, "{health}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_never_receives_the_hosts_session_or_bearer_token() {
     let host = two_tenants();

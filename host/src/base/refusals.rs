@@ -37,6 +37,9 @@ pub(crate) enum Refusal {
     TenantHeaderDropped,
     /// A request body that stopped arriving for `body_read_timeout_secs`.
     BodyStalled,
+    /// A request whose `Host` is not a `host[:port]` (a path, a query or
+    /// userinfo in it would reach tenants as part of their authority).
+    BadHost,
 }
 
 impl Refusal {
@@ -52,6 +55,7 @@ impl Refusal {
         Refusal::TlsHandshake,
         Refusal::TenantHeaderDropped,
         Refusal::BodyStalled,
+        Refusal::BadHost,
     ];
 
     /// Its name in `/healthz` and log lines.
@@ -68,12 +72,13 @@ impl Refusal {
             Refusal::TlsHandshake => "tlsHandshakeFailed",
             Refusal::TenantHeaderDropped => "tenantHeadersDropped",
             Refusal::BodyStalled => "bodyStalled",
+            Refusal::BadHost => "badHostHeader",
         }
     }
 }
 
 /// How many kinds of refusal there are.
-const KINDS: usize = 11;
+const KINDS: usize = 12;
 
 /// Counts per kind: since start, and since the last summary.
 #[derive(Default)]

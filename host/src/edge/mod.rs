@@ -11,6 +11,7 @@
 //! ```
 
 pub(crate) mod boundary;
+pub(crate) mod busy_body;
 pub(crate) mod connections;
 pub(crate) mod control;
 pub(crate) mod dashboard;

@@ -22,7 +22,8 @@ use crate::base::refusals::{Refusal, Refusals};
 use crate::base::responses::{Body, busy_response, error_response};
 use crate::base::transport::{OverTls, RequestBody};
 use crate::edge::boundary;
-use crate::edge::connections::{BusyGuard, Connections, Refused, Ticket};
+use crate::edge::busy_body::BusyBody;
+use crate::edge::connections::{Connections, Refused, Ticket};
 use crate::edge::control::ControlPlane;
 use crate::edge::routing::{Route, RoutingMode, route};
 use crate::edge::tls::{ALPN_H2, Tls};
@@ -80,6 +81,15 @@ impl FrontDoor {
                     .and_then(|h| h.to_str().ok())
                     .map(str::to_string)
             });
+        if let Some(host) = request.headers().get(http::header::HOST)
+            && !is_authority(host)
+        {
+            self.refusals.count(Refusal::BadHost);
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "the Host header is not a host name or address with an optional port",
+            );
+        }
         let path = request
             .uri()
             .path_and_query()
@@ -319,14 +329,7 @@ fn service(
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse().ok());
             // Not boxed again: hyper takes any body type.
-            Ok::<_, Infallible>(response.map(|body| BusyBody {
-                body,
-                _busy: busy,
-                watch,
-                // hyper never polls a body declared empty.
-                ended: left == Some(0),
-                left,
-            }))
+            Ok::<_, Infallible>(response.map(|body| BusyBody::new(body, busy, watch, left)))
         }
     })
 }
@@ -424,61 +427,12 @@ async fn serve_http2<I>(
 /// Requests one HTTP/2 connection may have in flight at once.
 const MAX_STREAMS: u32 = 100;
 
-/// A response body that keeps its connection marked busy until it ends,
-/// and says so when it is dropped before its end (a tenant's response: the
-/// client went away mid-body).
-struct BusyBody {
-    body: Body,
-    _busy: BusyGuard,
-    watch: Option<crate::base::transport::BodyWatch>,
-    ended: bool,
-    /// Bytes of the declared `Content-Length` not yet sent.
-    left: Option<u64>,
-}
-
-impl Drop for BusyBody {
-    fn drop(&mut self) {
-        if let Some(watch) = &self.watch
-            && !self.ended
-            && !http_body::Body::is_end_stream(&self.body)
-        {
-            watch.0.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-}
-
-impl http_body::Body for BusyBody {
-    type Data = bytes::Bytes;
-    type Error = wasmtime_wasi_http::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
-        // hyper drops a body without polling it again once it has what
-        // the head promised: its `Content-Length`, or trailers (the last
-        // frame there is).
-        match &polled {
-            std::task::Poll::Ready(None) => self.ended = true,
-            std::task::Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.left = self.left.map(|left| left.saturating_sub(data.len() as u64));
-                }
-                if frame.is_trailers() || self.left == Some(0) {
-                    self.ended = true;
-                }
-            }
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
+/// Whether a `Host` value is `host[:port]` only (RFC 9110 §7.2: no
+/// userinfo); a path or query in it would become part of the URL a tenant
+/// builds from its authority.
+fn is_authority(host: &http::HeaderValue) -> bool {
+    host.to_str()
+        .ok()
+        .filter(|host| !host.is_empty() && !host.contains('@'))
+        .is_some_and(|host| host.parse::<http::uri::Authority>().is_ok())
 }
