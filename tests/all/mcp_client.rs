@@ -141,3 +141,41 @@ async fn the_python_sdk_calls_the_typescript_sdk_sample_with_its_secret() {
         (Some("42"), Some(false))
     );
 }
+
+/// A state key set but too short is named as such, with the length it
+/// needs (a user who set a 14-byte key was told it was "not set").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_key_too_short_is_reported_as_too_short() {
+    let host = HostProcess::single(
+        &guest("mcp_everything"),
+        &[
+            "--guest-logs",
+            "off",
+            "--env",
+            "MCP_STATE_KEY=fourteen-bytes",
+        ],
+    );
+    let call = r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"test_input_required_result_request_state","arguments":{},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{"elicitation":{}}}}}"#;
+    let reply = crate::support::send(
+        host.addr,
+        "POST",
+        "localhost",
+        "/mcp",
+        &[
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "test_input_required_result_request_state"),
+        ],
+        bytes::Bytes::from_static(call.as_bytes()),
+    )
+    .await;
+    assert!(
+        reply
+            .text()
+            .contains("MCP_STATE_KEY is too short: 14 bytes, it must be at least 16"),
+        "{}",
+        reply.text()
+    );
+}

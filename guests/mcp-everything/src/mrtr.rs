@@ -415,19 +415,24 @@ pub fn prompt(params: &Value) -> Option<Reply> {
     })
 }
 
+/// The shortest key `requestState` is signed with.
+const MIN_KEY_BYTES: usize = 16;
+
 fn key() -> Result<Vec<u8>, Reply> {
-    match std::env::var(KEY_VARIABLE) {
-        Ok(key) if key.len() >= 16 => Ok(key.into_bytes()),
-        _ => {
-            eprintln!(
-                "[ERROR] {KEY_VARIABLE} is not set (16 bytes or more): cannot sign requestState"
-            );
-            Err(Reply::Error(
-                -32603,
-                format!("this server cannot keep state between rounds: {KEY_VARIABLE} is not set"),
-            ))
-        }
-    }
+    let why = match std::env::var(KEY_VARIABLE) {
+        Ok(key) if key.len() >= MIN_KEY_BYTES => return Ok(key.into_bytes()),
+        Ok(key) if key.is_empty() => format!("{KEY_VARIABLE} is empty"),
+        Ok(key) => format!(
+            "{KEY_VARIABLE} is too short: {} bytes, it must be at least {MIN_KEY_BYTES}",
+            key.len()
+        ),
+        Err(_) => format!("{KEY_VARIABLE} is not set (a secret of {MIN_KEY_BYTES} bytes or more)"),
+    };
+    eprintln!("[ERROR] {why}: cannot sign requestState");
+    Err(Reply::Error(
+        -32603,
+        format!("this server cannot keep state between rounds: {why}"),
+    ))
 }
 
 fn mac(key: &[u8], payload: &[u8]) -> Vec<u8> {
