@@ -11,17 +11,16 @@ use crate::support::{HostProcess, WasmtimeServe, repo_root};
 /// Runs the kit on `source` (written to a fresh project) with `args`;
 /// its exit status and what it printed.
 fn build(source: &str, args: &[&str]) -> (bool, String) {
+    build_in(tempfile::tempdir().unwrap().path(), source, args)
+}
+
+/// [`build`] in `dir`, where the component is left as `out.wasm`.
+fn build_in(dir: &std::path::Path, source: &str, args: &[&str]) -> (bool, String) {
     let kit = repo_root().join("guests/js-kit");
     assert!(
         kit.join("node_modules/esbuild").exists(),
         "the JS kit is not installed: run `npm ci --prefix guests/js-kit`"
     );
-    let dir = tempfile::tempdir().unwrap();
-    build_in(dir.path(), source, args)
-}
-
-fn build_in(dir: &std::path::Path, source: &str, args: &[&str]) -> (bool, String) {
-    let kit = repo_root().join("guests/js-kit");
     std::fs::write(dir.join("worker.js"), source).unwrap();
     let output = Command::new("node")
         .arg(kit.join("bin/mctx-js.mjs"))

@@ -164,6 +164,13 @@ fn assert_suite(line: &Line, run: &SuiteRun) {
     );
 }
 
+/// Whether an entry at `level` has a message starting with `prefix`.
+fn logged_starting(entries: &[Value], level: &str, prefix: &str) -> bool {
+    entries.iter().any(|e| {
+        e["level"] == level && e["message"].as_str().is_some_and(|m| m.starts_with(prefix))
+    })
+}
+
 #[test]
 fn the_expected_failures_files_list_exactly_the_justified_scenarios() {
     for line in [LINE_2025, LINE_2025_TS, LINE_2026] {
@@ -197,24 +204,13 @@ async fn the_suite_passes_against_a_tenant_while_its_owner_watches_the_logs() {
     let mut viewer = host.viewer("everything", "", "alice").await;
     let url = format!("http://localhost:{}/t/everything/mcp", host.addr.port());
     // Both generations, one after the other, on the same tenant.
-    let mut suite = tokio::task::spawn_blocking(move || {
+    let suite = tokio::task::spawn_blocking(move || {
         (
             run_suite(&LINE_2025, &url, "tenant"),
             run_suite(&LINE_2026, &url, "tenant"),
         )
     });
-
-    let mut entries: Vec<Value> = Vec::new();
-    let run = loop {
-        tokio::select! {
-            run = &mut suite => break run.unwrap(),
-            frame = viewer.frame() => {
-                if frame["type"] == "logs" {
-                    entries.extend(frame["entries"].as_array().unwrap().iter().cloned());
-                }
-            }
-        }
-    };
+    let (run, entries) = viewer.entries_while(suite).await;
     assert_suite(&LINE_2025, &run.0);
     assert_suite(&LINE_2026, &run.1);
 
@@ -229,20 +225,12 @@ async fn the_suite_passes_against_a_tenant_while_its_owner_watches_the_logs() {
         has("info", "[INFO] Tool execution started"),
         "the logging tool's own lines"
     );
-    assert!(entries.iter().any(|e| {
-        e["level"] == "error"
-            && e["message"]
-                .as_str()
-                .unwrap()
-                .starts_with("[ERROR] Tool test_error_handling failed")
-    }));
-    assert!(entries.iter().any(|e| {
-        e["level"] == "debug"
-            && e["message"]
-                .as_str()
-                .unwrap()
-                .starts_with("[DEBUG] Params:")
-    }));
+    assert!(logged_starting(
+        &entries,
+        "error",
+        "[ERROR] Tool test_error_handling failed"
+    ));
+    assert!(logged_starting(&entries, "debug", "[DEBUG] Params:"));
     let events: Vec<&Value> = entries.iter().filter(|e| e["type"] == "request").collect();
     assert!(
         events.len() > 30,
@@ -284,18 +272,8 @@ async fn the_typescript_sdk_sample_passes_what_the_sdk_does() {
     let host = HostProcess::multi(&config, &[]);
     let mut viewer = host.viewer("ts", "", "alice").await;
     let url = format!("http://localhost:{}/t/ts/mcp", host.addr.port());
-    let mut suite = tokio::task::spawn_blocking(move || run_suite(&LINE_2025_TS, &url, "mcp-ts"));
-    let mut entries: Vec<Value> = Vec::new();
-    let run = loop {
-        tokio::select! {
-            run = &mut suite => break run.unwrap(),
-            frame = viewer.frame() => {
-                if frame["type"] == "logs" {
-                    entries.extend(frame["entries"].as_array().unwrap().iter().cloned());
-                }
-            }
-        }
-    };
+    let suite = tokio::task::spawn_blocking(move || run_suite(&LINE_2025_TS, &url, "mcp-ts"));
+    let (run, entries) = viewer.entries_while(suite).await;
     assert_suite(&LINE_2025_TS, &run);
     assert!(
         entries
@@ -303,11 +281,9 @@ async fn the_typescript_sdk_sample_passes_what_the_sdk_does() {
             .any(|e| e["level"] == "info" && e["message"] == "[INFO] Tool execution started"),
         "the logging tool's console lines"
     );
-    assert!(entries.iter().any(|e| {
-        e["level"] == "error"
-            && e["message"]
-                .as_str()
-                .unwrap()
-                .starts_with("[ERROR] Tool test_error_handling failed")
-    }));
+    assert!(logged_starting(
+        &entries,
+        "error",
+        "[ERROR] Tool test_error_handling failed"
+    ));
 }

@@ -156,6 +156,25 @@ impl Viewer {
         }
     }
 
+    /// The entries of every `logs` frame that arrives while `work` runs
+    /// (other frames are skipped), with what `work` returned.
+    pub async fn entries_while<T>(
+        &mut self,
+        mut work: tokio::task::JoinHandle<T>,
+    ) -> (T, Vec<serde_json::Value>) {
+        let mut entries = Vec::new();
+        loop {
+            tokio::select! {
+                done = &mut work => return (done.unwrap(), entries),
+                frame = self.frame() => {
+                    if frame["type"] == "logs" {
+                        entries.extend(frame["entries"].as_array().unwrap().iter().cloned());
+                    }
+                }
+            }
+        }
+    }
+
     /// Closes the socket, as a browser closing the modal does.
     pub async fn close(&mut self) {
         let _ = self.socket.close(None).await;

@@ -166,7 +166,7 @@ impl Dispatcher {
             Ok(slot) => slot,
             Err(refused) => return refused,
         };
-        let (mut report, serves) = prepare::prepare(self, meta, tenant, deployment, &request);
+        let (mut report, serves) = self.prepare(meta, tenant, deployment, &request);
         let (on_response, head) = answer::head_channel(report.status.clone());
         // Counted as the guest reads it: past the limit the guest's read
         // fails and the client gets 413; a body that stalls, 408.
