@@ -35,6 +35,7 @@ use crate::logs::console::{ConsoleLog, GuestLogFormat};
 use crate::logs::hub::LogHub;
 use crate::logs::publish::Publisher;
 use crate::logs::sink::{LogSink, Tee};
+use crate::logs::store::LogStore;
 use crate::run::dispatch::Dispatcher;
 use crate::run::limits;
 use crate::run::memory;
@@ -81,6 +82,8 @@ pub struct App {
     metrics: Arc<Metrics>,
     deployments: Arc<Deployments>,
     tenants_file: bool,
+    /// Retained tenants' entries (`[host] log_retain`, `[tenants.logs]`).
+    store: Option<Arc<LogStore>>,
 }
 
 /// Re-reads the TLS certificate and the tenants file and applies what
@@ -137,6 +140,10 @@ impl App {
         } = app;
         let has_tenants_file = reload_from.is_some();
         let host = &config.host;
+        // One host keeps retained tenants' logs beside its servers; a
+        // cluster does not keep them yet (the tenants file refuses retention
+        // there, `config`).
+        let store_dir = state_dir.clone().filter(|_| config.cluster.is_none());
         // The pool's slots fit the largest memory any tenant may use (those
         // deployed through the API have the host's).
         let largest_memory_mb = config
@@ -210,11 +217,16 @@ impl App {
                 .share(async_nats::jetstream::new(cluster.client()));
         }
         hub.count_losses(metrics.clone());
-        let publisher: Arc<dyn LogSink> = Arc::new(Publisher::new(
-            hub.clone(),
-            cluster.clone(),
-            metrics.clone(),
-        ));
+        let store = match store_dir {
+            Some(dir) => Some(Arc::new(LogStore::open(&dir, metrics.clone())?)),
+            None => None,
+        };
+        let mut publisher = Publisher::new(hub.clone(), cluster.clone(), metrics.clone());
+        if let Some(store) = &store {
+            store.set_policies(retained(&loaded.live().snapshot()));
+            publisher = publisher.storing(store.clone());
+        }
+        let publisher: Arc<dyn LogSink> = Arc::new(publisher);
         let deployments =
             Arc::new(loaded.announce_to(publisher.clone(), hub.clone(), metrics.clone()));
         if let Some(cluster) = &cluster {
@@ -273,6 +285,7 @@ impl App {
                 deployments: deployments.clone(),
                 max_component_bytes: host.max_component_bytes,
                 base: routing.control_base().to_string(),
+                store: store.clone(),
                 connections: connections.clone(),
                 refusals: refusals.clone(),
             }),
@@ -307,6 +320,7 @@ impl App {
             metrics,
             deployments,
             tenants_file: has_tenants_file,
+            store,
         })
     }
 
@@ -383,6 +397,18 @@ impl App {
             async move { crate::run::tenants::sweep_every_second(&live).await }
                 .instrument(tracing::info_span!("instances")),
         );
+        let following = self.store.clone().map(|store| {
+            let live = self.deployments.live().clone();
+            tokio::spawn(
+                async move {
+                    let mut swaps = live.swaps();
+                    while swaps.changed().await.is_ok() {
+                        store.set_policies(retained(&live.snapshot()));
+                    }
+                }
+                .instrument(tracing::info_span!("log retention")),
+            )
+        });
         let https_port = listener.local_addr()?.port();
         let redirecting = self
             .redirect
@@ -417,6 +443,13 @@ impl App {
         if let Some(cluster) = &self.cluster {
             cluster.leave().await;
         }
+        if let Some(following) = following {
+            following.abort();
+        }
+        if let Some(store) = self.store {
+            // What the last requests wrote reaches the disk before exit.
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        }
         logging.abort();
         trimming.abort();
         sweeping.abort();
@@ -426,4 +459,14 @@ impl App {
         tracing::info!("shut down");
         Ok(())
     }
+}
+
+/// The tenants whose logs are kept, and how.
+fn retained(
+    tenants: &crate::run::tenants::TenantRegistry,
+) -> std::collections::HashMap<String, crate::base::config::Retention> {
+    tenants
+        .iter()
+        .filter_map(|t| Some((t.slug.to_string(), t.capabilities.retention?)))
+        .collect()
 }

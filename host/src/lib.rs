@@ -10,10 +10,10 @@
 //! | layer | modules | what it owns |
 //! |---|---|---|
 //! | root | [`app`], [`cli`] | `App::build` wires every part from an [`AppConfig`]; `App::serve` runs and shuts down in order. The CLI only turns flags into settings over the tenants file (`config::Layers`, settled once, and again on each reload) and holds the `tail` client. |
-//! | edge | `edge::{server, busy_body, routing, control, dashboard, log_stream, deploy_api}` | the network: accept loop, `Host` + path → tenant or control plane, `/healthz`, the dashboard, the log-stream WebSocket, the deploy API's HTTP. |
+//! | edge | `edge::{server, busy_body, routing, control, dashboard, log_stream, log_query, deploy_api}` | the network: accept loop, `Host` + path → tenant or control plane, `/healthz`, the dashboard, the log-stream WebSocket, stored entries' queries, the deploy API's HTTP. |
 //! | deploy | `deploy::{rules, apply, durable, mirror, load, error, store, shared, reload}` | the server list and every change to it, one at a time: the rules (`rules`), durable (`state_dir`, or JetStream on a cluster) before the tenant registry swaps; reloading the tenants file. Its refusals (`error::Why`) know no HTTP: `edge::deploy_api` maps them to statuses. |
 //! | run | `run::{dispatch, body, runtime, pool, p3, shared, state, limits, tenants, instances, budget, keyvalue, artifacts, guest_logging}` | WebAssembly: an engine and linker per WASI generation (p2; p3 when one loads), tenants' components compiled once, each request in a fresh instance (from a pool whose slots are made clean between tenants, `pool`) (or, for a tenant that asks, one kept from its version's previous request, or a p3 instance serving several at once) with its CPU and memory limits; each tenant's key-value store; the registry of tenants, an immutable snapshot swapped whole. |
-//! | logs | `logs::{capture, stdio, line, redact, entry, event, publish, hub, wire, filter, cluster, console}` | what guests write becoming entries (`capture`: per request; `stdio`: the guest's streams; `line`: one unfinished line), numbered once, fanned out to viewers here and on other hosts; `wire` is the viewer protocol, `filter` what a viewer asks for. |
+//! | logs | `logs::{capture, stdio, line, redact, entry, event, publish, hub, wire, filter, cluster, store, console}` | what guests write becoming entries (`capture`: per request; `stdio`: the guest's streams; `line`: one unfinished line), numbered once, fanned out to viewers here and on other hosts, and kept on disk for tenants granted retention (`store`: SQLite, one writer thread, queries); `wire` is the viewer protocol, `filter` what a viewer (or a query) asks for. |
 //! | base | `base::{config, auth, responses, metrics, sync}` | the configuration (one struct per table; the file and the command line settled in one place, `config::settle`), session tokens, the host's own responses, the operator's metrics, taking locks. |
 //!
 //! **How a request travels.** `edge::server` accepts the connection and
@@ -41,7 +41,10 @@
 //! most 100 entries (`logs::wire` is the protocol) into each viewer's
 //! bounded queue; `edge::log_stream` writes them to the WebSocket. On a
 //! cluster, `publish` also hands the entries to `logs::cluster`, which
-//! sends them over NATS to hosts whose viewers watch the slug.
+//! sends them over NATS to hosts whose viewers watch the slug. For a
+//! tenant granted retention, `publish` also queues them for `logs::store`,
+//! whose writer thread keeps them in SQLite within the tenant's age and
+//! bytes; `edge::log_query` and `tail --since` read them back.
 //!
 //! `RequestState`: run::state::RequestState
 

@@ -61,6 +61,13 @@ impl HostProcess {
         Self::start(args, tempfile::tempdir().unwrap())
     }
 
+    /// [`HostProcess::multi_at`] with extra environment variables.
+    pub fn multi_at_with_env(path: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut args: Vec<OsString> = vec!["serve".into(), "--config".into(), path.into()];
+        args.extend(extra.iter().map(OsString::from));
+        Self::start_with_env(args, tempfile::tempdir().unwrap(), env)
+    }
+
     fn start(args: Vec<OsString>, dir: tempfile::TempDir) -> Self {
         Self::start_with_env(args, dir, &[])
     }

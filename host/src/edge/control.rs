@@ -13,8 +13,9 @@ use crate::base::transport::RequestBody;
 use crate::deploy::Deployments;
 use crate::edge::connections::Connections;
 use crate::edge::dashboard::Dashboard;
-use crate::edge::deploy_api;
 use crate::edge::log_stream::LogStreams;
+use crate::edge::{deploy_api, log_query};
+use crate::logs::store::LogStore;
 
 /// State of the control plane.
 pub(crate) struct ControlPlane {
@@ -26,6 +27,8 @@ pub(crate) struct ControlPlane {
     pub(crate) deployments: Arc<Deployments>,
     /// `[host] max_component_bytes`: the largest deploy.
     max_component_bytes: u64,
+    /// Retained tenants' entries, when the host keeps any.
+    store: Option<Arc<LogStore>>,
     connections: Arc<Connections>,
     refusals: Arc<Refusals>,
 }
@@ -37,6 +40,7 @@ pub(crate) struct ControlConfig {
     pub(crate) max_component_bytes: u64,
     /// `""`, or `/.mctx` in single-component mode.
     pub(crate) base: String,
+    pub(crate) store: Option<Arc<LogStore>>,
     pub(crate) connections: Arc<Connections>,
     pub(crate) refusals: Arc<Refusals>,
 }
@@ -49,6 +53,7 @@ impl ControlPlane {
             streams: config.streams,
             deployments: config.deployments,
             max_component_bytes: config.max_component_bytes,
+            store: config.store,
             connections: config.connections,
             refusals: config.refusals,
         }
@@ -57,6 +62,17 @@ impl ControlPlane {
     /// Answers a control-plane request; `path` is relative to its root.
     pub(crate) async fn handle(&self, request: Request<RequestBody>, path: &str) -> Response<Body> {
         let (route, query) = path.split_once('?').unwrap_or((path, ""));
+        if let Some(slug) = log_query::route_slug(route) {
+            return log_query::handle(
+                &self.deployments,
+                &self.streams.sessions,
+                &self.streams.allowed_origins,
+                self.store.as_deref(),
+                request,
+                slug,
+            )
+            .await;
+        }
         if route.starts_with("/api/") {
             return deploy_api::handle(
                 &self.deployments,

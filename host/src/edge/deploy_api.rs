@@ -10,6 +10,7 @@
 //! PUT    /api/servers/{slug}/versions/{v}      deploy a component (application/wasm)
 //! DELETE /api/servers/{slug}/versions/{v}      delete one version
 //! POST   /api/reload                           re-read the tenants file (admins)
+//! GET    /api/servers/{slug}/logs?…            stored entries (`edge::log_query`)
 //! ```
 //!
 //! Authentication is the log stream's: the `session` cookie or a bearer
@@ -31,7 +32,7 @@ use crate::run::tenants::{FILE_DEPLOYER, Source, Tenant};
 
 /// A refusal as the API answers it: a status and `{"error": message}`.
 #[derive(Debug)]
-struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     message: String,
 }
@@ -44,7 +45,7 @@ impl ApiError {
         }
     }
 
-    fn into_response(self) -> Response<Body> {
+    pub(crate) fn into_response(self) -> Response<Body> {
         crate::base::responses::error_response(self.status, &self.message)
     }
 }
@@ -194,7 +195,8 @@ struct ChangeServer {
     status: Status,
 }
 
-fn authenticate(
+/// The caller of an API request, or why it is refused.
+pub(crate) fn authenticate(
     deployments: &Deployments,
     sessions: &Sessions,
     allowed_origins: &[String],

@@ -7,6 +7,7 @@
 //!                                                              └─► control ─┬─► /healthz
 //!                                                                           ├─► log_stream (WebSocket viewers)
 //!                                                                           ├─► deploy_api (crate::deploy)
+//!                                                                           ├─► log_query (stored entries)
 //!                                                                           └─► dashboard
 //! ```
 
@@ -16,6 +17,7 @@ pub(crate) mod connections;
 pub(crate) mod control;
 pub(crate) mod dashboard;
 pub(crate) mod deploy_api;
+pub(crate) mod log_query;
 pub(crate) mod log_stream;
 pub(crate) mod metrics;
 pub(crate) mod redirect;

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  guest stdout/stderr ─► capture (lines, limits) ─► publish (seq) ─► hub ─► viewers
-//!                                                        └─► cluster ─► other hosts' hubs
+//!                                                        ├─► cluster ─► other hosts' hubs
+//!                                                        └─► store (retained tenants) ─► queries
 //! ```
 
 pub mod capture;
@@ -18,4 +19,5 @@ pub(crate) mod publish;
 pub(crate) mod redact;
 pub mod sink;
 pub(crate) mod stdio;
+pub(crate) mod store;
 pub(crate) mod wire;

@@ -3,15 +3,17 @@
 //!
 //! ```text
 //!  capture ─► Publisher (seq, node) ─┬─► LogHub::deliver ─► this host's viewers
-//!                                    └─► Cluster::send ─► NATS ─► other hosts' viewers
+//!                                    ├─► Cluster::send ─► NATS ─► other hosts' viewers
+//!                                    └─► LogStore::append ─► disk (retained tenants)
 //! ```
 //!
 //! `seq` counts a slug's entries from 1 for the life of the process, per
-//! producing host, and only entries somebody watches are numbered: a
-//! viewer sees consecutive numbers unless it was told (`dropped`) what it
-//! missed. Numbering and handing on happen under one lock, so every viewer
-//! gets this host's entries in `seq` order even when several requests of
-//! a slug write at once.
+//! producing host (for a retained tenant, on from the last one stored), and
+//! only entries somebody watches or the store keeps are numbered: a viewer
+//! sees consecutive numbers unless it was told (`dropped`) what it missed.
+//! Numbering and handing on happen under one lock, so every viewer and the
+//! store get this host's entries in `seq` order even when several requests
+//! of a slug write at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,6 +23,7 @@ use crate::logs::cluster::Cluster;
 use crate::logs::entry::LogEntry;
 use crate::logs::hub::LogHub;
 use crate::logs::sink::LogSink;
+use crate::logs::store::LogStore;
 
 /// The sink capture writes to: numbers entries and hands them to this
 /// host's hubs and, on a cluster, to the hosts that watch the slug.
@@ -28,6 +31,8 @@ pub(crate) struct Publisher {
     hub: LogHub,
     cluster: Option<Cluster>,
     metrics: Arc<Metrics>,
+    /// Where retained tenants' entries are kept, when the host keeps any.
+    store: Option<Arc<LogStore>>,
     /// Per slug, the `seq` of the next entry.
     next_seq: Mutex<HashMap<String, u64>>,
 }
@@ -38,8 +43,20 @@ impl Publisher {
             hub,
             cluster,
             metrics,
+            store: None,
             next_seq: Mutex::default(),
         }
+    }
+
+    /// Keeps retained tenants' entries in `store` too.
+    pub(crate) fn storing(mut self, store: Arc<LogStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The store, when `slug`'s entries are kept.
+    fn keeping(&self, slug: &str) -> Option<&LogStore> {
+        self.store.as_deref().filter(|store| store.retains(slug))
     }
 
     /// The cluster, when this slug's entries are watched on another host.
@@ -52,19 +69,21 @@ impl Publisher {
 
 impl LogSink for Publisher {
     fn wants(&self, slug: &str) -> bool {
-        self.hub.has_viewers(slug) || self.remote(slug).is_some()
+        self.hub.has_viewers(slug) || self.remote(slug).is_some() || self.keeping(slug).is_some()
     }
 
     fn publish(&self, slug: &str, mut entries: Vec<LogEntry>) {
         let local = self.hub.has_viewers(slug);
         let remote = self.remote(slug);
-        if !local && remote.is_none() {
+        let store = self.keeping(slug);
+        if !local && remote.is_none() && store.is_none() {
             return; // the last viewer left since `wants`
         }
         let node = self.cluster.as_ref().map(Cluster::node_name);
         let mut next_seq = crate::base::sync::lock(&self.next_seq);
         if !next_seq.contains_key(slug) {
-            next_seq.insert(slug.to_string(), 1);
+            let stored = self.store.as_ref().map_or(0, |store| store.last_seq(slug));
+            next_seq.insert(slug.to_string(), stored + 1);
         }
         let next = next_seq.get_mut(slug).expect("inserted above");
         for entry in &mut entries {
@@ -74,8 +93,14 @@ impl LogSink for Publisher {
             self.metrics
                 .entry(slug, entry.level.as_str(), entry.truncated);
         }
+        // Copied only for a second reader.
+        if let Some(store) = store {
+            if !local && remote.is_none() {
+                return store.append(slug, entries);
+            }
+            store.append(slug, entries.clone());
+        }
         match remote {
-            // Copied only when this host's viewers need them too.
             Some(cluster) if local => cluster.send(slug, entries.clone()),
             Some(cluster) => return cluster.send(slug, entries),
             None => {}

@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::base::config::{HostSettings, OutboundSpec, SecretSource, TenantSpec};
+use crate::base::config::{HostSettings, OutboundSpec, Retention, SecretSource, TenantSpec};
 use crate::run::gate::Gate;
 use crate::run::keyvalue::{KeyValueStores, TenantStore};
 use crate::run::limits::{self, Limits};
@@ -32,6 +32,8 @@ pub(crate) struct Capabilities {
     pub(crate) dirs: Vec<(std::path::PathBuf, String)>,
     /// Its key-value store, when granted (`run::keyvalue`).
     pub(crate) keyvalue: Option<Arc<TenantStore>>,
+    /// How long its log is kept on disk, when granted (`logs::store`).
+    pub(crate) retention: Option<Retention>,
 }
 
 /// Secret values: shared by every request of the tenant, never printed.
@@ -136,6 +138,7 @@ impl Capabilities {
                 0 => None,
                 quota => Some(stores.grant(spec.slug.as_str(), quota, &spec.keyvalue_seed)),
             },
+            retention: Retention::settle(&spec.logs, host.log_retain, host.log_retain_max_bytes),
         }
     }
 }

@@ -14,6 +14,7 @@
 mod addresses;
 mod credential_url;
 mod outbound;
+mod retention;
 mod settle;
 mod tables;
 mod tenant;
@@ -27,6 +28,7 @@ use serde::Deserialize;
 pub use addresses::{is_own_address, is_public};
 pub use credential_url::{CredentialUrl, Userinfo, without_userinfo};
 pub use outbound::{AllowList, Allowed, Scheme, Target};
+pub use retention::{Retention, TenantLogs, parse_duration};
 pub use settle::{Base, Layers, Overrides, TenantExtras};
 pub use tables::{
     AuthSettings, ClusterSettings, DEFAULT_ADDR, DEFAULT_BASE_DOMAIN, DEFAULT_CPU_LIMIT_MS,
@@ -120,6 +122,20 @@ impl Draft {
                 ));
             }
             tenants.push(tenant);
+        }
+        // Retention on a cluster needs every host to answer for the
+        // others' entries (JetStream): not built yet, so refused rather
+        // than kept by one host only.
+        let retained = !host.log_retain.is_zero()
+            || tenants
+                .iter()
+                .any(|t| t.logs.retain.is_some_and(|age| !age.is_zero()));
+        if cluster.is_some() && retained {
+            problems.push(
+                "log retention ([host] log_retain, [tenants.logs] retain) is not available on a \
+                 [cluster] yet: remove it, or run the host alone"
+                    .to_string(),
+            );
         }
         Config {
             source: source.to_string(),
@@ -290,5 +306,36 @@ mod tests {
         assert!(err.contains("paused"), "{err}");
         // Tenants may all come through the deploy API.
         assert!(parse("").unwrap().tenants.is_empty());
+    }
+
+    #[test]
+    fn retention_is_off_unless_granted_and_refused_on_a_cluster() {
+        let config = parse(ONE).unwrap();
+        assert_eq!(config.host.log_retain, std::time::Duration::ZERO);
+        assert_eq!(config.tenants[0].logs, TenantLogs::default());
+        let kept = parse(&format!(
+            "[host]\nlog_retain = \"7d\"\n{ONE}[tenants.logs]\nretain = \"24h\"\nmax_bytes = 4096\n"
+        ))
+        .unwrap();
+        assert_eq!(kept.host.log_retain.as_secs(), 7 * 86_400);
+        let logs = &kept.tenants[0].logs;
+        assert_eq!(
+            (logs.retain.map(|d| d.as_secs()), logs.max_bytes),
+            (Some(86_400), Some(4096))
+        );
+        let err = parse(&format!("{ONE}[tenants.logs]\nretain = \"a while\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"24h\""), "{err}");
+        let err = parse(&format!("{ONE}[tenants.logs]\nretain = \"90d\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("31 days"), "{err}");
+        let err = parse(&format!(
+            "[cluster]\nnats_url = \"nats://127.0.0.1:4222\"\nnode = \"a\"\n{ONE}[tenants.logs]\nretain = \"1h\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not available on a [cluster]"), "{err}");
     }
 }

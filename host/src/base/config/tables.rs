@@ -97,6 +97,14 @@ pub struct HostSettings {
     /// A plain-HTTP listener that answers every request with a redirect to
     /// the https origin (never a tenant, never a token).
     pub http_redirect_addr: Option<SocketAddr>,
+    /// How long every tenant's log entries are kept on disk (`"24h"`,
+    /// `"7d"`; `"0"`: not at all, the default); a tenant may set its own
+    /// (`[tenants.logs] retain`). Needs `state_dir`.
+    #[serde(deserialize_with = "super::retention::duration")]
+    pub log_retain: Duration,
+    /// Bytes of log entries kept per tenant, oldest dropped first (a
+    /// tenant may set its own, `[tenants.logs] max_bytes`).
+    pub log_retain_max_bytes: u64,
 }
 
 impl Default for HostSettings {
@@ -129,6 +137,8 @@ impl Default for HostSettings {
             tls_key: None,
             hsts: false,
             http_redirect_addr: None,
+            log_retain: Duration::ZERO,
+            log_retain_max_bytes: super::retention::DEFAULT_RETAIN_MAX_BYTES,
         }
     }
 }
@@ -193,6 +203,7 @@ impl HostSettings {
         if self.max_header_bytes < 8192 {
             problems.push("[host] max_header_bytes must be at least 8192".to_string());
         }
+        super::Retention::check("[host] log_retain", self.log_retain, problems);
     }
 
     pub fn shutdown_grace(&self) -> Duration {

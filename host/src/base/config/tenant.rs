@@ -8,6 +8,7 @@ use semver::Version;
 use serde::Deserialize;
 
 use super::outbound::AllowList;
+use super::retention::{Retention, TenantLogs};
 
 /// A tenant's name: a DNS label (`^[a-z0-9](-?[a-z0-9])*$`, at most 63 chars),
 /// so that `{slug}.{base_domain}` is always a valid host name.
@@ -139,6 +140,9 @@ pub struct TenantSpec {
     /// Host directories the guest may read, as (host path, guest path)
     /// (`--dir`, single-component mode).
     pub dirs: Vec<(PathBuf, String)>,
+    /// How long its log is kept (`[tenants.logs]`, over `[host]
+    /// log_retain`).
+    pub logs: TenantLogs,
 }
 
 impl TenantSpec {
@@ -165,6 +169,7 @@ impl TenantSpec {
             secrets: BTreeMap::new(),
             request_headers: Vec::new(),
             dirs: Vec::new(),
+            logs: TenantLogs::default(),
         }
     }
 }
@@ -237,6 +242,8 @@ pub(super) struct TenantTable {
     env: BTreeMap<String, String>,
     #[serde(default)]
     secrets: BTreeMap<String, SecretSource>,
+    #[serde(default)]
+    logs: TenantLogs,
 }
 
 impl TenantTable {
@@ -324,6 +331,9 @@ impl TenantTable {
                 source => (key, source),
             })
             .collect();
+        if let Some(age) = self.logs.retain {
+            Retention::check(&format!("{name}: [tenants.logs] retain"), age, problems);
+        }
         let defaults = OutboundSpec::default();
         Some(TenantSpec {
             slug,
@@ -352,6 +362,7 @@ impl TenantTable {
             secrets,
             request_headers: Vec::new(),
             dirs: Vec::new(),
+            logs: self.logs,
         })
     }
 }

@@ -58,6 +58,13 @@ pub(crate) struct EntryLabels {
     pub(crate) level: &'static str,
 }
 
+/// `{slug, reason}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct SlugReasonLabels {
+    pub(crate) slug: String,
+    pub(crate) reason: &'static str,
+}
+
 /// `{reason}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ReasonLabel {
@@ -95,6 +102,8 @@ pub(crate) struct Metrics {
     entries: Family<EntryLabels, Counter>,
     entries_truncated: Family<SlugLabel, Counter>,
     entries_dropped: Family<ReasonLabel, Counter>,
+    entries_stored: Counter,
+    entries_unstored: Family<SlugReasonLabels, Counter>,
     outbound: Family<OutboundLabels, Counter>,
     deploys: Family<ActionLabel, Counter>,
     components: Family<CacheLabel, Counter>,
@@ -135,6 +144,8 @@ impl Metrics {
             entries: Family::default(),
             entries_truncated: Family::default(),
             entries_dropped: Family::default(),
+            entries_stored: Counter::default(),
+            entries_unstored: Family::default(),
             outbound: Family::default(),
             deploys: Family::default(),
             components: Family::default(),
@@ -172,7 +183,7 @@ impl Metrics {
         );
         registry.register(
             "log_entries",
-            "Log entries published (made only while someone watches the slug)",
+            "Log entries published (made only while someone watches the slug, or the host keeps its logs)",
             metrics.entries.clone(),
         );
         registry.register(
@@ -184,6 +195,16 @@ impl Metrics {
             "log_entries_dropped",
             "Entries a viewer never got: the hub fell behind (hub), a viewer fell behind (viewer), another host's never arrived (cluster)",
             metrics.entries_dropped.clone(),
+        );
+        registry.register(
+            "log_entries_stored",
+            "Entries written to the log store (tenants with retention)",
+            metrics.entries_stored.clone(),
+        );
+        registry.register(
+            "log_entries_unstored",
+            "Entries of retained tenants not kept: dropped oldest for newer (quota), refused while the writer was behind (backlog), not written (failed)",
+            metrics.entries_unstored.clone(),
         );
         registry.register(
             "outbound_requests",
@@ -264,6 +285,22 @@ impl Metrics {
     pub(crate) fn entries_dropped(&self, reason: &'static str, count: u64) {
         self.entries_dropped
             .get_or_create(&ReasonLabel { reason })
+            .inc_by(count);
+    }
+
+    /// Entries written to the log store.
+    pub(crate) fn entries_stored(&self, count: u64) {
+        self.entries_stored.inc_by(count);
+    }
+
+    /// Entries of a retained tenant not kept, and why (`quota`, `backlog`,
+    /// `failed`).
+    pub(crate) fn entries_unstored(&self, slug: &str, reason: &'static str, count: u64) {
+        self.entries_unstored
+            .get_or_create(&SlugReasonLabels {
+                slug: slug.to_string(),
+                reason,
+            })
             .inc_by(count);
     }
 

@@ -6,8 +6,15 @@
 //! said on stderr; a refusal (401/403/404/429) is final: the reason is
 //! printed and the exit code is non-zero. Entries go to stdout, everything
 //! else to stderr, so `--format json | jq` sees only entries.
+//!
+//! `--since 15m` (a tenant whose logs the host keeps) first prints the
+//! stored entries from then on, then goes on live: the stream is joined
+//! *before* the stored entries are asked for, the live ones are held back
+//! until those are printed, and an entry seen twice (same node and `seq`)
+//! is printed once. A reconnection fills its gap the same way.
 
 use std::io::{IsTerminal as _, Write as _};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
@@ -23,6 +30,10 @@ use crate::logs::console::{Escaped, pretty_line};
 use crate::logs::entry::{EntryKind, LogEntry};
 use crate::logs::filter::Filter;
 use crate::logs::wire::Frame;
+
+mod backfill;
+
+use backfill::{Seen, urlencode};
 
 /// The longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(16);
@@ -107,6 +118,17 @@ pub(crate) struct TailArgs {
     /// Only `log` entries, `request` events or `deploy` events.
     #[arg(long = "type", value_parser = ["log", "request", "deploy"])]
     kind: Option<String>,
+
+    /// First the stored entries from this far back (`15m`, `2h`, `7d`, or an
+    /// RFC 3339 time), then live, with nothing missed or printed twice
+    /// between the two. Needs a server whose logs the host keeps
+    /// (`[tenants.logs] retain`).
+    #[arg(long, value_name = "WHEN")]
+    since: Option<String>,
+
+    /// What was printed (behind an `Arc`: the arguments stay small).
+    #[arg(skip)]
+    seen: std::sync::Arc<Mutex<Seen>>,
 }
 
 /// Why the stream ended.
@@ -124,6 +146,10 @@ impl TailArgs {
                 "no session token: pass --token or set MCTX_TOKEN (`mctx-host token --user YOU` prints one)"
             );
         };
+        if let Some(since) = &self.since {
+            crate::logs::store::Query::parse(&format!("since={}", urlencode(since)), 0)
+                .map_err(|e| anyhow::anyhow!("--{e}"))?;
+        }
         let url = self.stream_url()?;
         if url.starts_with("wss://") {
             self.tls = Some(crate::base::tls::cli_client_config(
@@ -254,7 +280,28 @@ impl TailArgs {
         *backoff = Duration::from_secs(1);
         let color = self.format == TailFormat::Pretty && std::io::stdout().is_terminal();
         let mut closing = None;
-        while let Some(message) = socket.next().await {
+        // Joined the stream: now what was stored before (and since then;
+        // the overlap is printed once). Live entries wait meanwhile.
+        let mut stored = self
+            .stored_since()
+            .map(|since| Box::pin(self.fetch_stored(since)));
+        let mut held: Vec<LogEntry> = Vec::new();
+        loop {
+            let message = tokio::select! {
+                message = socket.next() => message,
+                fetched = async { stored.as_mut().expect("polled only while fetching").await },
+                    if stored.is_some() =>
+                {
+                    stored = None;
+                    match fetched {
+                        Ok(entries) => self.print_entries(&entries, color),
+                        Err(e) => eprintln!("mctx-host tail: no stored entries: {e:#}; live entries only"),
+                    }
+                    self.print_entries(&std::mem::take(&mut held), color);
+                    continue;
+                }
+            };
+            let Some(message) = message else { break };
             let text = match message {
                 Ok(Message::Text(text)) => text,
                 Ok(Message::Close(_)) => break,
@@ -266,6 +313,7 @@ impl TailArgs {
                 continue;
             };
             match frame {
+                Frame::Logs { entries } if stored.is_some() => held.extend(entries),
                 Frame::Logs { entries } => self.print_entries(&entries, color),
                 Frame::Dropped { count } => eprintln!(
                     "mctx-host tail: {count} entries missed (this client fell behind, or the cluster link was down)"
@@ -281,8 +329,9 @@ impl TailArgs {
     }
 
     fn print_entries(&self, entries: &[LogEntry], color: bool) {
+        let mut seen = crate::base::sync::lock(&self.seen);
         let mut out = std::io::stdout().lock();
-        for entry in entries {
+        for entry in entries.iter().filter(|e| seen.first_time(e)) {
             let line = match self.format {
                 TailFormat::Json => serde_json::to_string(entry).expect("entries serialize"),
                 TailFormat::Pretty => pretty_line(entry, color),
@@ -316,6 +365,8 @@ mod tests {
             method: vec!["post".into()],
             header: vec![crate::logs::filter::HeaderMatch::parse("X-Pick: yes").unwrap()],
             mcp_method: Vec::new(),
+            since: None,
+            seen: Default::default(),
         }
     }
 
