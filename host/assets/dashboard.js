@@ -62,7 +62,7 @@ const deployments = (() => {
   const slug = button.dataset.slug;
   const $ = (id) => document.getElementById(id);
   const modal = $("log-modal"), list = $("log-list"), conn = $("log-conn"), jump = $("log-jump");
-  const search = $("log-search"), pauseButton = $("log-pause");
+  const search = $("log-search"), pauseButton = $("log-pause"), earlierButton = $("log-earlier");
   const MAX_ROWS = 5000;          // the DOM keeps the newest 5,000 rows
   const MAX_PENDING = 5000;       // entries held while paused
   const LEVELS = ["log", "info", "warn", "error", "debug"];
@@ -184,6 +184,45 @@ const deployments = (() => {
     updateJump();
   }
 
+  // "Load earlier" (a server whose logs the host keeps): pages of stored
+  // entries, newest first, from the API; kept are those older than every
+  // row shown (by seq), prepended in order without moving the view.
+  let earlierCursor = null, earlierDone = false;
+  async function loadEarlier() {
+    earlierButton.disabled = true;
+    const shown = [...list.children].map((li) => li.entry?.seq).filter(Boolean);
+    const below = shown.length ? Math.min(...shown) : Infinity;
+    const older = [];
+    try {
+      while (older.length === 0 && !earlierDone) {
+        const cursor = earlierCursor ? `&cursor=${encodeURIComponent(earlierCursor)}` : "";
+        const response = await fetch(
+          `${base}/api/servers/${encodeURIComponent(slug)}/logs?limit=200${cursor}`,
+          { credentials: "same-origin" });
+        const page = await response.json().catch(() => ({}));
+        if (!response.ok) {
+          receive([makeNotice(`earlier entries: ${response.status} ${page.error || response.statusText}`)]);
+          earlierButton.disabled = false;
+          return;
+        }
+        older.push(...page.entries.filter((entry) => entry.seq < below));
+        earlierCursor = page.next;
+        earlierDone = page.next == null;
+      }
+    } catch (_) {
+      earlierButton.disabled = false; // offline for a moment: try again
+      return;
+    }
+    const rows = older.reverse().map(makeRow);
+    const levels = enabledLevels(), needle = search.value.trim().toLowerCase();
+    const fromBottom = list.scrollHeight - list.scrollTop;
+    for (const li of rows) li.hidden = !visible(li, levels, needle);
+    list.prepend(...rows);
+    list.scrollTop = list.scrollHeight - fromBottom;
+    earlierButton.disabled = earlierDone;
+    earlierButton.textContent = earlierDone ? "No earlier entries" : "Load earlier";
+  }
+
   function receive(rows) {
     if (paused) {
       pending.push(...rows);
@@ -302,8 +341,15 @@ const deployments = (() => {
       pending = [];
     }
   });
+  earlierButton?.addEventListener("click", loadEarlier);
   $("log-clear").addEventListener("click", () => {
     list.replaceChildren();
+    earlierCursor = null;
+    earlierDone = false;
+    if (earlierButton) {
+      earlierButton.disabled = false;
+      earlierButton.textContent = "Load earlier";
+    }
     pending = [];
     unseen = 0;
     updateJump();

@@ -35,6 +35,8 @@ fn the_dashboard_works_in_a_real_browser() {
             "active",
             &[("1.0.0", &hello), ("1.1.0", &hello)],
         ),
+        // Its logs are kept: the modal's "Load earlier" pages back.
+        "[tenants.logs]\nretain = \"1h\"\n".to_string(),
         tenant_toml("bad", "alice", "active", &[("1.0.0", &misbehave)]),
         tenant_toml("sleepy", "alice", "inactive", &[("1.0.0", &hello)]),
         tenant_toml("bobs", "bob", "active", &[("1.0.0", &hello)]),

@@ -80,6 +80,11 @@ try {
   assert.equal(await page.locator("#view-logs").isDisabled(), true);
   assert.match(await page.locator("#logs-unavailable").textContent(), /only available for active servers/);
 
+  step("requests nobody watched, kept: the server's logs are retained");
+  await get("/t/hello/before");
+  await page.goto(`${url}/dev/servers/hello`);
+  assert.match(await page.textContent("#logs-kept"), /^1h, at most 64 MiB$/);
+
   step("open the modal");
   await page.goto(`${url}/dev/servers/hello`);
   if (screenshots) await page.screenshot({ path: `${screenshots}/server-page.png` });
@@ -122,12 +127,23 @@ try {
   assert.match(event.message, /^GET \/first 200 \d+ ms$/);
   if (screenshots) await page.screenshot({ path: `${screenshots}/log-modal.png` });
 
+  step("load earlier pages back through the kept entries, each once, in order");
+  await page.click("#log-earlier");
+  await page.waitForSelector("#log-earlier[disabled]");
+  assert.equal(await page.textContent("#log-earlier"), "No earlier entries");
+  const all = await page.$$eval("#log-list li", (lis) => lis.map((li) => li.querySelector(".message").textContent));
+  assert.equal(all[0], "hello: GET /before", "the kept request comes first");
+  assert.match(all[6], /^GET \/before 200 \d+ ms$/);
+  assert.equal(all[7], "hello: GET /first", "then what was shown live");
+  assert.equal(all.filter((m) => m === "hello: GET /first").length, 1, "nothing twice");
+
   step("markup a guest logs is shown as text");
   await page.goto(`${url}/dev/servers/bad`);
   await page.click("#view-logs");
   await page.waitForSelector('#log-conn[data-state="live"]');
   await get("/t/bad/script");
   await waitForRequestRows(1);
+  assert.equal(await page.locator("#log-earlier").count(), 0, "a server whose logs are not kept has no Load earlier");
   const markup = await page.locator("#log-list li:first-child .message").textContent();
   assert.equal(markup, '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">');
   assert.equal(await page.evaluate(() => window.__pwned), undefined, "nothing ran");

@@ -258,6 +258,18 @@ impl Dashboard<'_> {
         } else {
             names.join(", ")
         };
+        // Retained: the modal can page back through what was kept.
+        let (kept, earlier) = match caps.retention {
+            Some(retention) => (
+                format!(
+                    "{}, at most {} MiB",
+                    humantime::format_duration(retention.age),
+                    retention.max_bytes >> 20
+                ),
+                r#"<button id="log-earlier">Load earlier</button>"#,
+            ),
+            None => ("not kept (live only)".to_string(), ""),
+        };
         let levels: String = ["log", "info", "warn", "error", "debug"]
             .iter()
             .map(|l| {
@@ -276,6 +288,7 @@ impl Dashboard<'_> {
     <dt>Memory limit</dt><dd id="memory-limit">{memory_mb} MiB per request</dd>
     <dt>Outbound</dt><dd id="outbound">{outbound}</dd>
     <dt>Environment</dt><dd id="environment">{environment}</dd>
+    <dt>Logs kept</dt><dd id="logs-kept">{kept}</dd>
   </dl>
   {button}
 </div>
@@ -294,6 +307,7 @@ impl Dashboard<'_> {
     <div class="modal-tools">
       <span class="levels">{levels}</span>
       <input type="search" id="log-search" placeholder="Search messages">
+      {earlier}
       <button id="log-pause">Pause</button>
       <button id="log-clear">Clear</button>
     </div>
@@ -312,6 +326,7 @@ impl Dashboard<'_> {
             memory_mb = caps.limits.memory_bytes >> 20,
             outbound = escape(&outbound),
             environment = escape(&environment),
+            kept = escape(&kept),
         );
         html(
             StatusCode::OK,
