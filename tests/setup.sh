@@ -4,7 +4,8 @@
 # dashboard test, Debian's nats-server for the cluster tests and prometheus for
 # the metrics test, the npm packages
 # of the browser test, the MCP conformance suite (with its Node 22), the MCP
-# Python SDK (a venv in tests/mcp-python), the
+# Python SDK and OpenTelemetry's protobuf definitions (a venv in
+# tests/mcp-python), the
 # JavaScript tenant's toolchain, and wasmtime-cli 48.0.8 for the
 # `wasmtime serve` parity tests (built once, cached in ~/.cache/mctx-tools or
 # $MCTX_TOOLS_DIR).
@@ -50,8 +51,8 @@ for dir in tests/browser tests/mcp tests/workerd guests/js-kit guests/mcp-ts; do
 done
 
 venv=tests/mcp-python/.venv
-if ! "$venv/bin/python" -c 'import importlib.metadata as m; assert m.version("mcp") == "2.3.0"' 2>/dev/null; then
-  step "python venv with the MCP Python SDK in $venv"
+if ! "$venv/bin/python" -c 'import importlib.metadata as m; assert m.version("mcp") == "2.3.0"; assert m.version("opentelemetry-proto") == "1.45.2"' 2>/dev/null; then
+  step "python venv with the MCP Python SDK and opentelemetry-proto in $venv"
   python3 -m venv "$venv"
   retry "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/mcp-python/requirements.txt
 fi

@@ -32,6 +32,7 @@ use crate::edge::server::{self, FrontDoor, HttpLimits};
 use crate::edge::tls::Tls;
 use crate::logs::cluster::Cluster;
 use crate::logs::console::{ConsoleLog, GuestLogFormat};
+use crate::logs::export::{Destination, Exports};
 use crate::logs::hub::LogHub;
 use crate::logs::publish::Publisher;
 use crate::logs::sink::{LogSink, Tee};
@@ -84,6 +85,8 @@ pub struct App {
     tenants_file: bool,
     /// Retained tenants' entries (`[host] log_retain`, `[tenants.logs]`).
     store: Option<Arc<LogStore>>,
+    /// Export destinations (`[[logs.export]]`, `[[tenants.logs.export]]`).
+    exports: Arc<Exports>,
 }
 
 /// Re-reads the TLS certificate and the tenants file and applies what
@@ -221,12 +224,26 @@ impl App {
             Some(dir) => Some(Arc::new(LogStore::open(&dir, metrics.clone())?)),
             None => None,
         };
-        let mut publisher = Publisher::new(hub.clone(), cluster.clone(), metrics.clone());
+        let mut everyone = Vec::new();
+        for (index, table) in config.logs.export.iter().enumerate() {
+            everyone.push(
+                Destination::settle(table, crate::run::capabilities::read_secret).map_err(
+                    |why| {
+                        anyhow::anyhow!("{}: [[logs.export]] #{}: {why}", config.source, index + 1)
+                    },
+                )?,
+            );
+        }
+        let exports = Arc::new(Exports::new(everyone, metrics.clone()));
+        exports.route(loaded.live().snapshot().exports());
+        let mut publisher = Publisher::new(hub.clone(), cluster.clone(), metrics.clone())
+            .exporting(exports.clone());
         if let Some(store) = &store {
-            store.set_policies(retained(&loaded.live().snapshot()));
+            store.set_policies(loaded.live().snapshot().retention());
             publisher = publisher.storing(store.clone());
         }
         let publisher: Arc<dyn LogSink> = Arc::new(publisher);
+        exports.report_to(Arc::downgrade(&publisher));
         let deployments =
             Arc::new(loaded.announce_to(publisher.clone(), hub.clone(), metrics.clone()));
         if let Some(cluster) = &cluster {
@@ -321,6 +338,7 @@ impl App {
             deployments,
             tenants_file: has_tenants_file,
             store,
+            exports,
         })
     }
 
@@ -397,18 +415,25 @@ impl App {
             async move { crate::run::tenants::sweep_every_second(&live).await }
                 .instrument(tracing::info_span!("instances")),
         );
-        let following = self.store.clone().map(|store| {
+        // Retention and export follow the registry: a reload or a deploy
+        // changes whom they apply to.
+        let following = {
+            let (store, exports) = (self.store.clone(), self.exports.clone());
             let live = self.deployments.live().clone();
             tokio::spawn(
                 async move {
                     let mut swaps = live.swaps();
                     while swaps.changed().await.is_ok() {
-                        store.set_policies(retained(&live.snapshot()));
+                        let tenants = live.snapshot();
+                        if let Some(store) = &store {
+                            store.set_policies(tenants.retention());
+                        }
+                        exports.route(tenants.exports());
                     }
                 }
-                .instrument(tracing::info_span!("log retention")),
+                .instrument(tracing::info_span!("log retention and export")),
             )
-        });
+        };
         let https_port = listener.local_addr()?.port();
         let redirecting = self
             .redirect
@@ -443,11 +468,12 @@ impl App {
         if let Some(cluster) = &self.cluster {
             cluster.leave().await;
         }
-        if let Some(following) = following {
-            following.abort();
-        }
+        following.abort();
+        // What the last requests wrote goes out (once, no retries) and
+        // reaches the disk before exit.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.exports.close(left.max(Duration::from_secs(1))).await;
         if let Some(store) = self.store {
-            // What the last requests wrote reaches the disk before exit.
             let _ = tokio::task::spawn_blocking(move || store.close()).await;
         }
         logging.abort();
@@ -459,14 +485,4 @@ impl App {
         tracing::info!("shut down");
         Ok(())
     }
-}
-
-/// The tenants whose logs are kept, and how.
-fn retained(
-    tenants: &crate::run::tenants::TenantRegistry,
-) -> std::collections::HashMap<String, crate::base::config::Retention> {
-    tenants
-        .iter()
-        .filter_map(|t| Some((t.slug.to_string(), t.capabilities.retention?)))
-        .collect()
 }

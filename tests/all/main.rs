@@ -27,6 +27,7 @@ mod js_tenant;
 mod keyvalue;
 mod layout;
 mod load;
+mod log_export;
 mod log_retention;
 mod log_stream_auth;
 mod log_stream_viewers;

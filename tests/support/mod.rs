@@ -22,6 +22,7 @@ pub mod pki;
 
 mod host;
 mod nats;
+mod otlp;
 mod tail;
 mod viewer;
 mod wasmtime;
@@ -29,6 +30,7 @@ mod workerd;
 
 pub use host::*;
 pub use nats::*;
+pub use otlp::*;
 pub use tail::*;
 pub use viewer::*;
 pub use wasmtime::*;

@@ -118,7 +118,7 @@ impl HeaderMatch {
 /// rate `r` when its id, read as a 64-bit hexadecimal number, is below
 /// `r × 2^64` (an id that is not one is hashed). Entries of no request
 /// (`deploy`) are always in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Sample {
     pub(crate) per_million: u32,
 }

@@ -4,7 +4,8 @@
 //! ```text
 //!  guest stdout/stderr ─► capture (lines, limits) ─► publish (seq) ─► hub ─► viewers
 //!                                                        ├─► cluster ─► other hosts' hubs
-//!                                                        └─► store (retained tenants) ─► queries
+//!                                                        ├─► store (retained tenants) ─► queries
+//!                                                        └─► export (OTLP/HTTP destinations)
 //! ```
 
 pub mod capture;
@@ -12,6 +13,7 @@ pub(crate) mod cluster;
 pub(crate) mod console;
 pub mod entry;
 pub(crate) mod event;
+pub(crate) mod export;
 pub(crate) mod filter;
 pub(crate) mod hub;
 pub(crate) mod line;

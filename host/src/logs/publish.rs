@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use crate::base::metrics::Metrics;
 use crate::logs::cluster::Cluster;
 use crate::logs::entry::LogEntry;
+use crate::logs::export::Exports;
 use crate::logs::hub::LogHub;
 use crate::logs::sink::LogSink;
 use crate::logs::store::LogStore;
@@ -33,6 +34,8 @@ pub(crate) struct Publisher {
     metrics: Arc<Metrics>,
     /// Where retained tenants' entries are kept, when the host keeps any.
     store: Option<Arc<LogStore>>,
+    /// Where entries are sent as they happen (OTLP destinations).
+    exports: Option<Arc<Exports>>,
     /// Per slug, the `seq` of the next entry.
     next_seq: Mutex<HashMap<String, u64>>,
 }
@@ -44,6 +47,7 @@ impl Publisher {
             cluster,
             metrics,
             store: None,
+            exports: None,
             next_seq: Mutex::default(),
         }
     }
@@ -52,6 +56,19 @@ impl Publisher {
     pub(crate) fn storing(mut self, store: Arc<LogStore>) -> Self {
         self.store = Some(store);
         self
+    }
+
+    /// Sends entries to their export destinations too.
+    pub(crate) fn exporting(mut self, exports: Arc<Exports>) -> Self {
+        self.exports = Some(exports);
+        self
+    }
+
+    /// The exports, when `slug`'s entries go somewhere.
+    fn exported(&self, slug: &str) -> Option<&Exports> {
+        self.exports
+            .as_deref()
+            .filter(|exports| exports.wants(slug))
     }
 
     /// The store, when `slug`'s entries are kept.
@@ -69,14 +86,18 @@ impl Publisher {
 
 impl LogSink for Publisher {
     fn wants(&self, slug: &str) -> bool {
-        self.hub.has_viewers(slug) || self.remote(slug).is_some() || self.keeping(slug).is_some()
+        self.hub.has_viewers(slug)
+            || self.remote(slug).is_some()
+            || self.keeping(slug).is_some()
+            || self.exported(slug).is_some()
     }
 
     fn publish(&self, slug: &str, mut entries: Vec<LogEntry>) {
         let local = self.hub.has_viewers(slug);
         let remote = self.remote(slug);
         let store = self.keeping(slug);
-        if !local && remote.is_none() && store.is_none() {
+        let exports = self.exported(slug);
+        if !local && remote.is_none() && store.is_none() && exports.is_none() {
             return; // the last viewer left since `wants`
         }
         let node = self.cluster.as_ref().map(Cluster::node_name);
@@ -93,12 +114,18 @@ impl LogSink for Publisher {
             self.metrics
                 .entry(slug, entry.level.as_str(), entry.truncated);
         }
+        if let Some(exports) = exports {
+            exports.send(slug, &entries);
+        }
         // Copied only for a second reader.
         if let Some(store) = store {
             if !local && remote.is_none() {
                 return store.append(slug, entries);
             }
             store.append(slug, entries.clone());
+        }
+        if !local && remote.is_none() {
+            return; // exported only
         }
         match remote {
             Some(cluster) if local => cluster.send(slug, entries.clone()),

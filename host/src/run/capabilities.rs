@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::base::config::{HostSettings, OutboundSpec, Retention, SecretSource, TenantSpec};
+use crate::logs::export::Destination;
 use crate::run::gate::Gate;
 use crate::run::keyvalue::{KeyValueStores, TenantStore};
 use crate::run::limits::{self, Limits};
@@ -34,6 +35,8 @@ pub(crate) struct Capabilities {
     pub(crate) keyvalue: Option<Arc<TenantStore>>,
     /// How long its log is kept on disk, when granted (`logs::store`).
     pub(crate) retention: Option<Retention>,
+    /// Where its entries are sent (`[[tenants.logs.export]]`).
+    pub(crate) exports: Vec<Destination>,
 }
 
 /// Secret values: shared by every request of the tenant, never printed.
@@ -126,6 +129,17 @@ impl Capabilities {
         // Every spelling a guest could print, longest first, so that a
         // form containing another is replaced whole.
         let secrets = crate::logs::redact::forms_of(&secrets);
+        let mut exports = Vec::new();
+        for (index, table) in spec.logs.export.iter().enumerate() {
+            match Destination::settle(table, read_secret) {
+                Ok(destination) => exports.push(destination),
+                Err(why) => problems.push(format!(
+                    "tenant {:?}: [[tenants.logs.export]] #{}: {why}",
+                    spec.slug.as_str(),
+                    index + 1
+                )),
+            }
+        }
         Capabilities {
             limits,
             gate: Gate::new(max_concurrent, max_queued),
@@ -139,6 +153,7 @@ impl Capabilities {
                 quota => Some(stores.grant(spec.slug.as_str(), quota, &spec.keyvalue_seed)),
             },
             retention: Retention::settle(&spec.logs, host.log_retain, host.log_retain_max_bytes),
+            exports,
         }
     }
 }
@@ -176,7 +191,7 @@ impl Capabilities {
 }
 
 /// A secret's value from its source.
-fn read_secret(source: &SecretSource) -> Result<String, String> {
+pub(crate) fn read_secret(source: &SecretSource) -> Result<String, String> {
     match source {
         SecretSource::Env(name) => std::env::var(name).map_err(|_| {
             format!("the host's environment variable {name} is not set (or not UTF-8)")

@@ -292,6 +292,20 @@ impl TenantRegistry {
         self.tenants.len()
     }
 
+    /// The tenants whose logs are kept, and how (`logs::store`).
+    pub(crate) fn retention(&self) -> HashMap<String, crate::base::config::Retention> {
+        self.iter()
+            .filter_map(|t| Some((t.slug.to_string(), t.capabilities.retention?)))
+            .collect()
+    }
+
+    /// Each tenant's own export destinations (`logs::export`).
+    pub(crate) fn exports(&self) -> HashMap<String, Vec<crate::logs::export::Destination>> {
+        self.iter()
+            .map(|t| (t.slug.to_string(), t.capabilities.exports.clone()))
+            .collect()
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Tenant>> {
         self.tenants.values()
     }

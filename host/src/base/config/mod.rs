@@ -13,6 +13,7 @@
 
 mod addresses;
 mod credential_url;
+mod export;
 mod outbound;
 mod retention;
 mod settle;
@@ -27,6 +28,7 @@ use serde::Deserialize;
 
 pub use addresses::{is_own_address, is_public};
 pub use credential_url::{CredentialUrl, Userinfo, without_userinfo};
+pub use export::{DEFAULT_MAX_QUEUED, ExportTable, HeaderValueSource};
 pub use outbound::{AllowList, Allowed, Scheme, Target};
 pub use retention::{Retention, TenantLogs, parse_duration};
 pub use settle::{Base, Layers, Overrides, TenantExtras};

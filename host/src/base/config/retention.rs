@@ -26,6 +26,8 @@ pub struct TenantLogs {
     pub retain: Option<Duration>,
     /// Bytes of entries kept (as they are sent to viewers, JSON); 0: none.
     pub max_bytes: Option<u64>,
+    /// Where its entries are sent as they happen (`[[tenants.logs.export]]`).
+    pub export: Vec<super::ExportTable>,
 }
 
 /// What a tenant's log is kept for, once settled: `None` when not kept.
@@ -95,17 +97,18 @@ mod tests {
         );
         let off = TenantLogs {
             retain: Some(Duration::ZERO),
-            max_bytes: None,
+            ..TenantLogs::default()
         };
         assert_eq!(Retention::settle(&off, day, 1 << 20), None);
         let small = TenantLogs {
-            retain: None,
             max_bytes: Some(0),
+            ..TenantLogs::default()
         };
         assert_eq!(Retention::settle(&small, day, 1 << 20), None);
         let own = TenantLogs {
             retain: Some(Duration::from_secs(3600)),
             max_bytes: Some(4096),
+            ..TenantLogs::default()
         };
         assert_eq!(
             Retention::settle(&own, Duration::ZERO, 0),

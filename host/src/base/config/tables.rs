@@ -298,6 +298,9 @@ pub struct LogSettings {
     /// A viewer still missing entries after this long is closed; so is one
     /// whose socket takes no bytes for this long (it does not read).
     pub slow_viewer_grace_secs: u64,
+    /// Destinations every tenant's entries are sent to (`[[logs.export]]`;
+    /// a tenant may add its own, `[[tenants.logs.export]]`).
+    pub export: Vec<super::ExportTable>,
 }
 
 impl Default for LogSettings {
@@ -309,6 +312,7 @@ impl Default for LogSettings {
             viewer_queue_entries: 25_600,
             viewer_queue_bytes: 8 << 20,
             slow_viewer_grace_secs: 10,
+            export: Vec::new(),
         }
     }
 }
@@ -321,6 +325,9 @@ impl LogSettings {
             problems.push(
                 "[logs] idle_timeout_secs and ping_interval_secs must be at least 1".to_string(),
             );
+        }
+        for (index, export) in self.export.iter().enumerate() {
+            export.check(&format!("[[logs.export]] #{}", index + 1), problems);
         }
     }
 

@@ -334,6 +334,12 @@ impl TenantTable {
         if let Some(age) = self.logs.retain {
             Retention::check(&format!("{name}: [tenants.logs] retain"), age, problems);
         }
+        for (index, export) in self.logs.export.iter().enumerate() {
+            export.check(
+                &format!("{name}: [[tenants.logs.export]] #{}", index + 1),
+                problems,
+            );
+        }
         let defaults = OutboundSpec::default();
         Some(TenantSpec {
             slug,

@@ -65,6 +65,13 @@ pub(crate) struct SlugReasonLabels {
     pub(crate) reason: &'static str,
 }
 
+/// `{destination, result}` of exported entries.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ExportLabels {
+    pub(crate) destination: String,
+    pub(crate) result: &'static str,
+}
+
 /// `{reason}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ReasonLabel {
@@ -104,6 +111,7 @@ pub(crate) struct Metrics {
     entries_dropped: Family<ReasonLabel, Counter>,
     entries_stored: Counter,
     entries_unstored: Family<SlugReasonLabels, Counter>,
+    exported: Family<ExportLabels, Counter>,
     outbound: Family<OutboundLabels, Counter>,
     deploys: Family<ActionLabel, Counter>,
     components: Family<CacheLabel, Counter>,
@@ -146,6 +154,7 @@ impl Metrics {
             entries_dropped: Family::default(),
             entries_stored: Counter::default(),
             entries_unstored: Family::default(),
+            exported: Family::default(),
             outbound: Family::default(),
             deploys: Family::default(),
             components: Family::default(),
@@ -205,6 +214,11 @@ impl Metrics {
             "log_entries_unstored",
             "Entries of retained tenants not kept: dropped oldest for newer (quota), refused while the writer was behind (backlog), not written (failed)",
             metrics.entries_unstored.clone(),
+        );
+        registry.register(
+            "log_export_entries",
+            "Entries for an export destination: sent, dropped (the queue was full, or the host stopped while it was down) or rejected (it answered 4xx)",
+            metrics.exported.clone(),
         );
         registry.register(
             "outbound_requests",
@@ -300,6 +314,16 @@ impl Metrics {
             .get_or_create(&SlugReasonLabels {
                 slug: slug.to_string(),
                 reason,
+            })
+            .inc_by(count);
+    }
+
+    /// Entries for an export destination, and what became of them.
+    pub(crate) fn export(&self, destination: &str, result: &'static str, count: u64) {
+        self.exported
+            .get_or_create(&ExportLabels {
+                destination: destination.to_string(),
+                result,
             })
             .inc_by(count);
     }
