@@ -6,7 +6,8 @@
 //! installed by `.ci/run`). It starts every
 //! server itself, prints a table and writes `docs/benchmarks.md` and
 //! `docs/benchmarks.svg`. `MCTX_BENCH_SECS` sets each load run's length
-//! (default 5).
+//! (default 5). `MCTX_BENCH_ONLY=kept` runs section 9 (kept and exported
+//! logs) alone and writes nothing.
 //!
 //! Every comparison is a ratio of medians from interleaved runs (A, B, A,
 //! B, … `ROUNDS` times) in this one invocation, because the machine is
@@ -14,6 +15,9 @@
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
+
+#[path = "compare/kept.rs"]
+mod kept;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -317,6 +321,12 @@ fn main() {
 }
 
 async fn run() {
+    // `MCTX_BENCH_ONLY=kept`: section 9 alone, printed; docs/benchmarks.md
+    // is only ever written by a whole run.
+    if std::env::var("MCTX_BENCH_ONLY").as_deref() == Ok("kept") {
+        kept::section().await;
+        return;
+    }
     let started = Instant::now();
     let hello = guest("hello");
     let misbehave = guest("misbehave");
@@ -750,6 +760,8 @@ async fn run() {
     report.push_str(&section);
 
     report.push_str(&against_workerd(&mut chart).await);
+
+    report.push_str(&kept::section().await);
 
     write_docs(&report, &chart, started.elapsed());
 }

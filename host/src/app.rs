@@ -143,10 +143,9 @@ impl App {
         } = app;
         let has_tenants_file = reload_from.is_some();
         let host = &config.host;
-        // One host keeps retained tenants' logs beside its servers; a
-        // cluster does not keep them yet (the tenants file refuses retention
-        // there, `config`).
-        let store_dir = state_dir.clone().filter(|_| config.cluster.is_none());
+        // Retained tenants' logs are kept beside the servers (each host its
+        // own copy; on a cluster, of every host's entries, from JetStream).
+        let store_dir = state_dir.clone();
         // The pool's slots fit the largest memory any tenant may use (those
         // deployed through the API have the host's).
         let largest_memory_mb = config
@@ -221,7 +220,11 @@ impl App {
         }
         hub.count_losses(metrics.clone());
         let store = match store_dir {
-            Some(dir) => Some(Arc::new(LogStore::open(&dir, metrics.clone())?)),
+            Some(dir) => Some(Arc::new(LogStore::open(
+                &dir,
+                metrics.clone(),
+                cluster.as_ref().map(Cluster::node),
+            )?)),
             None => None,
         };
         let mut everyone = Vec::new();
@@ -240,6 +243,9 @@ impl App {
             .exporting(exports.clone());
         if let Some(store) = &store {
             store.set_policies(loaded.live().snapshot().retention());
+            if let Some(cluster) = &cluster {
+                store.replicate(async_nats::jetstream::new(cluster.client()));
+            }
             publisher = publisher.storing(store.clone());
         }
         let publisher: Arc<dyn LogSink> = Arc::new(publisher);

@@ -1,8 +1,10 @@
 //! Opt-in log retention against the real binary: entries written while
 //! nobody watched come back from `GET /api/servers/{slug}/logs` with each
 //! filter, a restart keeps them (and numbering goes on), the quota drops
-//! the oldest and says so, a secret never reaches the disk, and `tail
-//! --since` prints the stored entries then the live ones, each `seq` once.
+//! the oldest and says so, a secret never reaches the disk, `tail
+//! --since` prints the stored entries then the live ones, each `seq` once;
+//! on a cluster, a host answers for entries another served, also once that
+//! one is gone.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -10,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{HostProcess, TailProcess, eventually, guest, tenant_toml, token};
+use crate::support::{HostProcess, NatsServer, TailProcess, eventually, guest, tenant_toml, token};
 
 const API_KEY: &str = "sk-retained-0123456789abcdef";
 
@@ -36,6 +38,20 @@ fn start(dir: &Path, max_bytes: u64) -> HostProcess {
         &["--state-dir", state.to_str().unwrap()],
         &[("MCTX_TEST_API_KEY", API_KEY)],
     )
+}
+
+/// Every entry `host` has stored of `hello`, newest first, once it holds
+/// `count`.
+async fn stored_on(host: &HostProcess, count: usize) -> Vec<Value> {
+    eventually(Duration::from_millis(50), async || {
+        let entries = all_stored(host, "").await;
+        if entries.len() == count {
+            Ok(entries)
+        } else {
+            Err(format!("{} stored, not {count}", entries.len()))
+        }
+    })
+    .await
 }
 
 /// One page of `slug`'s stored entries, as `user`.
@@ -284,4 +300,93 @@ async fn tail_since_prints_the_stored_entries_then_the_live_ones_each_once() {
 
 fn entry(tail: &TailProcess) -> Value {
     serde_json::from_str(&tail.stdout_line(|_| true)).expect("each line is JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_host_answers_for_entries_another_served_also_once_it_is_gone() {
+    let nats = NatsServer::start();
+    let hello = guest("hello");
+    let config = [
+        format!("[cluster]\nnats_url = \"{}\"\n", nats.url()),
+        tenant_toml("hello", "alice", "active", &[("1.0.0", &hello)]),
+        "[tenants.logs]\nretain = \"1h\"\n".to_string(),
+    ]
+    .concat();
+    let mut a = HostProcess::multi(&config, &["--node", "a"]);
+    let b = HostProcess::multi(&config, &["--node", "b"]);
+    a.wait_for_cluster(|s| s["link"] == "up").await;
+    b.wait_for_cluster(|s| s["link"] == "up").await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let reply = a.get("hello.localhost", &format!("/on-a-{i}")).await;
+        assert_eq!(reply.status, 200);
+        ids.push(reply.header("x-request-id").unwrap().to_string());
+    }
+    // B answers for what A served: A's numbering, node "a".
+    let on_b = stored_on(&b, 21).await;
+    assert!(on_b.iter().all(|e| e["node"] == "a"), "{on_b:?}");
+    assert_eq!(seqs(&on_b), (1..=21).rev().collect::<Vec<u64>>());
+    assert!(
+        on_b.iter()
+            .all(|e| ids.iter().any(|id| e["requestId"] == id.as_str()))
+    );
+    // A goes away; B still answers, and keeps its own entries beside.
+    a.kill();
+    let own = b.get("hello.localhost", "/on-b").await;
+    assert_eq!(own.status, 200);
+    let after = stored_on(&b, 28).await;
+    assert_eq!(
+        after.iter().filter(|e| e["node"] == "b").count(),
+        7,
+        "B's own request"
+    );
+    assert_eq!(&after[7..], &on_b[..], "A's entries are all still there");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_since_on_how_requests_ended_shows_a_request_running_at_the_join_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tenants.toml");
+    let misbehave = guest("misbehave");
+    let config = [
+        tenant_toml("mis", "alice", "active", &[("1.0.0", &misbehave)]),
+        "[tenants.logs]\nretain = \"1h\"\n".to_string(),
+    ]
+    .concat();
+    std::fs::write(&path, config).unwrap();
+    let host = HostProcess::multi_at(
+        &path,
+        &["--state-dir", dir.path().join("state").to_str().unwrap()],
+    );
+    let running = host.spawn_get("mis.localhost", "/slow?ms=4000");
+    // Its first line is written (and kept) before tail joins.
+    eventually(Duration::from_millis(20), async || {
+        let (_, page) = page(&host, "mis", "search=sleeping", "alice").await;
+        match page["entries"].as_array().map(Vec::len) {
+            Some(1) => Ok(()),
+            _ => Err(format!("not written yet: {page}")),
+        }
+    })
+    .await;
+    let url = format!("http://localhost:{}", host.addr.port());
+    let tail = TailProcess::start(
+        &[
+            "mis", "--url", &url, "--format", "json", "--since", "1h", "--status", "ok",
+        ],
+        Some(&token("alice")),
+    );
+    tail.stderr_line(|line| line.contains("connected to"));
+    assert!(!running.is_finished(), "tail joined while the request ran");
+    assert_eq!(running.await.unwrap().status, 200);
+    let first = entry(&tail);
+    assert_eq!(
+        first["message"], "[INFO] sleeping 4000 ms",
+        "the line from before the join"
+    );
+    let second = entry(&tail);
+    assert_eq!(second["type"], "request", "then its end: {second}");
+    assert_eq!(
+        (first["seq"].as_u64(), second["seq"].as_u64()),
+        (Some(1), Some(2))
+    );
 }

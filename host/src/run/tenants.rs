@@ -293,9 +293,15 @@ impl TenantRegistry {
     }
 
     /// The tenants whose logs are kept, and how (`logs::store`).
-    pub(crate) fn retention(&self) -> HashMap<String, crate::base::config::Retention> {
+    pub(crate) fn retention(&self) -> HashMap<String, crate::logs::store::Policy> {
         self.iter()
-            .filter_map(|t| Some((t.slug.to_string(), t.capabilities.retention?)))
+            .filter_map(|t| {
+                let policy = crate::logs::store::Policy {
+                    retention: t.capabilities.retention?,
+                    owner: t.owner.clone(),
+                };
+                Some((t.slug.to_string(), policy))
+            })
             .collect()
     }
 

@@ -125,20 +125,6 @@ impl Draft {
             }
             tenants.push(tenant);
         }
-        // Retention on a cluster needs every host to answer for the
-        // others' entries (JetStream): not built yet, so refused rather
-        // than kept by one host only.
-        let retained = !host.log_retain.is_zero()
-            || tenants
-                .iter()
-                .any(|t| t.logs.retain.is_some_and(|age| !age.is_zero()));
-        if cluster.is_some() && retained {
-            problems.push(
-                "log retention ([host] log_retain, [tenants.logs] retain) is not available on a \
-                 [cluster] yet: remove it, or run the host alone"
-                    .to_string(),
-            );
-        }
         Config {
             source: source.to_string(),
             host,
@@ -311,7 +297,7 @@ mod tests {
     }
 
     #[test]
-    fn retention_is_off_unless_granted_and_refused_on_a_cluster() {
+    fn retention_is_off_unless_granted() {
         let config = parse(ONE).unwrap();
         assert_eq!(config.host.log_retain, std::time::Duration::ZERO);
         assert_eq!(config.tenants[0].logs, TenantLogs::default());
@@ -333,11 +319,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("31 days"), "{err}");
-        let err = parse(&format!(
-            "[cluster]\nnats_url = \"nats://127.0.0.1:4222\"\nnode = \"a\"\n{ONE}[tenants.logs]\nretain = \"1h\"\n"
-        ))
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("not available on a [cluster]"), "{err}");
     }
 }

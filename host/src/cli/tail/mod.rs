@@ -33,7 +33,7 @@ use crate::logs::wire::Frame;
 
 mod backfill;
 
-use backfill::{Seen, urlencode};
+use backfill::{From, Seen, urlencode};
 
 /// The longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(16);
@@ -279,6 +279,7 @@ impl TailArgs {
         eprintln!("mctx-host tail: connected to {url}");
         *backoff = Duration::from_secs(1);
         let color = self.format == TailFormat::Pretty && std::io::stdout().is_terminal();
+        let joined_ms = crate::logs::entry::now_ms();
         let mut closing = None;
         // Joined the stream: now what was stored before (and since then;
         // the overlap is printed once). Live entries wait meanwhile.
@@ -294,10 +295,12 @@ impl TailArgs {
                 {
                     stored = None;
                     match fetched {
-                        Ok(entries) => self.print_entries(&entries, color),
+                        Ok(entries) => self.print_entries(&entries, color, From::Stored),
                         Err(e) => eprintln!("mctx-host tail: no stored entries: {e:#}; live entries only"),
                     }
-                    self.print_entries(&std::mem::take(&mut held), color);
+                    let held = std::mem::take(&mut held);
+                    self.fill_in(&held, joined_ms, color).await;
+                    self.print_entries(&held, color, From::Live);
                     continue;
                 }
             };
@@ -314,7 +317,10 @@ impl TailArgs {
             };
             match frame {
                 Frame::Logs { entries } if stored.is_some() => held.extend(entries),
-                Frame::Logs { entries } => self.print_entries(&entries, color),
+                Frame::Logs { entries } => {
+                    self.fill_in(&entries, joined_ms, color).await;
+                    self.print_entries(&entries, color, From::Live);
+                }
                 Frame::Dropped { count } => eprintln!(
                     "mctx-host tail: {count} entries missed (this client fell behind, or the cluster link was down)"
                 ),
@@ -328,10 +334,10 @@ impl TailArgs {
         })
     }
 
-    fn print_entries(&self, entries: &[LogEntry], color: bool) {
+    fn print_entries(&self, entries: &[LogEntry], color: bool, from: From) {
         let mut seen = crate::base::sync::lock(&self.seen);
         let mut out = std::io::stdout().lock();
-        for entry in entries.iter().filter(|e| seen.first_time(e)) {
+        for entry in entries.iter().filter(|e| seen.first_time(e, from)) {
             let line = match self.format {
                 TailFormat::Json => serde_json::to_string(entry).expect("entries serialize"),
                 TailFormat::Pretty => pretty_line(entry, color),

@@ -5,7 +5,7 @@
 //! reason `backlog`).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::base::sync::lock;
@@ -17,24 +17,57 @@ pub(super) enum Command {
     Append {
         slug: String,
         entries: Vec<LogEntry>,
+        /// On a cluster: the stream message these came in.
+        followed: Option<u64>,
     },
     /// Say so once everything before this is written.
     Flush(tokio::sync::oneshot::Sender<()>),
+    /// Who is retained from here on: the writer forgets at once a tenant
+    /// no longer retained, or whose slug now has another owner.
+    Policies(Arc<HashMap<String, super::Policy>>),
 }
 
 /// What the writer takes at once.
 #[derive(Default)]
 pub(super) struct Batch {
     pub(super) commands: Vec<Command>,
-    /// Entries refused since the last batch, per slug.
-    pub(super) refused: HashMap<String, u64>,
+    /// Entries refused since the last batch, per slug: how many, and the
+    /// highest `seq` of each producer among them (so that a restart does
+    /// not number an entry with it again).
+    pub(super) refused: HashMap<String, Refused>,
+    /// What the batch's entries take in memory, given back by
+    /// [`Backlog::release`] once written.
+    pub(super) bytes: usize,
+}
+
+/// Entries of one slug refused.
+#[derive(Debug, Default)]
+pub(super) struct Refused {
+    pub(super) count: u64,
+    pub(super) last_seq: HashMap<String, u64>,
+}
+
+impl Refused {
+    pub(super) fn add(&mut self, entries: &[LogEntry]) {
+        self.count += entries.len() as u64;
+        for entry in entries {
+            let last = self
+                .last_seq
+                .entry(entry.node.as_deref().unwrap_or("").to_string())
+                .or_default();
+            *last = (*last).max(entry.seq);
+        }
+    }
 }
 
 #[derive(Default)]
 struct State {
     commands: VecDeque<Command>,
+    /// Bytes queued or being written.
     bytes: usize,
-    refused: HashMap<String, u64>,
+    /// Of those, bytes queued (not yet taken).
+    queued: usize,
+    refused: HashMap<String, Refused>,
     closed: bool,
 }
 
@@ -44,8 +77,28 @@ pub(super) struct Backlog {
     max_bytes: usize,
 }
 
-/// About what an entry takes in memory beyond its message.
+/// About what an entry takes in memory beyond its texts.
 const ENTRY_OVERHEAD: usize = 256;
+
+/// About what `entry` takes in memory: its texts (message, structured
+/// fields, a request event's headers and exception) and the rest.
+pub(super) fn entry_bytes(entry: &LogEntry) -> usize {
+    let fields = entry.fields.as_ref().map_or(0, |f| {
+        f.iter().map(|(k, v)| k.len() + v.to_string().len()).sum()
+    });
+    let request = entry.request.as_ref().map_or(0, |event| {
+        event.path.len()
+            + event
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+            + event.exception.as_ref().map_or(0, |e| {
+                e.message.len() + e.stack.iter().map(String::len).sum::<usize>()
+            })
+    });
+    entry.message.len() + fields + request + ENTRY_OVERHEAD
+}
 
 impl Backlog {
     pub(super) fn new(max_bytes: usize) -> Self {
@@ -56,22 +109,26 @@ impl Backlog {
         }
     }
 
-    /// Queues `entries`, or counts them as refused when the backlog is
-    /// full (or closed).
-    pub(super) fn append(&self, slug: &str, entries: Vec<LogEntry>) {
-        let bytes: usize = entries
-            .iter()
-            .map(|e| e.message.len() + ENTRY_OVERHEAD)
-            .sum();
+    /// Queues `entries` (`followed`: the stream message they came in, on a
+    /// cluster), or counts them as refused when the backlog is full (or
+    /// closed).
+    pub(super) fn append(&self, slug: &str, entries: Vec<LogEntry>, followed: Option<u64>) {
+        let bytes: usize = entries.iter().map(entry_bytes).sum();
         let mut state = lock(&self.state);
         if state.closed || state.bytes + bytes > self.max_bytes {
-            *state.refused.entry(slug.to_string()).or_default() += entries.len() as u64;
+            state
+                .refused
+                .entry(slug.to_string())
+                .or_default()
+                .add(&entries);
             return;
         }
         state.bytes += bytes;
+        state.queued += bytes;
         state.commands.push_back(Command::Append {
             slug: slug.to_string(),
             entries,
+            followed,
         });
         drop(state);
         self.ready.notify_one();
@@ -79,14 +136,29 @@ impl Backlog {
 
     /// Queues a barrier; `false` when the writer is gone.
     pub(super) fn flush(&self, done: tokio::sync::oneshot::Sender<()>) -> bool {
+        self.command(Command::Flush(done))
+    }
+
+    /// Queues new policies; `false` when the writer is gone.
+    pub(super) fn policies(&self, policies: Arc<HashMap<String, super::Policy>>) -> bool {
+        self.command(Command::Policies(policies))
+    }
+
+    fn command(&self, command: Command) -> bool {
         let mut state = lock(&self.state);
         if state.closed {
             return false;
         }
-        state.commands.push_back(Command::Flush(done));
+        state.commands.push_back(command);
         drop(state);
         self.ready.notify_one();
         true
+    }
+
+    /// A batch of `bytes` is written: its memory is free again.
+    pub(super) fn release(&self, bytes: usize) {
+        let mut state = lock(&self.state);
+        state.bytes = state.bytes.saturating_sub(bytes);
     }
 
     /// Everything queued, once there is something (or `patience` has
@@ -104,10 +176,11 @@ impl Backlog {
         if state.closed && state.commands.is_empty() && state.refused.is_empty() {
             return None;
         }
-        state.bytes = 0;
+        let bytes = std::mem::take(&mut state.queued);
         Some(Batch {
             commands: state.commands.drain(..).collect(),
             refused: std::mem::take(&mut state.refused),
+            bytes,
         })
     }
 
@@ -120,8 +193,6 @@ impl Backlog {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::logs::entry::{RequestMeta, Stream};
 
@@ -137,14 +208,18 @@ mod tests {
     #[test]
     fn a_full_backlog_refuses_and_counts_and_a_closed_one_drains() {
         let backlog = Backlog::new(2 * (ENTRY_OVERHEAD + 1));
-        backlog.append("s", vec![line("a")]);
-        backlog.append("s", vec![line("b")]);
-        backlog.append("s", vec![line("c"), line("d")]);
+        backlog.append("s", vec![line("a")], None);
+        backlog.append("s", vec![line("b")], None);
+        backlog.append("s", vec![line("c"), line("d")], None);
         let batch = backlog.take(Duration::ZERO).unwrap();
         assert_eq!(batch.commands.len(), 2);
-        assert_eq!(batch.refused["s"], 2);
-        // Taken, the bytes are free again.
-        backlog.append("s", vec![line("e")]);
+        assert_eq!(batch.refused["s"].count, 2);
+        // Taken, the bytes are still held until written…
+        backlog.append("s", vec![line("e")], None);
+        assert_eq!(backlog.take(Duration::ZERO).unwrap().refused["s"].count, 1);
+        // …and free again once they are.
+        backlog.release(batch.bytes);
+        backlog.append("s", vec![line("e")], None);
         backlog.close();
         let batch = backlog.take(Duration::ZERO).unwrap();
         assert_eq!(
@@ -152,9 +227,9 @@ mod tests {
             1,
             "queued before closing: still written"
         );
-        backlog.append("s", vec![line("f")]);
+        backlog.append("s", vec![line("f")], None);
         let batch = backlog.take(Duration::ZERO).unwrap();
-        assert_eq!((batch.commands.len(), batch.refused["s"]), (0, 1));
+        assert_eq!((batch.commands.len(), batch.refused["s"].count), (0, 1));
         assert!(backlog.take(Duration::ZERO).is_none());
         let (done, _) = tokio::sync::oneshot::channel();
         assert!(!backlog.flush(done));

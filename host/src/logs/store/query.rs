@@ -10,7 +10,9 @@
 //! ```
 //!
 //! Pages come newest first: `{"entries":[…],"next":"…"|null,"unstored":{reason:n}}`.
-//! `next` continues further back; `null` means nothing older matches.
+//! `next` continues further back (the next page may be empty when the
+//! filters match nothing older); `null` means nothing older is stored in
+//! the window.
 //! `unstored` says how many of this tenant's entries were never kept or
 //! were dropped for newer ones (`quota`, `backlog`, `failed`).
 
@@ -82,7 +84,9 @@ impl Query {
 /// duration before now (`15m`, `2h`, `7d`).
 fn time(text: &str, now_ms: u64, name: &str) -> Result<u64, String> {
     if let Ok(ms) = text.parse::<u64>() {
-        return Ok(ms);
+        return (ms <= i64::MAX as u64)
+            .then_some(ms)
+            .ok_or_else(|| format!("{name} {text:?} is past any time an entry can have"));
     }
     if let Ok(at) = humantime::parse_rfc3339_weak(text) {
         return Ok(at
@@ -198,7 +202,9 @@ pub(super) fn run(conn: &Connection, slug: &str, query: &Query) -> rusqlite::Res
 }
 
 /// Whether a row older than `next` is in the window at all (so that a
-/// page that ends exactly at the last entry says there is no more).
+/// page that ends exactly at the last entry says there is no more; the
+/// filters beyond the window are not looked at, so `next` may still lead
+/// to an empty page).
 fn more_before(
     conn: &Connection,
     slug: &str,
@@ -206,10 +212,17 @@ fn more_before(
     next: Option<i64>,
 ) -> rusqlite::Result<bool> {
     conn.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM entries WHERE slug = ?1 AND id < ?2 AND timestamp >= ?3)",
+        "SELECT EXISTS (SELECT 1 FROM entries WHERE slug = ?1 AND id < ?2
+           AND timestamp >= ?3 AND timestamp < ?4 AND (?5 IS NULL OR request_id = ?5))",
     )?
     .query_row(
-        params![slug, next, query.since.unwrap_or(0) as i64],
+        params![
+            slug,
+            next,
+            query.since.unwrap_or(0) as i64,
+            query.until.map_or(i64::MAX, |t| t as i64),
+            query.filter.request_id,
+        ],
         |row| row.get(0),
     )
 }
@@ -257,6 +270,7 @@ mod tests {
             "limit=1001",
             "cursor=x",
             "level=loud",
+            "until=18446744073709551615",
         ] {
             assert!(Query::parse(bad, now).is_err(), "{bad}");
         }

@@ -4,8 +4,12 @@
 //! entries    (id, slug, seq, node, timestamp, level, kind, request_id, bytes, entry)
 //!            one row per entry; `entry` is its wire JSON, `bytes` its length;
 //!            id orders them as they were published
-//! sequences  (slug, last_seq)            the last seq stored, so numbering
-//!                                        continues after a restart
+//! sequences  (slug, node, last_seq)      the last seq stored of each producer,
+//!                                        so numbering goes on after a restart
+//! owners     (slug, owner)               whose entries they are: a slug given
+//!                                        to another owner loses them
+//! followed   (slug, stream_seq)          on a cluster: the last message of the
+//!                                        tenant's JetStream stream written here
 //! unstored   (slug, reason, count)       entries not kept: `quota` (the oldest,
 //!                                        dropped for newer), `backlog` (the
 //!                                        writer fell behind), `failed` (the disk)
@@ -38,10 +42,20 @@ CREATE TABLE IF NOT EXISTS entries (
     entry TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS entries_by_slug ON entries (slug, id);
-CREATE INDEX IF NOT EXISTS entries_by_request ON entries (slug, request_id);
+CREATE INDEX IF NOT EXISTS entries_by_request ON entries (slug, request_id, kind);
 CREATE TABLE IF NOT EXISTS sequences (
+    slug TEXT NOT NULL,
+    node TEXT NOT NULL,
+    last_seq INTEGER NOT NULL,
+    PRIMARY KEY (slug, node)
+);
+CREATE TABLE IF NOT EXISTS owners (
     slug TEXT PRIMARY KEY,
-    last_seq INTEGER NOT NULL
+    owner TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS followed (
+    slug TEXT PRIMARY KEY,
+    stream_seq INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS unstored (
     slug TEXT NOT NULL,

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, Transaction, params};
 
 use super::Shared;
-use super::backlog::{Backlog, Batch, Command};
-use crate::base::config::Retention;
+use super::backlog::{Backlog, Batch, Command, Refused};
 use crate::logs::entry::{LogEntry, now_ms};
 
 /// How often entries past their age are deleted.
@@ -34,8 +33,20 @@ pub(super) struct Writer {
     shared: Arc<Shared>,
     /// Per slug, the bytes of entries kept.
     sizes: HashMap<String, u64>,
+    /// Per slug, the owner its entries were kept for.
+    owners: HashMap<String, String>,
+    /// Entries not kept that the store does not know of yet (a batch that
+    /// failed, or the refusals it held), for the next batch that commits.
+    pending: Vec<(String, Refused, &'static str)>,
     last_purge: Option<Instant>,
     last_failure_report: Option<Instant>,
+}
+
+/// Counts to tell `/metrics` once a batch has committed.
+#[derive(Default)]
+struct Counted {
+    stored: u64,
+    unstored: Vec<(String, &'static str, u64)>,
 }
 
 impl Writer {
@@ -44,17 +55,33 @@ impl Writer {
         backlog: Arc<Backlog>,
         shared: Arc<Shared>,
     ) -> rusqlite::Result<Writer> {
-        let sizes = {
-            let mut query = conn.prepare("SELECT slug, SUM(bytes) FROM entries GROUP BY slug")?;
+        let pairs = |sql: &str| -> rusqlite::Result<Vec<(String, rusqlite::types::Value)>> {
+            let mut query = conn.prepare(sql)?;
             query
-                .query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?
-                .collect::<rusqlite::Result<_>>()?
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect()
         };
+        let sizes = pairs("SELECT slug, SUM(bytes) FROM entries GROUP BY slug")?
+            .into_iter()
+            .filter_map(|(slug, sum)| match sum {
+                rusqlite::types::Value::Integer(n) => Some((slug, n as u64)),
+                _ => None,
+            })
+            .collect();
+        let owners = pairs("SELECT slug, owner FROM owners")?
+            .into_iter()
+            .filter_map(|(slug, owner)| match owner {
+                rusqlite::types::Value::Text(owner) => Some((slug, owner)),
+                _ => None,
+            })
+            .collect();
         Ok(Writer {
             conn,
             backlog,
             shared,
             sizes,
+            owners,
+            pending: Vec::new(),
             last_purge: None,
             last_failure_report: None,
         })
@@ -63,8 +90,10 @@ impl Writer {
     /// Writes until the backlog is closed and drained.
     pub(super) fn run(mut self) {
         while let Some(batch) = self.backlog.take(PURGE_EVERY) {
-            let (entries, flushes) = self.write(batch);
-            if let Err(e) = entries {
+            let bytes = batch.bytes;
+            let (written, flushes) = self.write(batch);
+            self.backlog.release(bytes);
+            if let Err(e) = written {
                 self.failed(e);
             }
             for done in flushes {
@@ -77,39 +106,66 @@ impl Writer {
     /// barriers to release once it is done.
     fn write(&mut self, batch: Batch) -> (Written, Vec<Barrier>) {
         let mut flushes = Vec::new();
-        let mut appends = Vec::new();
+        let mut steps = Vec::new();
         for command in batch.commands {
             match command {
-                Command::Append { slug, entries } => appends.push((slug, entries)),
                 Command::Flush(done) => flushes.push(done),
+                other => steps.push(other),
             }
         }
-        let count: u64 = appends.iter().map(|(_, e)| e.len() as u64).sum();
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.extend(
+            batch
+                .refused
+                .into_iter()
+                .map(|(slug, refused)| (slug, refused, "backlog")),
+        );
         let purge = self.last_purge.is_none_or(|at| at.elapsed() >= PURGE_EVERY);
         let mut sizes = self.sizes.clone();
+        let mut owners = self.owners.clone();
+        let mut counted = Counted::default();
         let result = (|| {
             let tx = self.conn.transaction()?;
             let mut touched = Vec::new();
-            for (slug, entries) in &appends {
-                let added = insert(&tx, slug, entries)?;
-                *sizes.entry(slug.clone()).or_default() += added;
-                touched.push(slug.as_str());
+            for step in &steps {
+                match step {
+                    Command::Append {
+                        slug,
+                        entries,
+                        followed,
+                    } => {
+                        let added = insert(&tx, slug, entries)?;
+                        *sizes.entry(slug.clone()).or_default() += added;
+                        counted.stored += entries.len() as u64;
+                        touched.push(slug.as_str());
+                        if let Some(stream_seq) = followed {
+                            tx.prepare_cached(
+                                "INSERT INTO followed (slug, stream_seq) VALUES (?1, ?2)
+                                 ON CONFLICT (slug) DO UPDATE SET stream_seq = excluded.stream_seq",
+                            )?
+                            .execute(params![slug, *stream_seq as i64])?;
+                        }
+                    }
+                    Command::Policies(policies) => {
+                        forget_unretained(&tx, &mut sizes, &mut owners, policies)?;
+                    }
+                    Command::Flush(_) => {}
+                }
             }
-            for (slug, refused) in &batch.refused {
-                count_unstored(&tx, slug, "backlog", *refused)?;
-                self.shared
-                    .metrics
-                    .entries_unstored(slug, "backlog", *refused);
+            for (slug, refused, reason) in &pending {
+                count_unstored(&tx, slug, reason, refused.count)?;
+                note_sequences(&tx, slug, &refused.last_seq)?;
+                counted.unstored.push((slug.clone(), reason, refused.count));
             }
             let policies = self.shared.policies.load();
             touched.sort_unstable();
             touched.dedup();
             for slug in touched {
-                if let Some(retention) = policies.get(slug) {
-                    let evicted = keep_within(&tx, slug, &mut sizes, retention.max_bytes)?;
+                if let Some(policy) = policies.get(slug) {
+                    let evicted = keep_within(&tx, slug, &mut sizes, policy.retention.max_bytes)?;
                     if evicted > 0 {
                         count_unstored(&tx, slug, "quota", evicted)?;
-                        self.shared.metrics.entries_unstored(slug, "quota", evicted);
+                        counted.unstored.push((slug.to_string(), "quota", evicted));
                     }
                 }
             }
@@ -122,26 +178,41 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.sizes = sizes;
+                self.owners = owners;
                 if purge {
                     self.last_purge = Some(Instant::now());
                 }
-                self.shared.metrics.entries_stored(count);
+                let metrics = &self.shared.metrics;
+                metrics.entries_stored(counted.stored);
+                for (slug, reason, count) in counted.unstored {
+                    metrics.entries_unstored(&slug, reason, count);
+                }
                 (Ok(()), flushes)
             }
             Err(e) => {
-                for (slug, entries) in &appends {
-                    self.shared
-                        .metrics
-                        .entries_unstored(slug, "failed", entries.len() as u64);
+                // Not kept: counted when a batch commits again, with the
+                // refusals this one held.
+                let mut lost = 0;
+                for step in steps {
+                    if let Command::Append { slug, entries, .. } = step {
+                        lost += entries.len() as u64;
+                        let mut refused = Refused::default();
+                        refused.add(&entries);
+                        pending.push((slug, refused, "failed"));
+                    } else if let Command::Policies(policies) = step {
+                        // Forgetting is retried with the next batch.
+                        self.backlog.policies(policies);
+                    }
                 }
-                (Err((e, count)), flushes)
+                self.pending = pending;
+                (Err((e, lost)), flushes)
             }
         }
     }
 
     /// A batch that could not be written (the disk is full, the file
-    /// broken): counted (`failed`), and said in the host's log at most once
-    /// a minute. The next batch tries again.
+    /// broken): counted (`failed`) once a batch commits again, and said in
+    /// the host's log at most once a minute. The next batch tries again.
     fn failed(&mut self, (error, lost): (rusqlite::Error, u64)) {
         if self
             .last_failure_report
@@ -153,6 +224,66 @@ impl Writer {
     }
 }
 
+/// Forgets at once what was kept of a tenant no longer retained, or of a
+/// slug that now has another owner (what was kept was its last owner's),
+/// and records whose each slug is.
+fn forget_unretained(
+    tx: &Transaction<'_>,
+    sizes: &mut HashMap<String, u64>,
+    owners: &mut HashMap<String, String>,
+    policies: &HashMap<String, super::Policy>,
+) -> rusqlite::Result<()> {
+    let kept: Vec<String> = sizes.keys().chain(owners.keys()).cloned().collect();
+    for slug in kept {
+        let same_owner = match (policies.get(&slug), owners.get(&slug)) {
+            (Some(policy), Some(owner)) => policy.owner == *owner,
+            (Some(_), None) => true, // kept before owners were recorded
+            (None, _) => false,
+        };
+        if !same_owner {
+            forget(tx, &slug)?;
+            sizes.remove(&slug);
+            owners.remove(&slug);
+        }
+    }
+    for (slug, policy) in policies {
+        if owners.get(slug) != Some(&policy.owner) {
+            tx.prepare_cached(
+                "INSERT INTO owners (slug, owner) VALUES (?1, ?2)
+                 ON CONFLICT (slug) DO UPDATE SET owner = excluded.owner",
+            )?
+            .execute(params![slug, policy.owner])?;
+            owners.insert(slug.clone(), policy.owner.clone());
+        }
+    }
+    Ok(())
+}
+
+/// Everything kept of `slug`.
+fn forget(tx: &Transaction<'_>, slug: &str) -> rusqlite::Result<()> {
+    for table in ["entries", "unstored", "followed", "owners"] {
+        tx.execute(&format!("DELETE FROM {table} WHERE slug = ?1"), [slug])?;
+    }
+    Ok(())
+}
+
+/// Records the highest `seq` of each producer among entries not kept, so
+/// that numbering after a restart goes past them.
+fn note_sequences(
+    tx: &Transaction<'_>,
+    slug: &str,
+    last_seq: &HashMap<String, u64>,
+) -> rusqlite::Result<()> {
+    let mut sequence = tx.prepare_cached(
+        "INSERT INTO sequences (slug, node, last_seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT (slug, node) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)",
+    )?;
+    for (node, last) in last_seq {
+        sequence.execute(params![slug, node, *last as i64])?;
+    }
+    Ok(())
+}
+
 /// Stores `entries` of `slug` and its last `seq`; returns their bytes.
 fn insert(tx: &Transaction<'_>, slug: &str, entries: &[LogEntry]) -> rusqlite::Result<u64> {
     let mut row = tx.prepare_cached(
@@ -160,11 +291,13 @@ fn insert(tx: &Transaction<'_>, slug: &str, entries: &[LogEntry]) -> rusqlite::R
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     let mut bytes = 0;
-    let mut last_seq = 0;
+    let mut last_seq: HashMap<&str, u64> = HashMap::new();
     for entry in entries {
         let json = serde_json::to_string(entry).expect("entries serialize");
         bytes += json.len() as u64;
-        last_seq = last_seq.max(entry.seq);
+        let node = entry.node.as_deref().unwrap_or("");
+        let last = last_seq.entry(node).or_default();
+        *last = (*last).max(entry.seq);
         row.execute(params![
             slug,
             entry.seq as i64,
@@ -177,11 +310,11 @@ fn insert(tx: &Transaction<'_>, slug: &str, entries: &[LogEntry]) -> rusqlite::R
             json,
         ])?;
     }
-    tx.prepare_cached(
-        "INSERT INTO sequences (slug, last_seq) VALUES (?1, ?2)
-         ON CONFLICT (slug) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)",
-    )?
-    .execute(params![slug, last_seq as i64])?;
+    let last_seq: HashMap<String, u64> = last_seq
+        .into_iter()
+        .map(|(node, seq)| (node.to_string(), seq))
+        .collect();
+    note_sequences(tx, slug, &last_seq)?;
     Ok(bytes)
 }
 
@@ -265,23 +398,22 @@ fn drop_oldest(
 fn purge_expired(
     tx: &Transaction<'_>,
     sizes: &mut HashMap<String, u64>,
-    policies: &HashMap<String, Retention>,
+    policies: &HashMap<String, super::Policy>,
     known: bool,
 ) -> rusqlite::Result<()> {
     let now = now_ms();
     let slugs: Vec<String> = sizes.keys().cloned().collect();
     for slug in slugs {
         match policies.get(&slug) {
-            Some(retention) => {
-                let cutoff = now.saturating_sub(retention.age.as_millis() as u64);
+            Some(policy) => {
+                let cutoff = now.saturating_sub(policy.retention.age.as_millis() as u64);
                 let (freed, _) = drop_oldest(tx, &slug, |timestamp, _| timestamp < cutoff)?;
                 if let Some(size) = sizes.get_mut(&slug) {
                     *size -= freed.min(*size);
                 }
             }
             None if known => {
-                tx.execute("DELETE FROM entries WHERE slug = ?1", [&slug])?;
-                tx.execute("DELETE FROM unstored WHERE slug = ?1", [&slug])?;
+                forget(tx, &slug)?;
                 sizes.remove(&slug);
             }
             None => {}
