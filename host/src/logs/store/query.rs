@@ -134,37 +134,55 @@ impl Page {
 
 /// Runs `query` over `slug`'s entries.
 pub(super) fn run(conn: &Connection, slug: &str, query: &Query) -> rusqlite::Result<Page> {
+    let mut unstored = conn.prepare_cached("SELECT reason, count FROM unstored WHERE slug = ?1")?;
+    let mut page = Page {
+        unstored: unstored
+            .query_map([slug], |row| {
+                Ok((row.get(0)?, row.get::<_, i64>(1)? as u64))
+            })?
+            .collect::<rusqlite::Result<_>>()?,
+        ..Page::default()
+    };
+    let Some(range) = super::schema::range(conn, slug)? else {
+        return Ok(page); // nothing was ever kept of it
+    };
     let by_request = query.filter.by_request();
     // The request's own event comes along when the filter asks how a
     // request ended.
     let sql = format!(
         "SELECT e.id, e.entry, {event} FROM entries e {join}
-         WHERE e.slug = ?1 AND e.id < ?2 AND e.timestamp >= ?3 AND e.timestamp < ?4
-           AND (?5 IS NULL OR e.request_id = ?5)
+         WHERE e.id BETWEEN ?1 AND MIN(?2, ?7) AND e.timestamp >= ?3 AND e.timestamp < ?4
+           AND {request}
          ORDER BY e.id DESC LIMIT ?6",
         event = if by_request { "r.entry" } else { "NULL" },
+        // One request's entries come by the request index.
+        request = if query.filter.request_id.is_some() {
+            "e.request_id = ?5"
+        } else {
+            "?5 IS NULL"
+        },
         join = if by_request {
-            "LEFT JOIN entries r ON r.slug = e.slug AND r.request_id = e.request_id \
-             AND r.kind = 'request' AND e.request_id != ''"
+            "LEFT JOIN entries r ON r.request_id = e.request_id AND r.kind = 'request' \
+             AND r.id BETWEEN ?1 AND ?7 AND e.request_id != ''"
         } else {
             ""
         },
     );
     let mut rows = conn.prepare_cached(&sql)?;
-    let mut page = Page::default();
-    let mut before = query.before.unwrap_or(i64::MAX);
+    let mut before = query.before.unwrap_or(i64::MAX).min(range.hi + 1);
     let mut scanned = 0;
     const CHUNK: usize = 512;
     'pages: loop {
         let chunk: Vec<(i64, String, Option<String>)> = rows
             .query_map(
                 params![
-                    slug,
-                    before,
+                    range.lo,
+                    before - 1,
                     query.since.unwrap_or(0) as i64,
                     query.until.map_or(i64::MAX, |t| t as i64),
                     query.filter.request_id,
                     CHUNK as i64,
+                    range.hi,
                 ],
                 |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )?
@@ -189,15 +207,11 @@ pub(super) fn run(conn: &Connection, slug: &str, query: &Query) -> rusqlite::Res
             break;
         }
     }
-    if page.next.is_some() && !more_before(conn, slug, query, page.next)? {
+    if let Some(next) = page.next
+        && !more_before(conn, range, query, next)?
+    {
         page.next = None;
     }
-    let mut unstored = conn.prepare_cached("SELECT reason, count FROM unstored WHERE slug = ?1")?;
-    page.unstored = unstored
-        .query_map([slug], |row| {
-            Ok((row.get(0)?, row.get::<_, i64>(1)? as u64))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
     Ok(page)
 }
 
@@ -207,18 +221,18 @@ pub(super) fn run(conn: &Connection, slug: &str, query: &Query) -> rusqlite::Res
 /// to an empty page).
 fn more_before(
     conn: &Connection,
-    slug: &str,
+    range: super::schema::Range,
     query: &Query,
-    next: Option<i64>,
+    next: i64,
 ) -> rusqlite::Result<bool> {
     conn.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM entries WHERE slug = ?1 AND id < ?2
+        "SELECT EXISTS (SELECT 1 FROM entries WHERE id BETWEEN ?1 AND ?2
            AND timestamp >= ?3 AND timestamp < ?4 AND (?5 IS NULL OR request_id = ?5))",
     )?
     .query_row(
         params![
-            slug,
-            next,
+            range.lo,
+            next - 1,
             query.since.unwrap_or(0) as i64,
             query.until.map_or(i64::MAX, |t| t as i64),
             query.filter.request_id,

@@ -1,9 +1,13 @@
 //! The store's file: one SQLite database, `logs.sqlite3` in `state_dir`.
 //!
 //! ```text
-//! entries    (id, slug, seq, node, timestamp, level, kind, request_id, bytes, entry)
+//! slugs      (slug, number)             each tenant's number: its entries'
+//!                                        ids are number << 40 | 1, 2, 3…
+//! entries    (id, seq, node, timestamp, kind, request_id, bytes, entry)
 //!            one row per entry; `entry` is its wire JSON, `bytes` its length;
-//!            id orders them as they were published
+//!            id orders a tenant's entries as they were published, and
+//!            keeps them together: a tenant's rows are one range of the
+//!            table's own B-tree, with no index of slugs to keep up
 //! sequences  (slug, node, last_seq)      the last seq stored of each producer,
 //!                                        so numbering goes on after a restart
 //! owners     (slug, owner)               whose entries they are: a slug given
@@ -29,20 +33,21 @@ use rusqlite::Connection;
 const VERSION: i64 = 1;
 
 const TABLES: &str = "
+CREATE TABLE IF NOT EXISTS slugs (
+    slug TEXT PRIMARY KEY,
+    number INTEGER NOT NULL UNIQUE
+);
 CREATE TABLE IF NOT EXISTS entries (
     id INTEGER PRIMARY KEY,
-    slug TEXT NOT NULL,
     seq INTEGER NOT NULL,
     node TEXT NOT NULL,
     timestamp INTEGER NOT NULL,
-    level TEXT NOT NULL,
     kind TEXT NOT NULL,
     request_id TEXT NOT NULL,
     bytes INTEGER NOT NULL,
     entry TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS entries_by_slug ON entries (slug, id);
-CREATE INDEX IF NOT EXISTS entries_by_request ON entries (slug, request_id, kind);
+CREATE INDEX IF NOT EXISTS entries_by_request ON entries (request_id, kind);
 CREATE TABLE IF NOT EXISTS sequences (
     slug TEXT NOT NULL,
     node TEXT NOT NULL,
@@ -95,4 +100,45 @@ pub(super) fn connect(path: &Path) -> Result<Connection> {
     // briefly rather than fail.
     conn.busy_timeout(Duration::from_secs(5))?;
     Ok(conn)
+}
+
+/// Bits of an entry's id below its tenant's number.
+const SLUG_SHIFT: u32 = 40;
+
+/// The ids a tenant's entries take: `lo..=hi`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Range {
+    pub(super) lo: i64,
+    pub(super) hi: i64,
+}
+
+impl Range {
+    fn of(number: i64) -> Range {
+        let lo = number << SLUG_SHIFT;
+        Range {
+            lo,
+            hi: lo | ((1 << SLUG_SHIFT) - 1),
+        }
+    }
+}
+
+/// `slug`'s ids, if it has a number.
+pub(super) fn range(conn: &Connection, slug: &str) -> rusqlite::Result<Option<Range>> {
+    use rusqlite::OptionalExtension as _;
+    conn.prepare_cached("SELECT number FROM slugs WHERE slug = ?1")?
+        .query_row([slug], |row| row.get(0))
+        .optional()
+        .map(|number| number.map(Range::of))
+}
+
+/// `slug`'s ids, numbering it first if it has no number yet.
+pub(super) fn range_or_new(conn: &Connection, slug: &str) -> rusqlite::Result<Range> {
+    if let Some(range) = range(conn, slug)? {
+        return Ok(range);
+    }
+    conn.prepare_cached(
+        "INSERT INTO slugs (slug, number) SELECT ?1, COALESCE(MAX(number), 0) + 1 FROM slugs",
+    )?
+    .execute([slug])?;
+    Ok(range(conn, slug)?.expect("numbered just now"))
 }

@@ -13,6 +13,7 @@ use rusqlite::{Connection, Transaction, params};
 
 use super::Shared;
 use super::backlog::{Backlog, Batch, Command, Refused};
+use super::schema::{self, Range};
 use crate::logs::entry::{LogEntry, now_ms};
 
 /// How often entries past their age are deleted.
@@ -35,6 +36,8 @@ pub(super) struct Writer {
     sizes: HashMap<String, u64>,
     /// Per slug, the owner its entries were kept for.
     owners: HashMap<String, String>,
+    /// Per slug, its ids and the next one to give.
+    ids: HashMap<String, (Range, i64)>,
     /// Entries not kept that the store does not know of yet (a batch that
     /// failed, or the refusals it held), for the next batch that commits.
     pending: Vec<(String, Refused, &'static str)>,
@@ -61,13 +64,16 @@ impl Writer {
                 .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
                 .collect()
         };
-        let sizes = pairs("SELECT slug, SUM(bytes) FROM entries GROUP BY slug")?
-            .into_iter()
-            .filter_map(|(slug, sum)| match sum {
-                rusqlite::types::Value::Integer(n) => Some((slug, n as u64)),
-                _ => None,
-            })
-            .collect();
+        let sizes = pairs(
+            "SELECT s.slug, SUM(e.bytes) FROM entries e JOIN slugs s ON s.number = e.id >> 40
+             GROUP BY s.slug",
+        )?
+        .into_iter()
+        .filter_map(|(slug, sum)| match sum {
+            rusqlite::types::Value::Integer(n) => Some((slug, n as u64)),
+            _ => None,
+        })
+        .collect();
         let owners = pairs("SELECT slug, owner FROM owners")?
             .into_iter()
             .filter_map(|(slug, owner)| match owner {
@@ -81,6 +87,7 @@ impl Writer {
             shared,
             sizes,
             owners,
+            ids: HashMap::new(),
             pending: Vec::new(),
             last_purge: None,
             last_failure_report: None,
@@ -123,6 +130,7 @@ impl Writer {
         let purge = self.last_purge.is_none_or(|at| at.elapsed() >= PURGE_EVERY);
         let mut sizes = self.sizes.clone();
         let mut owners = self.owners.clone();
+        let mut ids = self.ids.clone();
         let mut counted = Counted::default();
         let result = (|| {
             let tx = self.conn.transaction()?;
@@ -134,7 +142,7 @@ impl Writer {
                         entries,
                         followed,
                     } => {
-                        let added = insert(&tx, slug, entries)?;
+                        let added = insert(&tx, slug, entries, &mut ids)?;
                         *sizes.entry(slug.clone()).or_default() += added;
                         counted.stored += entries.len() as u64;
                         touched.push(slug.as_str());
@@ -179,6 +187,7 @@ impl Writer {
             Ok(()) => {
                 self.sizes = sizes;
                 self.owners = owners;
+                self.ids = ids;
                 if purge {
                     self.last_purge = Some(Instant::now());
                 }
@@ -259,9 +268,13 @@ fn forget_unretained(
     Ok(())
 }
 
-/// Everything kept of `slug`.
+/// Everything kept of `slug` (its number stays, and its ids go on).
 fn forget(tx: &Transaction<'_>, slug: &str) -> rusqlite::Result<()> {
-    for table in ["entries", "unstored", "followed", "owners"] {
+    if let Some(range) = schema::range(tx, slug)? {
+        tx.prepare_cached("DELETE FROM entries WHERE id BETWEEN ?1 AND ?2")?
+            .execute(params![range.lo, range.hi])?;
+    }
+    for table in ["unstored", "followed", "owners"] {
         tx.execute(&format!("DELETE FROM {table} WHERE slug = ?1"), [slug])?;
     }
     Ok(())
@@ -285,10 +298,26 @@ fn note_sequences(
 }
 
 /// Stores `entries` of `slug` and its last `seq`; returns their bytes.
-fn insert(tx: &Transaction<'_>, slug: &str, entries: &[LogEntry]) -> rusqlite::Result<u64> {
+fn insert(
+    tx: &Transaction<'_>,
+    slug: &str,
+    entries: &[LogEntry],
+    ids: &mut HashMap<String, (Range, i64)>,
+) -> rusqlite::Result<u64> {
+    let (range, next) = match ids.get_mut(slug) {
+        Some(known) => known,
+        None => {
+            let range = schema::range_or_new(tx, slug)?;
+            let last: Option<i64> = tx
+                .prepare_cached("SELECT MAX(id) FROM entries WHERE id BETWEEN ?1 AND ?2")?
+                .query_row(params![range.lo, range.hi], |row| row.get(0))?;
+            ids.entry(slug.to_string())
+                .or_insert((range, last.unwrap_or(range.lo) + 1))
+        }
+    };
     let mut row = tx.prepare_cached(
-        "INSERT INTO entries (slug, seq, node, timestamp, level, kind, request_id, bytes, entry)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO entries (id, seq, node, timestamp, kind, request_id, bytes, entry)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     let mut bytes = 0;
     let mut last_seq: HashMap<&str, u64> = HashMap::new();
@@ -298,17 +327,22 @@ fn insert(tx: &Transaction<'_>, slug: &str, entries: &[LogEntry]) -> rusqlite::R
         let node = entry.node.as_deref().unwrap_or("");
         let last = last_seq.entry(node).or_default();
         *last = (*last).max(entry.seq);
+        if *next > range.hi {
+            return Err(rusqlite::Error::ToSqlConversionFailure(
+                format!("{slug} has used every id of its range").into(),
+            ));
+        }
         row.execute(params![
-            slug,
+            *next,
             entry.seq as i64,
             entry.node.as_deref().unwrap_or(""),
             entry.timestamp as i64,
-            entry.level.as_str(),
             entry.kind.as_str(),
             entry.meta.request_id,
             json.len() as i64,
             json,
         ])?;
+        *next += 1;
     }
     let last_seq: HashMap<String, u64> = last_seq
         .into_iter()
@@ -346,26 +380,29 @@ fn keep_within(
         return Ok(0);
     }
     let target = max_bytes - max_bytes / 10;
-    let (freed, count) = drop_oldest(tx, slug, |_, freed| size - freed > target)?;
+    let Some(range) = schema::range(tx, slug)? else {
+        return Ok(0);
+    };
+    let (freed, count) = drop_oldest(tx, range, |_, freed| size - freed > target)?;
     sizes.insert(slug.to_string(), size - freed);
     Ok(count)
 }
 
-/// Deletes `slug`'s oldest entries while `more(timestamp, freed so far)`
-/// says so; returns the bytes freed and the entries deleted.
+/// Deletes a tenant's oldest entries while `more(timestamp, freed so
+/// far)` says so; returns the bytes freed and the entries deleted.
 fn drop_oldest(
     tx: &Transaction<'_>,
-    slug: &str,
+    range: Range,
     mut more: impl FnMut(u64, u64) -> bool,
 ) -> rusqlite::Result<(u64, u64)> {
     let mut oldest = tx.prepare_cached(
-        "SELECT id, timestamp, bytes FROM entries WHERE slug = ?1 ORDER BY id LIMIT 512",
+        "SELECT id, timestamp, bytes FROM entries WHERE id BETWEEN ?1 AND ?2 ORDER BY id LIMIT 512",
     )?;
-    let mut delete = tx.prepare_cached("DELETE FROM entries WHERE slug = ?1 AND id <= ?2")?;
+    let mut delete = tx.prepare_cached("DELETE FROM entries WHERE id BETWEEN ?1 AND ?2")?;
     let (mut freed, mut count) = (0u64, 0u64);
     loop {
         let rows: Vec<(i64, u64, u64)> = oldest
-            .query_map([slug], |row| {
+            .query_map(params![range.lo, range.hi], |row| {
                 Ok((
                     row.get(0)?,
                     row.get::<_, i64>(1)? as u64,
@@ -385,7 +422,7 @@ fn drop_oldest(
             last = Some(id);
         }
         if let Some(id) = last {
-            delete.execute(params![slug, id])?;
+            delete.execute(params![range.lo, id])?;
         }
         if done || last.is_none() {
             return Ok((freed, count));
@@ -407,7 +444,10 @@ fn purge_expired(
         match policies.get(&slug) {
             Some(policy) => {
                 let cutoff = now.saturating_sub(policy.retention.age.as_millis() as u64);
-                let (freed, _) = drop_oldest(tx, &slug, |timestamp, _| timestamp < cutoff)?;
+                let Some(range) = schema::range(tx, &slug)? else {
+                    continue;
+                };
+                let (freed, _) = drop_oldest(tx, range, |timestamp, _| timestamp < cutoff)?;
                 if let Some(size) = sizes.get_mut(&slug) {
                     *size -= freed.min(*size);
                 }
