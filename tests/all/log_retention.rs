@@ -181,6 +181,11 @@ async fn entries_nobody_watched_come_back_with_each_filter_and_no_secret_reaches
                 folders.push(path);
                 continue;
             }
+            if path.to_string_lossy().contains("logs.sqlite3") {
+                use std::os::unix::fs::PermissionsExt as _;
+                let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{} is its owner's alone", path.display());
+            }
             let bytes = std::fs::read(&path).unwrap();
             assert!(
                 !bytes

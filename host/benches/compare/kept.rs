@@ -165,6 +165,102 @@ pub(super) async fn section() -> String {
         dropped,
         sink.bytes.load(Ordering::Relaxed) as f64 / 1e6
     );
+    section.push_str(&at_ten_thousand_lines(&misbehave).await);
     println!("{section}");
     section
+}
+
+/// The target's own terms: a tenant logging 10,000 lines a second (kept,
+/// exported, or neither) beside another tenant under full load, whose
+/// requests/s is what the cost is measured in.
+async fn at_ten_thousand_lines(misbehave: &std::path::Path) -> String {
+    let hello = guest("hello");
+    let tenants = [
+        tenant_toml("bad", "alice", "active", &[("1.0.0", misbehave)]),
+        "{logs}".to_string(),
+        tenant_toml("hello", "bob", "active", &[("1.0.0", &hello)]),
+    ]
+    .concat();
+    let sink = Sink::start().await;
+    let quiet = ["--guest-logs", "off"];
+    let with = |logs: &str| tenants.replace("{logs}", logs);
+    let hosts = [
+        ("neither", HostProcess::multi(&with(""), &quiet)),
+        (
+            "kept",
+            HostProcess::multi(&with("[tenants.logs]\nretain = \"1h\"\n"), &quiet),
+        ),
+        (
+            "exported",
+            HostProcess::multi(
+                &with(&format!(
+                    "[[tenants.logs.export]]\notlp = \"http://{}/v1/logs\"\n",
+                    sink.addr
+                )),
+                &quiet,
+            ),
+        ),
+    ];
+    let mut rows: Vec<Series> = hosts
+        .iter()
+        .map(|(name, _)| Series {
+            name: format!("hello `/quiet` beside 10,000 lines/s, {name}"),
+            runs: vec![],
+        })
+        .collect();
+    for _ in 0..ROUNDS {
+        for ((_, host), series) in hosts.iter().zip(&mut rows) {
+            let logging = ten_thousand_lines(host.addr);
+            let addr = host.addr;
+            let pid = host.pid();
+            let load = tokio::task::spawn_blocking(move || {
+                wrk(addr, "hello.localhost", "/quiet", CONNECTIONS, pid)
+            })
+            .await
+            .unwrap();
+            logging.abort();
+            series.runs.push(load);
+        }
+    }
+    let base = rows[0].median(|r| r.rps);
+    let mut section = format!(
+        "\nThe target's terms: `bad` logs 10,000 lines a second (910 requests of 11 entries) while `hello` takes full load on a path that logs nothing; what keeping or exporting `bad`'s entries costs `hello`:\n\n{HEADER}\n"
+    );
+    for series in &rows {
+        let _ = writeln!(section, "{}", series.row());
+    }
+    for series in &rows[1..] {
+        let _ = writeln!(
+            section,
+            "| **{} costs** | **{:.1} %** | | | | |",
+            series.name.rsplit(", ").next().unwrap_or(""),
+            (1.0 - series.median(|r| r.rps) / base) * 100.0
+        );
+    }
+    section
+}
+
+/// `/flood?lines=10` on `bad` 910 times a second (10,010 entries/s), each
+/// on a connection of its own, until aborted.
+fn ten_thousand_lines(addr: std::net::SocketAddr) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_micros(1_000_000 / 910));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let host = format!("bad.localhost:{}", addr.port());
+        loop {
+            every.tick().await;
+            let host = host.clone();
+            tokio::spawn(async move {
+                support::send(
+                    addr,
+                    "GET",
+                    &host,
+                    "/flood?lines=10",
+                    &[],
+                    Default::default(),
+                )
+                .await;
+            });
+        }
+    })
 }

@@ -44,11 +44,14 @@ enum Command {
     /// file's `[auth] session_secret`. Use the token as the `session` cookie
     /// or as `Authorization: Bearer <token>`.
     Token(TokenArgs),
-    /// Follow a server's live logs in this terminal.
+    /// Follow a server's live logs in this terminal (and, with --since, its
+    /// kept ones first).
     ///
     /// Connects to `/log-stream/{slug}` with a bearer token, prints entries
     /// as they arrive and reconnects (1 s, 2 s, 4 s … 16 s) when the
-    /// connection drops. Exits non-zero on 401/403/404/429.
+    /// connection drops. Exits non-zero on 401/403/404/429. With --since, a
+    /// server whose logs are not kept is said on stderr (the host's 409) and
+    /// tail goes on live.
     Tail(tail::TailArgs),
     /// Deploy a component as a new version of a server, live at once.
     ///

@@ -98,7 +98,9 @@ pub(crate) struct ServeArgs {
     metrics_addr: Option<SocketAddr>,
 
     /// Where servers deployed through the API live: their components and
-    /// the server list [default: the config's `[host] state_dir`, else
+    /// the server list, and the kept logs of tenants granted retention
+    /// (`logs.sqlite3`; `[tenants.logs] retain`, docs/log-retention.md)
+    /// [default: the config's `[host] state_dir`, else
     /// $XDG_DATA_HOME/mctx-host or ~/.local/share/mctx-host]. Multi-tenant
     /// mode only; one host per directory.
     #[arg(long, env = "MCTX_STATE_DIR", value_name = "DIR")]

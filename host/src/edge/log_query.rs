@@ -46,15 +46,22 @@ pub(crate) async fn handle(
         Ok(tenant) => tenant,
         Err(refused) => return deploy_api::ApiError::from(refused).into_response(),
     };
-    let Some(store) = store.filter(|store| store.retains(slug)) else {
+    let Some(store) = store else {
+        return error_response(
+            StatusCode::CONFLICT,
+            "this host keeps no logs: in single-component mode it has no state directory; \
+             serve with --config (and [tenants.logs] retain) to keep a tenant's",
+        );
+    };
+    if !store.retains(slug) {
         return error_response(
             StatusCode::CONFLICT,
             &format!(
-                "{slug}'s logs are not kept: its owner's operator grants retention with \
-                 [tenants.logs] retain (or [host] log_retain) in the tenants file"
+                "{slug}'s logs are not kept: ask the host's operator to grant it retention \
+                 ([tenants.logs] retain in the tenants file, or [host] log_retain)"
             ),
         );
-    };
+    }
     let query = match Query::parse(
         request.uri().query().unwrap_or(""),
         crate::logs::entry::now_ms(),

@@ -53,10 +53,15 @@ impl Retention {
     /// The problem with a retention of `age`, if any; `key` names it.
     pub(super) fn check(key: &str, age: Duration, problems: &mut Vec<String>) {
         if age > MAX_RETAIN {
+            let secs = age.as_secs();
+            let given = if secs % 86_400 == 0 {
+                format!("{}d", secs / 86_400)
+            } else {
+                humantime::format_duration(age).to_string()
+            };
             problems.push(format!(
-                "{key} = {:?} is longer than the {} days a log is kept at most: \
+                "{key} = {given:?} is longer than the {} days a log is kept at most: \
                  send older logs to an export destination",
-                humantime::format_duration(age).to_string(),
                 MAX_RETAIN.as_secs() / 86_400
             ));
         }
@@ -71,8 +76,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 pub(super) fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    parse_duration(&text).map_err(serde::de::Error::custom)
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = Duration;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a duration in quotes, such as \"24h\", \"7d\" or \"0\"")
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
+            parse_duration(text).map_err(E::custom)
+        }
+    }
+    deserializer.deserialize_str(Text)
 }
 
 fn some_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {

@@ -98,6 +98,10 @@ impl TailArgs {
     pub(super) async fn fetch_stored(&self, since: String) -> Result<Vec<LogEntry>> {
         let (entries, unstored) = self.fetch(&format!("since={}", urlencode(&since))).await?;
         report_unstored(&unstored);
+        eprintln!(
+            "mctx-host tail: {} stored entries from {since}, then live",
+            entries.len()
+        );
         let mut seen = crate::base::sync::lock(&self.seen);
         seen.stored = true;
         seen.new_fetch();

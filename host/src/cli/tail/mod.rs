@@ -119,10 +119,12 @@ pub(crate) struct TailArgs {
     #[arg(long = "type", value_parser = ["log", "request", "deploy"])]
     kind: Option<String>,
 
-    /// First the stored entries from this far back (`15m`, `2h`, `7d`, or an
-    /// RFC 3339 time), then live, with nothing missed or printed twice
-    /// between the two. Needs a server whose logs the host keeps
-    /// (`[tenants.logs] retain`).
+    /// First the stored entries from this far back (`15m`, `2h`, `7d`; `M` is
+    /// months), or from a time (RFC 3339 with its zone, `2026-12-04T18:00:00Z`,
+    /// or 13-digit milliseconds since the epoch), then live, with nothing
+    /// missed or printed twice between the two. Needs a server whose logs
+    /// the host keeps (`[tenants.logs] retain`); otherwise tail says so on
+    /// stderr and goes on live.
     #[arg(long, value_name = "WHEN")]
     since: Option<String>,
 

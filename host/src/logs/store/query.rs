@@ -17,7 +17,6 @@
 //! were dropped for newer ones (`quota`, `backlog`, `failed`).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, UNIX_EPOCH};
 
 use rusqlite::{Connection, params};
 
@@ -67,13 +66,22 @@ impl Query {
                             format!("limit {value:?}: use a number from 1 to {MAX_LIMIT}")
                         })?;
                 }
+                // The live stream's filters, read above.
+                "level" | "search" | "requestId" | "type" | "samplingRate" | "status"
+                | "method" | "header" | "mcpMethod" => {}
                 "cursor" => {
                     parsed.before =
                         Some(value.parse().ok().filter(|id| *id > 0).ok_or_else(|| {
                             format!("cursor {value:?} is not one this host gave (a page's next)")
                         })?);
                 }
-                _ => {}
+                // A misspelt parameter would widen the answer unseen.
+                unknown => {
+                    return Err(format!(
+                        "unknown parameter {unknown:?}: use since, until, limit, cursor, level, \
+                         search, requestId, type, samplingRate, status, method, header or mcpMethod"
+                    ));
+                }
             }
         }
         Ok(parsed)
@@ -83,23 +91,37 @@ impl Query {
 /// `since`/`until`: milliseconds since the epoch, an RFC 3339 time, or a
 /// duration before now (`15m`, `2h`, `7d`).
 fn time(text: &str, now_ms: u64, name: &str) -> Result<u64, String> {
+    /// 1973-03-03: a smaller number of milliseconds is far likelier a
+    /// duration missing its unit (`15` for `15m`) than a time.
+    const EARLIEST_MS: u64 = 100_000_000_000;
     if let Ok(ms) = text.parse::<u64>() {
+        if ms < EARLIEST_MS {
+            return Err(format!(
+                "{name} {text:?} would be milliseconds since 1970: give a unit for a duration \
+                 before now ({text}m, {text}h) or 13 digits for a time"
+            ));
+        }
         return (ms <= i64::MAX as u64)
             .then_some(ms)
             .ok_or_else(|| format!("{name} {text:?} is past any time an entry can have"));
     }
-    if let Ok(at) = humantime::parse_rfc3339_weak(text) {
-        return Ok(at
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_millis() as u64);
+    if text.contains('T') {
+        // A time says its zone: one without could be anyone's.
+        return chrono::DateTime::parse_from_rfc3339(text)
+            .map(|at| at.timestamp_millis().max(0) as u64)
+            .map_err(|e| {
+                format!(
+                    "{name} {text:?} is not an RFC 3339 time with its zone \
+                     (2026-12-04T18:00:00Z, 2026-12-04T23:30:00+05:30): {e}"
+                )
+            });
     }
     parse_duration(text)
         .map(|ago| now_ms.saturating_sub(ago.as_millis() as u64))
         .map_err(|_| {
             format!(
-                "{name} {text:?}: use milliseconds since the epoch, an RFC 3339 time \
-                 (2026-12-04T18:00:00Z) or a duration before now (15m, 2h, 7d)"
+                "{name} {text:?}: use a duration before now (15m, 2h, 7d), an RFC 3339 time \
+                 (2026-12-04T18:00:00Z) or milliseconds since the epoch"
             )
         })
 }
@@ -269,13 +291,17 @@ mod tests {
 
     #[test]
     fn windows_read_as_milliseconds_times_or_durations_before_now() {
-        let now = 1_000_000_000;
-        let q = Query::parse("since=15m&until=999999000&limit=5&level=warn", now).unwrap();
+        let now = 1_796_407_260_000;
+        let q = Query::parse("since=15m&until=1796407259000&limit=5&level=warn", now).unwrap();
         assert_eq!(q.since, Some(now - 15 * 60 * 1000));
-        assert_eq!(q.until, Some(999_999_000));
+        assert_eq!(q.until, Some(1_796_407_259_000));
         assert_eq!(q.limit, 5);
         assert_eq!(q.filter.levels.len(), 1);
         let q = Query::parse("since=2026-12-04T18:00:00Z", now).unwrap();
+        assert_eq!(q.since, Some(1_796_407_200_000));
+        let q = Query::parse("since=2026-12-04T23:30:00%2B05:30", now).unwrap();
+        assert_eq!(q.since, Some(1_796_407_200_000), "an offset is honoured");
+        let q = Query::parse("since=1796407200000", now).unwrap();
         assert_eq!(q.since, Some(1_796_407_200_000));
         assert_eq!(Query::parse("", now).unwrap().limit, DEFAULT_LIMIT);
         for bad in [
@@ -285,6 +311,9 @@ mod tests {
             "cursor=x",
             "level=loud",
             "until=18446744073709551615",
+            "since=15",
+            "since=2026-12-04T18:00:00",
+            "sinse=1h",
         ] {
             assert!(Query::parse(bad, now).is_err(), "{bad}");
         }

@@ -88,6 +88,7 @@ pub(super) fn open(path: &Path) -> Result<Connection> {
 
 /// Another connection to the same file (for reading).
 pub(super) fn connect(path: &Path) -> Result<Connection> {
+    private(path)?;
     let conn = Connection::open(path)
         .with_context(|| format!("{}: cannot open the log store", path.display()))?;
     conn.pragma_update(None, "journal_mode", "WAL")
@@ -141,4 +142,31 @@ pub(super) fn range_or_new(conn: &Connection, slug: &str) -> rusqlite::Result<Ra
     )?
     .execute([slug])?;
     Ok(range(conn, slug)?.expect("numbered just now"))
+}
+
+/// Makes the file (if it is not there) and keeps it its owner's alone:
+/// request events keep visitors' headers. SQLite gives its `-wal` and
+/// `-shm` files the database file's mode.
+fn private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("{}: cannot create the log store", path.display()))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("{}: cannot make the log store private", path.display()))?;
+    for side in ["-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(side);
+        if let Ok(meta) = std::fs::metadata(&name)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            std::fs::set_permissions(&name, std::fs::Permissions::from_mode(0o600)).with_context(
+                || format!("{}: cannot make it private", Path::new(&name).display()),
+            )?;
+        }
+    }
+    Ok(())
 }
