@@ -54,7 +54,7 @@ impl Retention {
     pub(super) fn check(key: &str, age: Duration, problems: &mut Vec<String>) {
         if age > MAX_RETAIN {
             let secs = age.as_secs();
-            let given = if secs % 86_400 == 0 {
+            let given = if secs.is_multiple_of(86_400) {
                 format!("{}d", secs / 86_400)
             } else {
                 humantime::format_duration(age).to_string()
