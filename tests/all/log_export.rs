@@ -204,3 +204,44 @@ async fn with_the_receiver_down_the_host_serves_counts_tells_and_delivers_again(
     .await;
     assert!(dropped > 0 && sent > 7, "sent {sent}, dropped {dropped}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sampling_rate_sends_whole_requests_picked_by_their_id() {
+    let receiver = OtlpReceiver::start(0);
+    let (host, metrics) = host(receiver.port, "sampling_rate = 0.5");
+    let mut picked = BTreeSet::new();
+    for i in 0..40 {
+        let reply = host.get("hello.localhost", &format!("/sampled-{i}")).await;
+        let id = reply.header("x-request-id").unwrap().to_string();
+        // The viewers' rule: an id read as a 64-bit number below rate × 2^64.
+        if u64::from_str_radix(&id, 16).unwrap() < 1 << 63 {
+            picked.insert(id);
+        }
+    }
+    assert!(
+        !picked.is_empty() && picked.len() < 40,
+        "{} of 40 picked",
+        picked.len()
+    );
+    let expected = picked.len() * 7;
+    let records: Vec<Value> = (0..expected).map(|_| receiver.record()).collect();
+    let ids: BTreeSet<String> = records
+        .iter()
+        .map(|r| r["attributes"]["request.id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, picked, "exactly the picked requests");
+    for id in &picked {
+        let of_it = records
+            .iter()
+            .filter(|r| r["attributes"]["request.id"] == id.as_str());
+        assert_eq!(of_it.count(), 7, "request {id} whole");
+    }
+    eventually(Duration::from_millis(50), async || {
+        match counter(&metrics, &series(receiver.port, "sent")).await {
+            n if n == expected as u64 => Ok(()),
+            n => Err(format!("{n} sent, {expected} expected")),
+        }
+    })
+    .await;
+    assert!(receiver.received().is_empty(), "nothing else was sent");
+}
