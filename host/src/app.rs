@@ -143,9 +143,6 @@ impl App {
         } = app;
         let has_tenants_file = reload_from.is_some();
         let host = &config.host;
-        // Retained tenants' logs are kept beside the servers (each host its
-        // own copy; on a cluster, of every host's entries, from JetStream).
-        let store_dir = state_dir.clone();
         // The pool's slots fit the largest memory any tenant may use (those
         // deployed through the API have the host's).
         let largest_memory_mb = config
@@ -165,7 +162,7 @@ impl App {
             Sources {
                 reload_from,
                 // On a cluster the hosts share their deployments instead.
-                state: state_dir.map(|dir| match config.cluster {
+                state: state_dir.clone().map(|dir| match config.cluster {
                     Some(_) => StateLocation::Cluster,
                     None => StateLocation::Dir(dir),
                 }),
@@ -219,7 +216,9 @@ impl App {
                 .share(async_nats::jetstream::new(cluster.client()));
         }
         hub.count_losses(metrics.clone());
-        let store = match store_dir {
+        // Retained tenants' logs are kept beside the servers (each host its
+        // own copy; on a cluster, of every host's entries, from JetStream).
+        let store = match state_dir {
             Some(dir) => Some(Arc::new(LogStore::open(
                 &dir,
                 metrics.clone(),
@@ -227,22 +226,25 @@ impl App {
             )?)),
             None => None,
         };
-        let mut everyone = Vec::new();
-        for (index, table) in config.logs.export.iter().enumerate() {
-            everyone.push(
-                Destination::settle(table, crate::run::capabilities::read_secret).map_err(
-                    |why| {
-                        anyhow::anyhow!("{}: [[logs.export]] #{}: {why}", config.source, index + 1)
-                    },
-                )?,
-            );
+        let mut problems = Vec::new();
+        let everyone = Destination::settle_all(
+            &config.logs.export,
+            crate::run::capabilities::read_secret,
+            |n| format!("{}: [[logs.export]] #{n}", config.source),
+            &mut problems,
+        );
+        if !problems.is_empty() {
+            anyhow::bail!("{}", problems.join("; "));
         }
         let exports = Arc::new(Exports::new(everyone, metrics.clone()));
-        exports.route(loaded.live().snapshot().exports());
+        loaded
+            .live()
+            .snapshot()
+            .direct_logs(store.as_deref(), &exports);
         let mut publisher = Publisher::new(hub.clone(), cluster.clone(), metrics.clone())
             .exporting(exports.clone());
         if let Some(store) = &store {
-            store.set_policies(loaded.live().snapshot().retention());
+            // After the policies: it follows the retained tenants' streams.
             if let Some(cluster) = &cluster {
                 store.replicate(async_nats::jetstream::new(cluster.client()));
             }
@@ -430,11 +432,7 @@ impl App {
                 async move {
                     let mut swaps = live.swaps();
                     while swaps.changed().await.is_ok() {
-                        let tenants = live.snapshot();
-                        if let Some(store) = &store {
-                            store.set_policies(tenants.retention());
-                        }
-                        exports.route(tenants.exports());
+                        live.snapshot().direct_logs(store.as_deref(), &exports);
                     }
                 }
                 .instrument(tracing::info_span!("log retention and export")),

@@ -129,17 +129,17 @@ impl Capabilities {
         // Every spelling a guest could print, longest first, so that a
         // form containing another is replaced whole.
         let secrets = crate::logs::redact::forms_of(&secrets);
-        let mut exports = Vec::new();
-        for (index, table) in spec.logs.export.iter().enumerate() {
-            match Destination::settle(table, read_secret) {
-                Ok(destination) => exports.push(destination),
-                Err(why) => problems.push(format!(
-                    "tenant {:?}: [[tenants.logs.export]] #{}: {why}",
-                    spec.slug.as_str(),
-                    index + 1
-                )),
-            }
-        }
+        let exports = Destination::settle_all(
+            &spec.logs.export,
+            read_secret,
+            |n| {
+                format!(
+                    "tenant {:?}: [[tenants.logs.export]] #{n}",
+                    spec.slug.as_str()
+                )
+            },
+            problems,
+        );
         Capabilities {
             limits,
             gate: Gate::new(max_concurrent, max_queued),

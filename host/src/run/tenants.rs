@@ -292,8 +292,21 @@ impl TenantRegistry {
         self.tenants.len()
     }
 
+    /// Points log retention and export at these tenants: at start, and
+    /// after every change to the registry.
+    pub(crate) fn direct_logs(
+        &self,
+        store: Option<&crate::logs::store::LogStore>,
+        exports: &crate::logs::export::Exports,
+    ) {
+        if let Some(store) = store {
+            store.set_policies(self.retention());
+        }
+        exports.route(self.exports());
+    }
+
     /// The tenants whose logs are kept, and how (`logs::store`).
-    pub(crate) fn retention(&self) -> HashMap<String, crate::logs::store::Policy> {
+    fn retention(&self) -> HashMap<String, crate::logs::store::Policy> {
         self.iter()
             .filter_map(|t| {
                 let policy = crate::logs::store::Policy {
@@ -306,7 +319,7 @@ impl TenantRegistry {
     }
 
     /// Each tenant's own export destinations (`logs::export`).
-    pub(crate) fn exports(&self) -> HashMap<String, Vec<crate::logs::export::Destination>> {
+    fn exports(&self) -> HashMap<String, Vec<crate::logs::export::Destination>> {
         self.iter()
             .map(|t| (t.slug.to_string(), t.capabilities.exports.clone()))
             .collect()

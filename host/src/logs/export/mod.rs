@@ -75,6 +75,24 @@ impl Destination {
         })
     }
 
+    /// Each of `tables` settled; one that cannot be is told in `problems`,
+    /// named by `name(position)` (from 1).
+    pub(crate) fn settle_all(
+        tables: &[ExportTable],
+        secret: impl Fn(&SecretSource) -> Result<String, String>,
+        name: impl Fn(usize) -> String,
+        problems: &mut Vec<String>,
+    ) -> Vec<Destination> {
+        let mut settled = Vec::new();
+        for (index, table) in tables.iter().enumerate() {
+            match Destination::settle(table, &secret) {
+                Ok(destination) => settled.push(destination),
+                Err(why) => problems.push(format!("{}: {why}", name(index + 1))),
+            }
+        }
+        settled
+    }
+
     /// How the destination is named on `/metrics` and in reports: scheme,
     /// host, port and path; never a credential or a query.
     pub(crate) fn label(&self) -> String {

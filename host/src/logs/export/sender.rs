@@ -283,6 +283,9 @@ struct Client {
     uri: http::Uri,
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
     sender: Option<http1::SendRequest<Full<Bytes>>>,
+    /// For https: made at the first connection (it reads the system's
+    /// roots), then kept for every reconnection.
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl Client {
@@ -291,6 +294,7 @@ impl Client {
             uri: destination.uri.clone(),
             headers: destination.headers.clone(),
             sender: None,
+            tls: None,
         }
     }
 
@@ -340,7 +344,7 @@ impl Client {
         Ok(status)
     }
 
-    async fn connect(&self) -> Result<http1::SendRequest<Full<Bytes>>, String> {
+    async fn connect(&mut self) -> Result<http1::SendRequest<Full<Bytes>>, String> {
         let host = self
             .uri
             .host()
@@ -353,10 +357,19 @@ impl Client {
             .map_err(|e| format!("cannot connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
         if https {
-            let config = crate::base::tls::cli_client_config(None).map_err(|e| e.to_string())?;
+            let connector = match &self.tls {
+                Some(connector) => connector.clone(),
+                None => {
+                    let config =
+                        crate::base::tls::cli_client_config(None).map_err(|e| e.to_string())?;
+                    self.tls
+                        .insert(tokio_rustls::TlsConnector::from(config))
+                        .clone()
+                }
+            };
             let name = rustls::pki_types::ServerName::try_from(host.to_string())
                 .map_err(|e| format!("{host:?} is not a host name: {e}"))?;
-            let tls = tokio_rustls::TlsConnector::from(config)
+            let tls = connector
                 .connect(name, tcp)
                 .await
                 .map_err(|e| format!("TLS failed: {e}"))?;

@@ -50,12 +50,20 @@ pub(super) struct Refused {
 impl Refused {
     pub(super) fn add(&mut self, entries: &[LogEntry]) {
         self.count += entries.len() as u64;
-        for entry in entries {
-            let last = self
-                .last_seq
-                .entry(entry.node.as_deref().unwrap_or("").to_string())
-                .or_default();
-            *last = (*last).max(entry.seq);
+        note_last_seqs(entries, &mut self.last_seq);
+    }
+}
+
+/// Per producer (`""` on one host), the highest `seq` among `entries`,
+/// into `last_seq`.
+pub(super) fn note_last_seqs(entries: &[LogEntry], last_seq: &mut HashMap<String, u64>) {
+    for entry in entries {
+        let node = entry.node.as_deref().unwrap_or("");
+        match last_seq.get_mut(node) {
+            Some(last) => *last = (*last).max(entry.seq),
+            None => {
+                last_seq.insert(node.to_string(), entry.seq);
+            }
         }
     }
 }

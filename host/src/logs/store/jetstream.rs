@@ -24,7 +24,8 @@ use futures_util::StreamExt as _;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
 
-use super::backlog::Backlog;
+use super::Policy;
+use super::backlog::{Backlog, entry_bytes};
 use crate::base::config::Retention;
 use crate::base::metrics::Metrics;
 use crate::base::sync::lock;
@@ -106,10 +107,10 @@ impl Replication {
 
     /// Follows the retained tenants' streams (and stops following the
     /// others).
-    pub(super) fn follow(self: &Arc<Self>, policies: &HashMap<String, Retention>) {
+    pub(super) fn follow(self: &Arc<Self>, policies: &HashMap<String, Policy>) {
         let mut followers = lock(&self.followers);
         followers.retain(|slug, _| policies.contains_key(slug));
-        for (slug, retention) in policies {
+        for (slug, Policy { retention, .. }) in policies {
             if followers
                 .get(slug)
                 .is_some_and(|f| f.retention == *retention)
@@ -283,22 +284,23 @@ async fn publish(
         }
         let mut acks = Vec::new();
         for (slug, entries) in by_slug {
-            let mut message: Vec<&LogEntry> = Vec::new();
-            let mut bytes = 0;
-            let mut messages = Vec::new();
-            for entry in &entries {
-                bytes += entry.message.len() + 256;
-                message.push(entry);
+            // Cut where the entries' size (as the backlog counts it) passes
+            // a message's; each message counts its own entries.
+            let mut messages: Vec<&[LogEntry]> = Vec::new();
+            let (mut start, mut bytes) = (0, 0);
+            for (i, entry) in entries.iter().enumerate() {
+                bytes += entry_bytes(entry);
                 if bytes >= MAX_MESSAGE_BYTES {
-                    messages.push(serde_json::to_vec(&message).expect("entries serialize"));
-                    (message, bytes) = (Vec::new(), 0);
+                    messages.push(&entries[start..=i]);
+                    (start, bytes) = (i + 1, 0);
                 }
             }
-            if !message.is_empty() {
-                messages.push(serde_json::to_vec(&message).expect("entries serialize"));
+            if start < entries.len() {
+                messages.push(&entries[start..]);
             }
-            for payload in messages {
-                let count = entries.len() as u64;
+            for message in messages {
+                let count = message.len() as u64;
+                let payload = serde_json::to_vec(message).expect("entries serialize");
                 match jetstream.publish(subject(&slug), payload.into()).await {
                     Ok(ack) => acks.push((slug.clone(), count, ack)),
                     Err(e) => {

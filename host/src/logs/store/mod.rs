@@ -154,14 +154,7 @@ impl LogStore {
             self.shared.metrics.clone(),
             self.followed.clone(),
         );
-        let retention = self
-            .shared
-            .policies
-            .load()
-            .iter()
-            .map(|(slug, policy)| (slug.clone(), policy.retention))
-            .collect();
-        replication.follow(&retention);
+        replication.follow(&self.shared.policies.load());
         let _ = self.replication.set(replication);
     }
 
@@ -179,11 +172,7 @@ impl LogStore {
         self.shared.policies.store(policies.clone());
         self.shared.known.store(true, Ordering::Release);
         if let Some(replication) = self.replication.get() {
-            let retention = policies
-                .iter()
-                .map(|(slug, policy)| (slug.clone(), policy.retention))
-                .collect();
-            replication.follow(&retention);
+            replication.follow(&policies);
         }
         self.backlog.policies(policies);
     }

@@ -88,6 +88,17 @@ impl Query {
     }
 }
 
+impl Query {
+    /// The window as the SQL takes it: from `since` (inclusive) to `until`
+    /// (exclusive).
+    fn window(&self) -> (i64, i64) {
+        (
+            self.since.unwrap_or(0) as i64,
+            self.until.map_or(i64::MAX, |t| t as i64),
+        )
+    }
+}
+
 /// `since`/`until`: milliseconds since the epoch, an RFC 3339 time, or a
 /// duration before now (`15m`, `2h`, `7d`).
 fn time(text: &str, now_ms: u64, name: &str) -> Result<u64, String> {
@@ -191,6 +202,7 @@ pub(super) fn run(conn: &Connection, slug: &str, query: &Query) -> rusqlite::Res
         },
     );
     let mut rows = conn.prepare_cached(&sql)?;
+    let (since, until) = query.window();
     let mut before = query.before.unwrap_or(i64::MAX).min(range.hi + 1);
     let mut scanned = 0;
     const CHUNK: usize = 512;
@@ -200,8 +212,8 @@ pub(super) fn run(conn: &Connection, slug: &str, query: &Query) -> rusqlite::Res
                 params![
                     range.lo,
                     before - 1,
-                    query.since.unwrap_or(0) as i64,
-                    query.until.map_or(i64::MAX, |t| t as i64),
+                    since,
+                    until,
                     query.filter.request_id,
                     CHUNK as i64,
                     range.hi,
@@ -247,18 +259,13 @@ fn more_before(
     query: &Query,
     next: i64,
 ) -> rusqlite::Result<bool> {
+    let (since, until) = query.window();
     conn.prepare_cached(
         "SELECT EXISTS (SELECT 1 FROM entries WHERE id BETWEEN ?1 AND ?2
            AND timestamp >= ?3 AND timestamp < ?4 AND (?5 IS NULL OR request_id = ?5))",
     )?
     .query_row(
-        params![
-            range.lo,
-            next - 1,
-            query.since.unwrap_or(0) as i64,
-            query.until.map_or(i64::MAX, |t| t as i64),
-            query.filter.request_id,
-        ],
+        params![range.lo, next - 1, since, until, query.filter.request_id,],
         |row| row.get(0),
     )
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, Transaction, params};
 
 use super::Shared;
-use super::backlog::{Backlog, Batch, Command, Refused};
+use super::backlog::{Backlog, Batch, Command, Refused, note_last_seqs};
 use super::schema::{self, Range};
 use crate::logs::entry::{LogEntry, now_ms};
 
@@ -320,13 +320,9 @@ fn insert(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     let mut bytes = 0;
-    let mut last_seq: HashMap<&str, u64> = HashMap::new();
     for entry in entries {
         let json = serde_json::to_string(entry).expect("entries serialize");
         bytes += json.len() as u64;
-        let node = entry.node.as_deref().unwrap_or("");
-        let last = last_seq.entry(node).or_default();
-        *last = (*last).max(entry.seq);
         if *next > range.hi {
             return Err(rusqlite::Error::ToSqlConversionFailure(
                 format!("{slug} has used every id of its range").into(),
@@ -344,10 +340,8 @@ fn insert(
         ])?;
         *next += 1;
     }
-    let last_seq: HashMap<String, u64> = last_seq
-        .into_iter()
-        .map(|(node, seq)| (node.to_string(), seq))
-        .collect();
+    let mut last_seq = HashMap::new();
+    note_last_seqs(entries, &mut last_seq);
     note_sequences(tx, slug, &last_seq)?;
     Ok(bytes)
 }
