@@ -141,16 +141,7 @@ async fn a_tenant_keeps_what_it_stores_and_only_it_sees_it() {
     assert_eq!(numbers, (2..=17).collect::<Vec<u64>>());
 
     // The operator sees each granted store's size and quota.
-    let metrics = support::send(
-        metrics_addr.parse().unwrap(),
-        "GET",
-        &metrics_addr,
-        "/metrics",
-        &[],
-        Bytes::new(),
-    )
-    .await
-    .text();
+    let metrics = support::scrape(&metrics_addr).await;
     let value = |name: &str, slug: &str| -> Option<u64> {
         let prefix = format!("{name}{{slug=\"{slug}\"}} ");
         metrics

@@ -37,13 +37,7 @@ fn host(port: u16, extra: &str) -> (HostProcess, String) {
 
 /// A counter of `/metrics` (0 when not there yet).
 async fn counter(metrics: &str, series: &str) -> u64 {
-    let addr = metrics.parse().unwrap();
-    let text = support::send(addr, "GET", metrics, "/metrics", &[], Default::default())
-        .await
-        .text();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+    support::metric_sum(&support::scrape(metrics).await, series)
 }
 
 fn series(port: u16, result: &str) -> String {

@@ -324,6 +324,30 @@ pub async fn send(
     }
 }
 
+/// What `/metrics` answers on `addr` (a host's `--metrics-addr`).
+pub async fn scrape(addr: &str) -> String {
+    send(
+        addr.parse().unwrap(),
+        "GET",
+        addr,
+        "/metrics",
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .text()
+}
+
+/// The sum of the samples of `metrics` whose series starts with `prefix`
+/// (0 when there is none).
+pub fn metric_sum(metrics: &str, prefix: &str) -> u64 {
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix(prefix))
+        .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 /// Runs `mctx-host <args>`, expecting it to refuse to start; returns its
 /// stderr. If it starts serving instead, it is stopped and the test fails.
 pub fn run_failing(args: &[OsString]) -> String {

@@ -62,20 +62,7 @@ impl Sink {
 
 /// A `/metrics` counter of `host`'s.
 async fn counter(metrics: &str, series: &str) -> u64 {
-    let text = support::send(
-        metrics.parse().unwrap(),
-        "GET",
-        metrics,
-        "/metrics",
-        &[],
-        Default::default(),
-    )
-    .await
-    .text();
-    text.lines()
-        .filter_map(|line| line.strip_prefix(series))
-        .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    support::metric_sum(&support::scrape(metrics).await, series)
 }
 
 pub(super) async fn section() -> String {
